@@ -1,0 +1,154 @@
+"""The VQGAN against the upstream taming fixtures, checkpoint loading, and the codec bundle."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import shared_path
+from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, load_taming_checkpoint, save_codec
+from vqnet.codec.kmeans import kmeans
+from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
+from vqnet.entropy import Prior
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    folder = shared_path("fixtures", "taming")
+    meta = json.loads((folder / "tiny_vqgan.json").read_text())
+    model = VQModel(VQGANConfig.from_dict(meta["config"])).eval()
+    model.load_state_dict(load_file(str(folder / "tiny_vqgan.safetensors")), strict=True)
+    return model, meta, load_file(str(folder / "tiny_vqgan_io.safetensors"))
+
+
+@pytest.mark.parametrize("n_embed", [1024, 16384])
+def test_state_dict_matches_official_f16_config(n_embed):
+    official = json.loads(shared_path("fixtures", "taming", f"keys_vqgan_f16_{n_embed}.json").read_text())
+    with torch.device("meta"):
+        model = VQModel(VQGANConfig.from_dict(official["config"]))
+    ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    assert ours == [(e["key"], e["shape"]) for e in official["keys"]]
+
+
+def test_state_dict_order_matches_tiny(tiny):
+    model, meta, _ = tiny
+    assert list(model.state_dict()) == [e["key"] for e in meta["state_dict_keys"]]
+
+
+@pytest.mark.parametrize("case", ["square", "nonsquare"])
+def test_forward_matches_upstream(tiny, case):
+    model, _, io = tiny
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        enc = model.encoder(io[f"x_{case}"])
+        h = model.quant_conv(enc)
+        quant, emb_loss, idx = model.quantize(h)
+        post = model.post_quant_conv(quant)
+        dec = model.decoder(post)
+    for name, got in [("enc_out", enc), ("h", h), ("quant", quant), ("post_quant", post), ("emb_loss", emb_loss)]:
+        torch.testing.assert_close(got, io[f"{name}_{case}"], atol=1e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(dec, io[f"dec_{case}"], atol=5e-5, rtol=1e-4)
+    assert torch.equal(idx, io[f"indices_{case}"])
+    torch.testing.assert_close(model.decode_indices(idx), io[f"dec_{case}"], atol=5e-5, rtol=1e-4)
+
+
+def test_legacy_beta_gradients(tiny):
+    model, _, io = tiny
+    h = model.quant_conv(model.encoder(io["x_square"])).detach().requires_grad_(True)
+    _, emb_loss, _ = model.quantize(h)
+    g_h, g_cb = torch.autograd.grad(emb_loss, [h, model.quantize.embedding.weight])
+    torch.testing.assert_close(g_h, io["grad_emb_loss_wrt_h_square"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_cb, io["grad_emb_loss_wrt_codebook_square"], atol=1e-5, rtol=1e-5)
+
+
+def test_taming_ckpt_with_loss_keys_loads(tiny, tmp_path):
+    model, meta, io = tiny
+    sd = dict(model.state_dict())
+    sd["loss.discriminator.main.0.weight"] = torch.zeros(64, 3, 4, 4)  # what Lightning checkpoints carry
+    sd["loss.perceptual_loss.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)
+    torch.save({"state_dict": sd, "global_step": 5}, tmp_path / "last.ckpt")
+    loaded = load_taming_checkpoint(tmp_path / "last.ckpt", {"model": {"params": meta["config"]}})
+    with torch.no_grad():
+        _, _, idx = loaded.encode(io["x_square"])
+    assert torch.equal(idx, io["indices_square"])
+
+
+def test_taming_ckpt_wrong_config_is_refused(tiny, tmp_path):
+    model, meta, _ = tiny
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "m.ckpt")
+    cfg = dict(meta["config"], n_embed=64)
+    with pytest.raises(CodecError, match="does not match|size mismatch"):
+        load_taming_checkpoint(tmp_path / "m.ckpt", cfg)
+
+
+def test_unsafe_pickle_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CodecError, match="weights_only"):
+        load_taming_checkpoint(tmp_path / "evil.ckpt", VQGANConfig())
+
+
+def _small_codec() -> Codec:
+    torch.manual_seed(0)
+    cfg = VQGANConfig(embed_dim=8, n_embed=32, ddconfig=DDConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                                                  attn_resolutions=(8,), resolution=32, z_channels=16))
+    model = VQModel(cfg).eval()
+    base = Codebook.from_model(model)
+    small = Codebook(8, kmeans(base.embedding, 8), base.quant_conv_weight, base.quant_conv_bias,
+                     base.post_quant_conv_weight, base.post_quant_conv_bias, Prior.from_counts(np.arange(1, 9)))
+    return Codec(model, {32: base, 8: small})
+
+
+def test_bundle_roundtrip_and_codec_shapes(tmp_path):
+    codec = _small_codec()
+    sha = save_codec(codec, tmp_path / "c.safetensors")
+    loaded = load_codec(tmp_path / "c.safetensors")
+    assert loaded.ks == [32, 8] and loaded.model_id == sha[:16]
+    assert np.allclose(loaded.codebooks[8].prior.probs, codec.codebooks[8].prior.probs, atol=1e-7)
+    img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)  # not a multiple of f=4
+    for K in (32, 8):
+        idx = loaded.encode(img, K)
+        assert idx.shape == (10, 12) and idx.min() >= 0 and idx.max() < K
+        out = loaded.decode(idx, K, img.shape[:2])
+        assert out.shape == img.shape and out.dtype == np.uint8
+    # fp16 storage: the reloaded model quantises (almost) like the original
+    assert (loaded.encode(img, 32) == codec.encode(img, 32)).mean() > 0.9
+
+
+def test_bundle_errors(tmp_path):
+    codec = _small_codec()
+    with pytest.raises(CodecError, match="no codebook with K=64"):
+        codec.codebook(64)
+    with pytest.raises(CodecError, match=r"\[0, 8\)"):
+        codec.decode(np.full((2, 2), 9), 8)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(CodecError, match="not a readable"):
+        load_codec(bad)
+    with pytest.raises(CodecError, match="not found"):
+        load_codec(tmp_path / "missing.safetensors")
+
+
+def test_kmeans_finds_separated_clusters():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float32)
+    pts = torch.from_numpy(np.concatenate([c + rng.normal(0, 0.1, (50, 2)) for c in centers]).astype(np.float32))
+    got = kmeans(pts, 3, seed=1).numpy()
+    assert np.abs(np.sort(got, axis=0) - np.sort(centers, axis=0)).max() < 0.1
+    with pytest.raises(ValueError):
+        kmeans(pts, 0)
+
+
+def test_default_model_ships_and_works():
+    codec = load_codec()
+    assert len(codec.ks) >= 3 and codec.model.config.ddconfig.downsample_factor == 16
+    img = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    idx = codec.encode(img, codec.ks[-1])
+    assert idx.shape == (4, 5)
+    assert codec.decode(idx, codec.ks[-1], (64, 80)).shape == (64, 80, 3)

@@ -1,0 +1,201 @@
+"""Tests for vqnet.entropy: static-prior range coding."""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vqnet.entropy import (
+    EntropyError,
+    Prior,
+    decode,
+    encode,
+    encoded_size_bits,
+    max_symbols,
+)
+
+WORD_BITS = 32
+# Reference notes section 3: each independent stream costs 1 (at most 2)
+# 32-bit words on top of the information content.
+MAX_STREAM_OVERHEAD_BITS = 2 * WORD_BITS
+
+
+def skewed_prior(K: int, seed: int, concentration: float = 0.3) -> Prior:
+    """A random skewed prior, floored like a smoothed estimate (no ~0 entries)."""
+    d = np.random.default_rng(seed).dirichlet(np.full(K, concentration))
+    return Prior(0.99 * d + 0.01 / K)
+
+
+def sample(prior: Prior, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice(prior.K, size=n, p=prior.probs)
+
+
+@pytest.mark.parametrize("K", [2, 16, 1024, 65535])
+@pytest.mark.parametrize("n", [0, 1, 7, 256, 1536])
+def test_round_trip(K: int, n: int) -> None:
+    for prior in (Prior.uniform(K), skewed_prior(K, seed=K + n)):
+        symbols = sample(prior, n, seed=n)
+        data = encode(symbols, prior)
+        assert len(data) % 4 == 0
+        out = decode(data, n, prior)
+        assert out.dtype == np.int64
+        np.testing.assert_array_equal(out, symbols)
+
+
+def test_empty_message_is_empty_bytes() -> None:
+    prior = Prior.uniform(16)
+    assert encode(np.zeros(0, dtype=np.int64), prior) == b""
+    assert decode(b"", 0, prior).shape == (0,)
+
+
+def test_words_are_little_endian() -> None:
+    prior = skewed_prior(1024, seed=3)
+    symbols = sample(prior, 300, seed=4)
+    encoder = constriction.stream.queue.RangeEncoder()
+    model = constriction.stream.model.Categorical(prior.probs.astype(np.float32), perfect=False)
+    encoder.encode(symbols.astype(np.int32), model)
+    expected = encoder.get_compressed().astype("<u4").tobytes()
+    assert encode(symbols, prior) == expected
+
+
+def test_uniform_1024_costs_log2k_plus_stream_overhead() -> None:
+    grid = np.random.default_rng(0).integers(0, 1024, size=(16, 16))
+    bits = encoded_size_bits(grid.ravel(), Prior.uniform(1024))
+    ideal = 256 * 10
+    assert bits % WORD_BITS == 0
+    assert ideal < bits <= ideal + MAX_STREAM_OVERHEAD_BITS
+
+
+def test_skewed_prior_beats_uniform_on_matching_data() -> None:
+    prior = skewed_prior(1024, seed=5, concentration=0.1)
+    symbols = sample(prior, 1536, seed=6)
+    skewed_bits = encoded_size_bits(symbols, prior)
+    uniform_bits = encoded_size_bits(symbols, Prior.uniform(1024))
+    info = float(prior.information_bits(symbols).sum())
+    assert skewed_bits < 0.9 * uniform_bits
+    # The coder is close to the information content: quantisation plus overhead.
+    assert skewed_bits <= 1.01 * info + MAX_STREAM_OVERHEAD_BITS
+
+
+def test_invalid_symbols_rejected() -> None:
+    prior = Prior.uniform(16)
+    for bad in (np.array([16]), np.array([-1]), np.array([[1, 2]]), np.array([0.5])):
+        with pytest.raises(EntropyError):
+            encode(bad, prior)
+
+
+def test_unseen_codes_stay_codable_after_smoothing() -> None:
+    counts = np.zeros(16)
+    counts[3] = 1000
+    prior = Prior.from_counts(counts)
+    assert np.all(prior.probs > 0)
+    np.testing.assert_allclose(prior.probs[3], 1000.5 / (1000 + 0.5 * 16))
+    symbols = np.arange(16)  # 15 codes never seen in "training"
+    np.testing.assert_array_equal(decode(encode(symbols, prior), 16, prior), symbols)
+
+
+def test_near_deterministic_prior_respects_decode_bound() -> None:
+    prior = Prior.from_counts(np.array([1e7, 0.0]), alpha=0.5)
+    few = np.zeros(1000, dtype=np.int64)
+    np.testing.assert_array_equal(decode(encode(few, prior), 1000, prior), few)
+    many = np.zeros(200_000, dtype=np.int64)  # a few bits in total: beyond 512 symbols/byte
+    with pytest.raises(EntropyError, match="decodable bound"):
+        encode(many, prior)
+
+
+def test_prior_constructors_and_properties() -> None:
+    u = Prior.uniform(1024)
+    assert u.K == 1024
+    assert u.entropy_bits() == pytest.approx(10.0)
+    grids = [np.array([[0, 1], [1, 1]]), np.array([2, 1, 1])]
+    p = Prior.from_indices(grids, K=4)
+    q = Prior.from_counts(np.array([1, 5, 1, 0]))
+    np.testing.assert_allclose(p.probs, q.probs)
+    assert p.most_frequent() == 1
+    assert 0 < p.entropy_bits() < 2
+    with pytest.raises(ValueError):
+        Prior.from_indices([np.array([4])], K=4)
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [
+        np.array([1.0]),  # K < 2
+        np.array([0.5, 0.5, 0.0]),  # a zero entry
+        np.array([0.6, 0.6]),  # does not sum to 1
+        np.array([[0.5, 0.5]]),  # wrong rank
+        np.array([np.nan, 0.5]),
+        np.array([1 - 1e-60, 1e-60]),  # underflows to 0 in float32
+        np.array([1, 1]) // 2,  # integer dtype
+    ],
+)
+def test_invalid_priors_rejected(probs: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        Prior(probs)
+
+
+def test_bad_smoothing_rejected() -> None:
+    with pytest.raises(ValueError):
+        Prior.from_counts(np.ones(4), alpha=0.0)
+    with pytest.raises(ValueError):
+        Prior.from_counts(np.array([1.0, -1.0, 2.0]))
+
+
+def test_prior_is_read_only_copy() -> None:
+    probs = np.full(4, 0.25)
+    prior = Prior(probs)
+    probs[0] = 0.9  # mutating the caller's array must not affect the prior
+    assert prior.probs[0] == 0.25
+    with pytest.raises(ValueError):
+        prior.probs[0] = 0.9
+
+
+def test_safetensors_round_trip_gives_identical_coding() -> None:
+    prior = Prior.from_counts(np.random.default_rng(7).integers(0, 50, size=1024))
+    arr = prior.to_array()
+    assert arr.dtype == np.float32 and arr.shape == (1024,)
+    loaded = Prior.from_array(arr)
+    symbols = sample(prior, 500, seed=8)
+    data = encode(symbols, prior)
+    assert encode(symbols, loaded) == data
+    np.testing.assert_array_equal(decode(data, 500, loaded), symbols)
+
+
+def test_decode_rejects_malformed_input() -> None:
+    prior = Prior.uniform(1024)
+    data = encode(np.arange(100), prior)
+    with pytest.raises(EntropyError):
+        decode(data[:-1], 100, prior)  # not whole words
+    with pytest.raises(EntropyError):
+        decode(data, -1, prior)
+    with pytest.raises(EntropyError):
+        decode(data, max_symbols(len(data)) + 1, prior)  # forged count
+    with pytest.raises(EntropyError):
+        decode(b"", 5, prior)
+    with pytest.raises(EntropyError):
+        decode(data, 0, prior)
+    with pytest.raises(EntropyError):
+        decode(data, 50, prior)  # stream not exhausted: wrong count
+    with pytest.raises(EntropyError):
+        decode("not bytes", 1, prior)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=64),
+    n=st.integers(min_value=-3, max_value=40_000),
+    K=st.sampled_from([2, 16, 1024]),
+    skewed=st.booleans(),
+)
+def test_garbage_decode_raises_only_entropy_error(data: bytes, n: int, K: int, skewed: bool) -> None:
+    prior = skewed_prior(K, seed=K) if skewed else Prior.uniform(K)
+    try:
+        out = decode(data, n, prior)
+    except EntropyError:
+        return
+    assert out.shape == (n,)
+    assert out.dtype == np.int64
+    assert np.all((out >= 0) & (out < K))

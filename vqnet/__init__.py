@@ -1,0 +1,1 @@
+"""vqnet: extreme image compression over lossy links."""

@@ -1,0 +1,210 @@
+"""The ``vqnet`` command line. It only wires modules together; each stage lives in its own module.
+
+Every user error (bad scenario, missing file, wrong K, refused weights) ends in one ``Error:``
+line on stderr and exit code 2; no traceback reaches the user.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vqnet.channel.cli import app as channel_app
+from vqnet.score_cli import app as score_app
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Simulate sending VQGAN-compressed images over lossy links and score what arrives.",
+)
+app.add_typer(channel_app, name="channel", help="Packet-loss models: measure them, print the netem line.")
+app.add_typer(score_app, name="score", help="LPIPS-alex and PSNR of TEST against REF.")
+scenario_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Check scenario files, print their schema.")
+app.add_typer(scenario_app, name="scenario")
+train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train models (resumable).")
+app.add_typer(train_app, name="train")
+codebook_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build the K ladder of a codec.")
+app.add_typer(codebook_app, name="codebook")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from vqnet.codec.bundle import CodecError
+    from vqnet.entropy import EntropyError
+    from vqnet.images import ImageError
+    from vqnet.packets import PacketError
+    from vqnet.scenario import ScenarioError
+    from vqnet.weights import WeightsError
+
+    return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, FileExistsError, FileNotFoundError)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line + exit 2; Ctrl-C into exit 130."""
+    try:
+        yield
+    except _user_errors() as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(130) from None
+
+
+_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[label]}"))
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, quiet: bool) -> Iterator[Callable[[int, str], None]]:
+    """A rich progress bar on stderr; ``advance(n, label)`` moves it. Silent with --quiet."""
+    if quiet:
+        yield lambda n, label: None
+        return
+    with Progress(*_COLUMNS) as bar:
+        task = bar.add_task(description, total=total, label="")
+        yield lambda n, label: bar.update(task, advance=n, label=label)
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file (see scenarios/ and `vqnet scenario schema`).")],
+    out: Annotated[Path, typer.Option(help="Results root; files go to OUT/<scenario name>/.")] = Path("results"),
+    model: Annotated[Path | None, typer.Option(help="Codec bundle to use instead of the scenario's.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/."""
+    with user_errors():
+        from vqnet.codec.bundle import load_codec
+        from vqnet.images import load_images
+        from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
+        from vqnet.scenario import load_scenario
+        from vqnet.sweep import count_trials, run_sweep, write_results
+
+        sc = load_scenario(scenario)
+        codec = load_codec(model or sc.model)
+        for K in sc.K:
+            codec.codebook(K)
+        images = load_images(sc.images.source, sc.images.names, sc.images.limit)
+        t0 = time.perf_counter()
+        with progress_bar(count_trials(sc, len(images)), f"sweep {sc.name}", quiet) as advance:
+            result = run_sweep(sc, codec, images, advance)
+        seconds = time.perf_counter() - t0
+        folder = out / sc.name
+        paths = write_results(result, folder)
+        plot = plot_lpips_vs_loss(result.results, folder / "lpips_vs_loss.png", f"{sc.name}: {result.results['channel'].iloc[0]} channel")
+        examples = plot_examples(result, folder / "examples.png")
+        summary = summarize(result.results)
+        table = summary.pivot_table(index="target_loss", columns="method", values="lpips_mean", sort=False)
+        typer.echo(f"\nmean LPIPS (alex) by target loss, model {codec.model_id}, K={','.join(map(str, sc.K))}:")
+        typer.echo(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        typer.echo(f"\n{len(result.results)} trials in {seconds:.1f} s")
+        for p in [paths["results"], paths["timings"], plot, examples]:
+            if p is not None:
+                typer.echo(f"wrote {p}")
+
+
+@scenario_app.command("check")
+def scenario_check(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")]) -> None:
+    """Validate a scenario and print how many trials it expands to."""
+    with user_errors():
+        from vqnet.scenario import load_scenario
+
+        sc = load_scenario(file)
+        n_points = len(sc.channel.points()) * len(sc.K) * sc.trials * len(sc.methods)
+        typer.echo(f"{file}: ok ({sc.name}: {n_points} trials per image)")
+
+
+@scenario_app.command("schema")
+def scenario_schema() -> None:
+    """Print the JSON Schema of scenario files (every field with its type, range and description)."""
+    from vqnet.scenario import Scenario
+
+    typer.echo(json.dumps(Scenario.model_json_schema(), indent=2))
+
+
+@train_app.command("vqgan")
+def train_vqgan_cmd(
+    data: Annotated[Path, typer.Option(help="Folder of training photos (recursively).")] = Path("../shared/data/train"),
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt and log.csv.")] = Path("runs/vqgan"),
+    steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 4000,
+    batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
+    crop: Annotated[int, typer.Option(min=16, help="Crop size in pixels (multiple of 16).")] = 128,
+    ch: Annotated[int, typer.Option(min=32, help="Base channel count (multiple of 32).")] = 32,
+    n_embed: Annotated[int, typer.Option(min=2, help="Base codebook size.")] = 1024,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 3e-4,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (only faster on CPUs with avx512_bf16).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
+) -> None:
+    """Train the f=16 VQGAN (L1 + codebook loss, dead-code restarts), checkpointing every 3 minutes."""
+    with user_errors():
+        if crop % 16 or ch % 32:
+            raise typer.BadParameter("crop must be a multiple of 16 and ch a multiple of 32")
+        from vqnet.codec.train import TrainConfig, small_config, train_vqgan
+
+        cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16)
+        with Progress(*_COLUMNS) as bar:
+            loading = bar.add_task("loading photos", total=None, label="")
+            training = bar.add_task("training", total=steps, label="")
+
+            def on_load(i: int, n: int) -> None:
+                bar.update(loading, total=n, completed=i)
+
+            def on_step(step: int, row: dict[str, float]) -> None:
+                label = f"L1 {row['l1']:.4f} vq {row['emb_loss']:.4f} ppl {row['perplexity']:.0f}"
+                bar.update(training, completed=step, label=label)
+
+            path = train_vqgan(data, out, cfg, small_config(ch=ch, n_embed=n_embed), resume=resume,
+                               on_step=on_step, on_load=on_load)
+        typer.echo(f"checkpoint: {path}")
+
+
+@codebook_app.command("kmeans")
+def codebook_kmeans(
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`.")],
+    out: Annotated[Path, typer.Option(help="Codec bundle to write (.safetensors, fp16).")],
+    data: Annotated[Path, typer.Option(help="Photos used to count code usage and fit the priors.")] = Path("../shared/data/train"),
+    ks: Annotated[str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")] = "1024,256,64,16",
+    images: Annotated[int, typer.Option(min=1, help="How many photos to encode for usage counts and priors.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed for the photo sample and k-means++.")] = 0,
+) -> None:
+    """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K."""
+    with user_errors():
+        from vqnet.codec.bundle import save_codec
+        from vqnet.codec.ladder import build_ladder, sample_latents
+        from vqnet.codec.model import VQGANConfig, VQModel
+        from vqnet.codec.train import load_checkpoint
+
+        try:
+            k_list = [int(k) for k in ks.split(",") if k.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--ks must be comma-separated integers, got {ks!r}") from None
+        state = load_checkpoint(checkpoint)
+        model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
+        model.load_state_dict(state["model"])
+        with progress_bar(images, "encoding photos", False) as advance:
+            latents = sample_latents(model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        codec = build_ladder(model, latents, k_list, seed)
+        codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
+                            "prior_images": images, "data": str(data), "kmeans": "usage-weighted, no fine-tune"}
+        sha = save_codec(codec, out)
+        for K in codec.ks:
+            typer.echo(f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})")
+        typer.echo(f"wrote {out} (sha256 {sha[:16]})")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m vqnet`
+    app(prog_name="vqnet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""A codec bundle: one VQGAN, a ladder of codebooks (one per K), and an entropy prior per K.
+
+File format (one ``.safetensors`` file, fp16 for weights, float32 for priors):
+
+- the base VQModel's tensors under their *upstream* names (``encoder.*``, ``decoder.*``,
+  ``quantize.embedding.weight``, ``quant_conv.*``, ``post_quant_conv.*``), so the same file is a
+  taming state_dict;
+- for every K: ``codebooks.K{K}.embedding`` (K x embed_dim) and that K's ``quant_conv``/
+  ``post_quant_conv`` (the paper fine-tunes these per K, with the encoder/decoder frozen);
+- ``priors.K{K}``: the static index distribution the range coder uses at that K;
+- metadata: ``format``, ``version``, ``config`` (JSON VQGANConfig), ``ks``, ``finetuned`` (JSON
+  list of K whose codebook was fine-tuned), free-form ``provenance``.
+
+Why per-K quant convs live beside the codebook: swapping K must not touch the shared encoder
+and decoder, so a sweep encodes each image once and quantises it at every K.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vqnet.codec.model import VQGANConfig, VQModel, nearest_code
+from vqnet.entropy import Prior
+from vqnet.images import pad_to_multiple, to_tensor, to_uint8
+
+FORMAT = "vqnet-codec"
+VERSION = "1"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.safetensors"
+
+
+class CodecError(ValueError):
+    """A codec file or request that cannot be honoured; the message is one line for the user."""
+
+
+@dataclass
+class Codebook:
+    """One rung of the variable-rate ladder."""
+
+    K: int
+    embedding: torch.Tensor  # (K, embed_dim)
+    quant_conv_weight: torch.Tensor
+    quant_conv_bias: torch.Tensor
+    post_quant_conv_weight: torch.Tensor
+    post_quant_conv_bias: torch.Tensor
+    prior: Prior
+    finetuned: bool = False
+
+    @classmethod
+    def from_model(cls, model: VQModel, prior: Prior | None = None) -> "Codebook":
+        """The model's own codebook and convs (the base rung)."""
+        K = model.config.n_embed
+        return cls(
+            K=K,
+            embedding=model.quantize.embedding.weight.detach().clone(),
+            quant_conv_weight=model.quant_conv.weight.detach().clone(),
+            quant_conv_bias=model.quant_conv.bias.detach().clone(),
+            post_quant_conv_weight=model.post_quant_conv.weight.detach().clone(),
+            post_quant_conv_bias=model.post_quant_conv.bias.detach().clone(),
+            prior=prior or Prior.uniform(K),
+        )
+
+
+@dataclass
+class Codec:
+    """Image <-> index grid at any K of the ladder. Stateless apart from the weights."""
+
+    model: VQModel
+    codebooks: dict[int, Codebook]
+    model_id: str = "unsaved"
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def factor(self) -> int:
+        return self.model.config.ddconfig.downsample_factor
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted(self.codebooks, reverse=True)
+
+    def codebook(self, K: int) -> Codebook:
+        if K not in self.codebooks:
+            raise CodecError(f"model has no codebook with K={K}; available: {', '.join(map(str, self.ks))}")
+        return self.codebooks[K]
+
+    @torch.inference_mode()
+    def encode_latent(self, img: np.ndarray) -> torch.Tensor:
+        """uint8 H,W,3 -> encoder output (1, z_channels, ceil(H/f), ceil(W/f)); shared by every K."""
+        return self.model.encoder(to_tensor(pad_to_multiple(img, self.factor)))
+
+    @torch.inference_mode()
+    def quantize(self, latent: torch.Tensor, K: int) -> np.ndarray:
+        """Encoder output -> int64 index grid (h, w) with K's quant_conv and codebook."""
+        cb = self.codebook(K)
+        h = F.conv2d(latent, cb.quant_conv_weight, cb.quant_conv_bias)
+        _, c, gh, gw = h.shape
+        idx = nearest_code(h.permute(0, 2, 3, 1).reshape(-1, c), cb.embedding)
+        return idx.view(gh, gw).numpy().astype(np.int64)
+
+    def encode(self, img: np.ndarray, K: int) -> np.ndarray:
+        return self.quantize(self.encode_latent(img), K)
+
+    @torch.inference_mode()
+    def decode(self, indices: np.ndarray, K: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Index grid -> uint8 image, cropped to ``size`` (H, W) when the original was padded."""
+        cb = self.codebook(K)
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if idx.ndim != 2 or int(idx.min()) < 0 or int(idx.max()) >= K:
+            raise CodecError(f"indices must be a 2-D grid of values in [0, {K})")
+        z = cb.embedding[idx].permute(2, 0, 1).unsqueeze(0)
+        out = to_uint8(self.model.decoder(F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias)))
+        if size is not None:
+            out = out[: size[0], : size[1]]
+        return np.ascontiguousarray(out)
+
+
+def _prefix(K: int) -> str:
+    return f"codebooks.K{K}."
+
+
+def save_codec(codec: Codec, path: Path) -> str:
+    """Write the bundle in fp16 (priors float32) and return its sha256 (the model id)."""
+    tensors: dict[str, torch.Tensor] = {k: v.detach().half().contiguous() for k, v in codec.model.state_dict().items()}
+    for K, cb in codec.codebooks.items():
+        p = _prefix(K)
+        tensors[p + "embedding"] = cb.embedding.half().contiguous()
+        tensors[p + "quant_conv.weight"] = cb.quant_conv_weight.half().contiguous()
+        tensors[p + "quant_conv.bias"] = cb.quant_conv_bias.half().contiguous()
+        tensors[p + "post_quant_conv.weight"] = cb.post_quant_conv_weight.half().contiguous()
+        tensors[p + "post_quant_conv.bias"] = cb.post_quant_conv_bias.half().contiguous()
+        tensors[f"priors.K{K}"] = torch.from_numpy(cb.prior.to_array())
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(codec.model.config.to_dict()),
+        "ks": json.dumps(sorted(codec.codebooks)),
+        "finetuned": json.dumps(sorted(K for K, cb in codec.codebooks.items() if cb.finetuned)),
+        "provenance": json.dumps(codec.provenance),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_codec(path: Path | str | None = None) -> Codec:
+    """Load a bundle (default: the one shipped in the package). All weights are upcast to float32."""
+    path = Path(path) if path else DEFAULT_MODEL
+    if not path.is_file():
+        raise CodecError(f"codec file not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CodecError(f"{path} is not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CodecError(f"{path} is not a vqnet codec bundle (format={meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CodecError(f"{path} has bundle version {meta.get('version')!r}; this vqnet reads version {VERSION}")
+    cfg = VQGANConfig.from_dict(json.loads(meta["config"]))
+    model = VQModel(cfg).eval()
+    base = {k: v.float() for k, v in tensors.items() if not k.startswith(("codebooks.", "priors."))}
+    try:
+        model.load_state_dict(base, strict=True)
+    except RuntimeError as exc:
+        raise CodecError(f"{path}: weights do not match its config ({str(exc).splitlines()[0]})") from None
+    finetuned = set(json.loads(meta.get("finetuned", "[]")))
+    codebooks = {}
+    for K in json.loads(meta["ks"]):
+        p = _prefix(K)
+        try:
+            codebooks[K] = Codebook(
+                K=K,
+                embedding=tensors[p + "embedding"].float(),
+                quant_conv_weight=tensors[p + "quant_conv.weight"].float(),
+                quant_conv_bias=tensors[p + "quant_conv.bias"].float(),
+                post_quant_conv_weight=tensors[p + "post_quant_conv.weight"].float(),
+                post_quant_conv_bias=tensors[p + "post_quant_conv.bias"].float(),
+                prior=Prior.from_array(tensors[f"priors.K{K}"].numpy()),
+                finetuned=K in finetuned,
+            )
+        except KeyError as exc:
+            raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
+    return Codec(model, codebooks, model_id=file_sha256(path)[:16], provenance=json.loads(meta.get("provenance", "{}")))
+
+
+def load_taming_checkpoint(path: Path | str, config: VQGANConfig | dict | Path | str) -> VQModel:
+    """Load an official taming VQGAN: a Lightning ``.ckpt`` (weights under ``state_dict``) or a
+    ``.safetensors`` state_dict, plus its config (VQGANConfig, dict, or the ``model.yaml`` path).
+
+    ``loss.*`` keys (LPIPS and discriminator, present in official checkpoints) are dropped; every
+    other key must match exactly, so a wrong config is an error rather than silently random layers.
+    """
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        config = yaml.safe_load(Path(config).read_text())
+    cfg = config if isinstance(config, VQGANConfig) else VQGANConfig.from_dict(config)
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        sd = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
+            raise CodecError(f"{path} cannot be loaded safely (weights_only=True): {str(exc).splitlines()[0]}") from None
+        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(sd, dict):
+            raise CodecError(f"{path} holds no state_dict")
+    sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
+    model = VQModel(cfg).eval()
+    try:
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise CodecError(f"{path} does not match the config: {detail}") from None
+    if missing or unexpected:
+        raise CodecError(f"{path} does not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model

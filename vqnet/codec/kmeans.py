@@ -1,0 +1,37 @@
+"""K-means codebook reduction: the paper's variable-rate mechanism.
+
+The paper clusters a trained codebook into K centroids and uses them as a smaller codebook
+(optionally fine-tuned). We weight each code by how often the training set uses it: an unused code
+should not pull a centroid away from the codes that carry the images (Mao et al. cluster plainly;
+with a 1024 book trained from scratch many codes are rare, so weighting matters more here).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 50, seed: int = 0) -> torch.Tensor:
+    """Weighted Lloyd's k-means with k-means++ seeding. Returns (k, d) float32 centroids."""
+    x = points.detach().float()
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    w = torch.ones(n) if weights is None else weights.detach().float().clamp_min(0) + 1e-6
+    gen = torch.Generator().manual_seed(seed)
+    centroids = x[torch.multinomial(w, 1, generator=gen)]
+    d2 = torch.cdist(x, centroids).squeeze(1) ** 2
+    for _ in range(1, k):
+        nxt = x[torch.multinomial(w * d2 + 1e-12, 1, generator=gen)]
+        centroids = torch.cat([centroids, nxt])
+        d2 = torch.minimum(d2, (torch.cdist(x, nxt).squeeze(1)) ** 2)
+    for _ in range(iters):
+        assign = torch.cdist(x, centroids).argmin(dim=1)
+        mass = torch.zeros(k).index_add_(0, assign, w)
+        sums = torch.zeros(k, x.shape[1]).index_add_(0, assign, x * w[:, None])
+        empty = mass <= 1e-9
+        new = sums / mass.clamp_min(1e-9)[:, None]
+        new[empty] = centroids[empty]  # keep an empty centroid where it is rather than NaN
+        if torch.allclose(new, centroids):
+            break
+        centroids = new
+    return centroids

@@ -1,0 +1,63 @@
+"""Build the variable-rate ladder: K-means codebooks for each K plus a static entropy prior per K.
+
+Input: a trained VQModel and a folder of training photos. The encoder runs once per photo; every K
+re-quantises the same latents, so adding rungs costs almost nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqnet.codec.bundle import Codebook, Codec
+from vqnet.codec.kmeans import kmeans
+from vqnet.codec.model import VQModel, nearest_code
+from vqnet.entropy import Prior
+from vqnet.images import list_image_files, load_image
+
+
+def sample_latents(model: VQModel, data: str | Path, n_images: int, seed: int = 0,
+                   progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """Encoder outputs of ``n_images`` training photos chosen by ``seed`` (whole photos, no crops)."""
+    files = list_image_files(data)
+    rng = np.random.default_rng(seed)
+    chosen = [files[i] for i in sorted(rng.choice(len(files), size=min(n_images, len(files)), replace=False))]
+    codec = Codec(model, {})
+    latents = []
+    for i, f in enumerate(chosen):
+        latents.append(codec.encode_latent(load_image(f)))
+        if progress:
+            progress(i + 1, len(chosen))
+    return latents
+
+
+def quantized_vectors(latents: Sequence[torch.Tensor], qc_weight: torch.Tensor, qc_bias: torch.Tensor) -> torch.Tensor:
+    """All latent positions after quant_conv, as an (N, embed_dim) matrix."""
+    with torch.inference_mode():
+        return torch.cat([F.conv2d(z, qc_weight, qc_bias).permute(0, 2, 3, 1).reshape(-1, qc_weight.shape[0]) for z in latents])
+
+
+def code_counts(vectors: torch.Tensor, codebook: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        idx = torch.cat([nearest_code(chunk, codebook) for chunk in vectors.split(8192)])
+    return np.bincount(idx.numpy(), minlength=codebook.shape[0]).astype(np.float64)
+
+
+def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[int], seed: int = 0) -> Codec:
+    """K-means the base codebook (usage-weighted) into every K and fit each K's prior on the latents."""
+    base = Codebook.from_model(model)
+    vectors = quantized_vectors(latents, base.quant_conv_weight, base.quant_conv_bias)
+    usage = code_counts(vectors, base.embedding)
+    codebooks: dict[int, Codebook] = {}
+    for K in sorted(set(ks), reverse=True):
+        if K > base.K:
+            raise ValueError(f"K={K} exceeds the base codebook size {base.K}")
+        emb = base.embedding if K == base.K else kmeans(base.embedding, K, torch.from_numpy(usage).float(), seed=seed)
+        counts = code_counts(vectors, emb)
+        codebooks[K] = Codebook(K, emb.clone(), base.quant_conv_weight, base.quant_conv_bias,
+                                base.post_quant_conv_weight, base.post_quant_conv_bias,
+                                prior=Prior.from_counts(counts))
+    return Codec(model, codebooks)

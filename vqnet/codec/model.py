@@ -1,0 +1,313 @@
+"""The taming-transformers first stage (VQModel), re-implemented module for module.
+
+Why a re-implementation and not a dependency: upstream pulls in pytorch-lightning, prints on
+construction and has a broken ``decode_code``.  We keep its *numerics* and its *state_dict names
+and order* exactly (checked against ``shared/fixtures/taming``), so official checkpoints load
+unchanged and our own models can be read by upstream code.
+
+Source: CompVis/taming-transformers @ 3ba01b2, ``taming/modules/diffusionmodules/model.py``,
+``taming/modules/vqvae/quantize.py`` (VectorQuantizer2, legacy=True) and ``taming/models/vqgan.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DDConfig:
+    """Encoder/decoder hyper-parameters, named exactly as taming's ``ddconfig``."""
+
+    ch: int = 128
+    out_ch: int = 3
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.0
+    in_channels: int = 3
+    resolution: int = 256
+    z_channels: int = 256
+    double_z: bool = False
+
+    @property
+    def downsample_factor(self) -> int:
+        """Spatial reduction of the latent grid (16 for the f16 configs)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """A VQModel config as in taming's ``model.params``: ``embed_dim``, ``n_embed``, ``ddconfig``."""
+
+    embed_dim: int = 256
+    n_embed: int = 1024
+    ddconfig: DDConfig = field(default_factory=DDConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VQGANConfig":
+        """Accept our own dict or a taming ``model.yaml`` (``model.params`` or its ``params`` block)."""
+        if "model" in d:
+            d = d["model"]
+        if "params" in d:
+            d = d["params"]
+        dd = dict(d["ddconfig"])
+        known = set(DDConfig.__dataclass_fields__)
+        unknown = set(dd) - known
+        if unknown:
+            raise ValueError(f"unknown ddconfig keys: {sorted(unknown)}")
+        for key in ("ch_mult", "attn_resolutions"):
+            if key in dd:
+                dd[key] = tuple(dd[key])
+        return cls(embed_dim=int(d["embed_dim"]), n_embed=int(d["n_embed"]), ddconfig=DDConfig(**dd))
+
+
+def nonlinearity(x: torch.Tensor) -> torch.Tensor:
+    """Swish, as upstream writes it (x*sigmoid(x))."""
+    return x * torch.sigmoid(x)
+
+
+def Normalize(in_channels: int) -> nn.GroupNorm:  # noqa: N802 - upstream name
+    return nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then a 3x3 conv."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Downsample(nn.Module):
+    """Pad right/bottom by one zero, then a stride-2 3x3 conv: each stage floors H/2 like upstream."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0))
+
+
+class ResnetBlock(nn.Module):
+    """Upstream ResnetBlock without the timestep embedding (temb_channels=0 in VQModel)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.norm1 = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = Normalize(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nonlinearity(self.norm1(x)))
+        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+        if self.in_channels != self.out_channels:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with 1x1 q/k/v/proj_out convs and scale C^-0.5."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.norm = Normalize(in_channels)
+        self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h_ = self.norm(x)
+        q, k, v = self.q(h_), self.k(h_), self.v(h_)
+        b, c, h, w = q.shape
+        q = q.reshape(b, c, h * w).permute(0, 2, 1)  # b,hw,c
+        k = k.reshape(b, c, h * w)  # b,c,hw
+        w_ = torch.bmm(q, k) * (int(c) ** (-0.5))
+        w_ = F.softmax(w_, dim=2)
+        v = v.reshape(b, c, h * w)
+        h_ = torch.bmm(v, w_.permute(0, 2, 1)).reshape(b, c, h, w)
+        return x + self.proj_out(h_)
+
+
+class Encoder(nn.Module):
+    """Image -> latent (z_channels, H/f, W/f). Attention sits where the *configured* resolution says."""
+
+    def __init__(self, cfg: DDConfig):
+        super().__init__()
+        self.num_resolutions = len(cfg.ch_mult)
+        self.num_res_blocks = cfg.num_res_blocks
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, kernel_size=3, stride=1, padding=1)
+        curr_res = cfg.resolution
+        in_ch_mult = (1,) + tuple(cfg.ch_mult)
+        self.down = nn.ModuleList()
+        block_in = cfg.ch
+        for i_level in range(self.num_resolutions):
+            block, attn = nn.ModuleList(), nn.ModuleList()
+            block_in = cfg.ch * in_ch_mult[i_level]
+            block_out = cfg.ch * cfg.ch_mult[i_level]
+            for _ in range(cfg.num_res_blocks):
+                block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, dropout=cfg.dropout))
+                block_in = block_out
+                if curr_res in cfg.attn_resolutions:
+                    attn.append(AttnBlock(block_in))
+            down = nn.Module()
+            down.block = block
+            down.attn = attn
+            if i_level != self.num_resolutions - 1:
+                down.downsample = Downsample(block_in)
+                curr_res = curr_res // 2
+            self.down.append(down)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=cfg.dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=cfg.dropout)
+        self.norm_out = Normalize(block_in)
+        z_out = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
+        self.conv_out = nn.Conv2d(block_in, z_out, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for i_level in range(self.num_resolutions):
+            level = self.down[i_level]
+            for i_block in range(self.num_res_blocks):
+                h = level.block[i_block](h)
+                if len(level.attn) > 0:
+                    h = level.attn[i_block](h)
+            if i_level != self.num_resolutions - 1:
+                h = level.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(nonlinearity(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Latent -> image. ``up.0`` is the highest resolution: it runs last but is listed first."""
+
+    def __init__(self, cfg: DDConfig):
+        super().__init__()
+        self.num_resolutions = len(cfg.ch_mult)
+        self.num_res_blocks = cfg.num_res_blocks
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        curr_res = cfg.resolution // 2 ** (self.num_resolutions - 1)
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=cfg.dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=cfg.dropout)
+        self.up = nn.ModuleList()
+        for i_level in reversed(range(self.num_resolutions)):
+            block, attn = nn.ModuleList(), nn.ModuleList()
+            block_out = cfg.ch * cfg.ch_mult[i_level]
+            for _ in range(cfg.num_res_blocks + 1):
+                block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, dropout=cfg.dropout))
+                block_in = block_out
+                if curr_res in cfg.attn_resolutions:
+                    attn.append(AttnBlock(block_in))
+            up = nn.Module()
+            up.block = block
+            up.attn = attn
+            if i_level != 0:
+                up.upsample = Upsample(block_in)
+                curr_res = curr_res * 2
+            self.up.insert(0, up)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for i_level in reversed(range(self.num_resolutions)):
+            level = self.up[i_level]
+            for i_block in range(self.num_res_blocks + 1):
+                h = level.block[i_block](h)
+                if len(level.attn) > 0:
+                    h = level.attn[i_block](h)
+            if i_level != 0:
+                h = level.upsample(h)
+        return self.conv_out(nonlinearity(self.norm_out(h)))
+
+
+def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Argmin of squared distance, computed with upstream's exact expression so ties break alike."""
+    d = (
+        torch.sum(z_flat**2, dim=1, keepdim=True)
+        + torch.sum(codebook**2, dim=1)
+        - 2 * torch.einsum("bd,dn->bn", z_flat, codebook.t())
+    )
+    return torch.argmin(d, dim=1)
+
+
+class VectorQuantizer2(nn.Module):
+    """taming's VectorQuantizer2 with legacy=True and sane_index_shape=True (indices are B,H,W).
+
+    Legacy means beta weights the *codebook* term and the commitment term has weight 1; that is what
+    every released VQGAN was trained with, so we keep it.
+    """
+
+    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25):
+        super().__init__()
+        self.n_e = n_e
+        self.e_dim = e_dim
+        self.beta = beta
+        self.embedding = nn.Embedding(n_e, e_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (straight-through z_q in B,C,H,W; emb_loss; indices B,H,W)."""
+        b, _, h, w = z.shape
+        z = z.permute(0, 2, 3, 1).contiguous()
+        idx = nearest_code(z.view(-1, self.e_dim), self.embedding.weight)
+        z_q = self.embedding(idx).view(z.shape)
+        loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
+        z_q = z + (z_q - z).detach()
+        return z_q.permute(0, 3, 1, 2).contiguous(), loss, idx.view(b, h, w)
+
+    def get_codebook_entry(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (B,H,W) -> latent (B,C,H,W); the working replacement for upstream's decode_code."""
+        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+
+
+class VQModel(nn.Module):
+    """taming's VQModel without the Lightning wrapper and the loss module (``loss.*`` keys are dropped)."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        self.config = cfg
+        dd = cfg.ddconfig
+        self.encoder = Encoder(dd)
+        self.decoder = Decoder(dd)
+        self.quantize = VectorQuantizer2(cfg.n_embed, cfg.embed_dim, beta=0.25)
+        self.quant_conv = nn.Conv2d(dd.z_channels, cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, dd.z_channels, 1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x in [-1,1], (B,3,H,W) with H,W multiples of f -> (quant, emb_loss, indices)."""
+        return self.quantize(self.quant_conv(self.encoder(x)))
+
+    def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(quant))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.quantize.get_codebook_entry(indices))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        quant, emb_loss, idx = self.encode(x)
+        return self.decode(quant), emb_loss, idx

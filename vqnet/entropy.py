@@ -1,0 +1,256 @@
+"""Static-prior range coding of VQGAN codebook indices.
+
+The paper's reference code range-codes indices with a *uniform* PMF, which
+costs exactly ``log2(K)`` bits per index.  Codebook usage is far from
+uniform, so a static, per-K prior estimated from training indices is a cheap
+and real rate improvement.  The prior is i.i.d. on purpose: every packet must
+be decodable on its own, so no context may cross a packet boundary.
+
+Coding uses :mod:`constriction`'s ``RangeEncoder``/``RangeDecoder`` (32-bit
+words, 24-bit model precision).  Each independent stream costs about one
+(at most two) 32-bit words on top of the information content, and its length
+is always a whole number of words, so every packet pays roughly 32 bits of
+overhead.
+
+Wire format of :func:`encode`: the coder's ``uint32`` words serialised
+little-endian, nothing else.  The symbol count is *not* stored; the caller
+(the packet header) carries it.  An empty symbol array encodes to ``b""``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+import constriction
+import numpy as np
+
+__all__ = [
+    "EntropyError",
+    "Prior",
+    "MAX_SYMBOLS_PER_BYTE",
+    "max_symbols",
+    "encode",
+    "decode",
+    "encoded_size_bits",
+]
+
+#: Decoding bound: at most this many symbols per payload byte (plus a small
+#: constant, see :func:`max_symbols`).  A range decoder happily "decodes" any
+#: number of symbols from any data, so a forged symbol count would otherwise
+#: make us allocate and loop over up to 2**32 symbols.  512 symbols per byte
+#: means >= 1/64 bit per symbol, i.e. it only binds when one code has
+#: probability > 0.989.  :func:`encode` refuses to emit streams that violate
+#: the bound, so everything it produces is decodable.
+MAX_SYMBOLS_PER_BYTE = 512
+
+_WORD = np.dtype("<u4")  # little-endian uint32, regardless of host order
+_SUM_TOL = 1e-4  # float32 probability tables sum to 1 only up to rounding
+
+
+class EntropyError(ValueError):
+    """Raised for invalid or undecodable entropy-coded data."""
+
+
+def max_symbols(nbytes: int) -> int:
+    """Largest symbol count :func:`decode` accepts for ``nbytes`` of data.
+
+    Zero for empty data: :func:`encode` never produces ``b""`` for a
+    non-empty message (a non-empty range-coder stream is at least one word).
+    """
+    if nbytes <= 0:
+        return 0
+    return MAX_SYMBOLS_PER_BYTE * nbytes + 64
+
+
+@dataclass(frozen=True, eq=False)
+class Prior:
+    """A static categorical distribution over the K codebook indices.
+
+    ``probs`` is stored as a read-only copy so the cached constriction model
+    can never go stale.  Equality and hashing are by identity (``eq=False``):
+    comparing float arrays by value is ambiguous, and identity is exactly
+    what the model cache needs.
+    """
+
+    probs: np.ndarray
+
+    def __post_init__(self) -> None:
+        p = np.array(self.probs, copy=True)
+        if p.dtype not in (np.float32, np.float64):
+            raise ValueError(f"prior probs must be float32 or float64, got {p.dtype}")
+        if p.ndim != 1 or p.shape[0] < 2:
+            raise ValueError(f"prior probs must have shape (K,) with K >= 2, got {p.shape}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError("prior probs must be finite")
+        # Checked in float32 too: the coder model is built from float32 (see
+        # _model), and a tiny float64 entry must not underflow to 0 there.
+        if not (np.all(p > 0) and np.all(p.astype(np.float32) > 0)):
+            raise ValueError("every prior probability must be > 0 (even in float32)")
+        total = float(p.sum(dtype=np.float64))
+        if abs(total - 1.0) > _SUM_TOL:
+            raise ValueError(f"prior probs must sum to 1, got {total!r}")
+        p.flags.writeable = False
+        object.__setattr__(self, "probs", p)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray | Iterable[float], alpha: float = 0.5) -> Prior:
+        """Smoothed estimate ``(counts + alpha) / (N + alpha*K)``.
+
+        Smoothing is essential, not cosmetic: a code never seen in the
+        training indices would otherwise get probability 0, and an image that
+        uses it could not be coded at all (or would cost the coder's floor of
+        24 bits).  ``alpha=0.5`` is the Krichevsky-Trofimov estimator, which
+        is near-optimal for coding unseen data from a categorical source.
+        """
+        c = np.asarray(counts, dtype=np.float64)
+        if c.ndim != 1 or c.shape[0] < 2:
+            raise ValueError(f"counts must have shape (K,) with K >= 2, got {c.shape}")
+        if not np.all(np.isfinite(c)) or np.any(c < 0):
+            raise ValueError("counts must be finite and non-negative")
+        if not (alpha > 0 and np.isfinite(alpha)):
+            raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+        smoothed = c + alpha
+        return cls(smoothed / smoothed.sum())
+
+    @classmethod
+    def uniform(cls, K: int) -> Prior:
+        """The uniform prior: ``log2(K)`` bits per index, the paper's baseline."""
+        if K < 2:
+            raise ValueError(f"K must be >= 2, got {K}")
+        return cls(np.full(K, 1.0 / K))
+
+    @classmethod
+    def from_indices(cls, indices: Iterable[np.ndarray], K: int, alpha: float = 0.5) -> Prior:
+        """Estimate a prior from an iterable of index arrays (any shapes)."""
+        if K < 2:
+            raise ValueError(f"K must be >= 2, got {K}")
+        counts = np.zeros(K, dtype=np.int64)
+        for arr in indices:
+            a = np.asarray(arr)
+            if a.size == 0:
+                continue
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"indices must be integers, got {a.dtype}")
+            if a.min() < 0 or a.max() >= K:
+                raise ValueError(f"indices must lie in [0, {K})")
+            counts += np.bincount(a.ravel().astype(np.int64), minlength=K)
+        return cls.from_counts(counts, alpha=alpha)
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> Prior:
+        """Inverse of :meth:`to_array`."""
+        return cls(np.asarray(arr, dtype=np.float32))
+
+    @property
+    def K(self) -> int:
+        """Codebook size."""
+        return int(self.probs.shape[0])
+
+    def to_array(self) -> np.ndarray:
+        """float32 copy, storable in safetensors.
+
+        Round-trips exactly to the same coder model because :attr:`_model`
+        is always built from the float32 cast.
+        """
+        return self.probs.astype(np.float32)
+
+    def entropy_bits(self) -> float:
+        """Shannon entropy in bits per symbol: the ideal i.i.d. coding rate."""
+        p = self.probs.astype(np.float64)
+        return float(-(p * np.log2(p)).sum())
+
+    def information_bits(self, symbols: np.ndarray) -> np.ndarray:
+        """Per-symbol information content ``-log2 p[s]`` (float64 array).
+
+        This is what the range coder spends per symbol, up to model
+        quantisation; the packetizer uses it to guess how many symbols fit.
+        """
+        return -np.log2(self.probs.astype(np.float64)[np.asarray(symbols)])
+
+    def most_frequent(self) -> int:
+        """Index of the most probable code (a natural fill for lost indices)."""
+        return int(np.argmax(self.probs))
+
+    @cached_property
+    def _model(self) -> constriction.stream.model.Categorical:
+        # Built once per Prior: construction is O(K) and packetizing calls the
+        # coder many times.  Always from float32 so that a prior and its
+        # safetensors round-trip (to_array/from_array) quantise identically;
+        # encoder and decoder models must match bit for bit.
+        return constriction.stream.model.Categorical(self.probs.astype(np.float32), perfect=False)
+
+
+def _check_symbols(symbols: np.ndarray, K: int) -> np.ndarray:
+    s = np.asarray(symbols)
+    if s.ndim != 1:
+        raise EntropyError(f"symbols must be 1-D, got shape {s.shape}")
+    if s.size and not np.issubdtype(s.dtype, np.integer):
+        raise EntropyError(f"symbols must be integers, got {s.dtype}")
+    if s.size and (s.min() < 0 or s.max() >= K):
+        raise EntropyError(f"symbols must lie in [0, {K})")
+    return s.astype(np.int32)
+
+
+def encode(symbols: np.ndarray, prior: Prior) -> bytes:
+    """Range-code a 1-D array of indices in ``[0, prior.K)`` as one stream.
+
+    Returns little-endian uint32 words; ``b""`` for an empty array.  Raises
+    :class:`EntropyError` for invalid symbols, or when the message has more
+    symbols than :func:`max_symbols` allows for its encoded length (only
+    possible with a prior whose top code has probability > 0.989).
+    """
+    s = _check_symbols(symbols, prior.K)
+    if s.size == 0:
+        return b""
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(s, prior._model)
+    data = encoder.get_compressed().astype(_WORD).tobytes()
+    if s.size > max_symbols(len(data)):
+        raise EntropyError(
+            f"{s.size} symbols in {len(data)} bytes exceeds the decodable bound "
+            f"{max_symbols(len(data))}; split the message"
+        )
+    return data
+
+
+def decode(data: bytes, n: int, prior: Prior) -> np.ndarray:
+    """Decode ``n`` indices from a stream made by :func:`encode`.
+
+    Never crashes or hangs on garbage: raises :class:`EntropyError` if the
+    length is not a multiple of 4, ``n`` is negative or exceeds
+    :func:`max_symbols` (a forged count), the coder rejects the data, or
+    data is left over after ``n`` symbols.  Garbage that happens to decode
+    cleanly is not detectable here; the packet CRC is the integrity check.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EntropyError(f"data must be bytes-like, got {type(data).__name__}")
+    raw = bytes(data)
+    if len(raw) % 4:
+        raise EntropyError(f"data length {len(raw)} is not a multiple of 4")
+    if not isinstance(n, (int, np.integer)) or n < 0:
+        raise EntropyError(f"symbol count must be a non-negative int, got {n!r}")
+    if n > max_symbols(len(raw)):
+        raise EntropyError(f"{n} symbols cannot come from {len(raw)} bytes (max {max_symbols(len(raw))})")
+    if n == 0:
+        if raw:
+            raise EntropyError("non-empty data for zero symbols")
+        return np.zeros(0, dtype=np.int64)
+    words = np.frombuffer(raw, dtype=_WORD).astype(np.uint32)
+    try:
+        decoder = constriction.stream.queue.RangeDecoder(words)
+        out = decoder.decode(prior._model, int(n))
+        exhausted = decoder.maybe_exhausted()
+    except Exception as exc:  # constriction raises AssertionError, ValueError, ...
+        raise EntropyError(f"range decoder rejected data: {exc}") from exc
+    if not exhausted:
+        # A valid stream is fully consumed by exactly n symbols (documented
+        # guarantee of maybe_exhausted), so leftovers mean a wrong n or data.
+        raise EntropyError("data left over after decoding the requested symbols")
+    return np.asarray(out, dtype=np.int64)
+
+
+def encoded_size_bits(symbols: np.ndarray, prior: Prior) -> int:
+    """Actual coded size in bits (whole 32-bit words) of one stream."""
+    return 8 * len(encode(symbols, prior))

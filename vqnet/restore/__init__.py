@@ -1,0 +1,68 @@
+"""Concealment of lost indices: one interface, (indices, lost mask, context) -> indices.
+
+Every method receives the grid as the depacketizer left it (lost positions hold a placeholder) and
+the boolean lost mask, and must return a full grid in which **received positions are unchanged**.
+Methods are looked up by name so the scenario file and the CLI only deal in strings.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from vqnet.entropy import Prior
+
+
+@dataclass(frozen=True)
+class RestoreContext:
+    """What a concealment method may use besides the grid: the codebook size and its prior."""
+
+    K: int
+    prior: Prior
+    seed: int = 0
+
+
+Restorer = Callable[[np.ndarray, np.ndarray, RestoreContext], np.ndarray]
+
+
+def restore_none(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
+    """Fill every lost index with the prior's most frequent code: the no-concealment baseline."""
+    out = np.array(indices, dtype=np.int64, copy=True)
+    out[lost] = ctx.prior.most_frequent()
+    return out
+
+
+def restore_neighbor(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
+    """Copy the nearest received index (Euclidean distance on the grid; ties go to the first in
+    raster order, as ``distance_transform_edt`` resolves them). With nothing received it falls back
+    to ``none``."""
+    if not lost.any():
+        return np.array(indices, dtype=np.int64, copy=True)
+    if lost.all():
+        return restore_none(indices, lost, ctx)
+    _, (ri, rj) = ndimage.distance_transform_edt(lost, return_indices=True)
+    return np.asarray(indices, dtype=np.int64)[ri, rj]
+
+
+METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor}
+
+
+def get_restorer(name: str) -> Restorer:
+    if name not in METHODS:
+        raise ValueError(f"unknown restoration method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def restore(method: str, indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
+    """Run ``method`` and enforce the interface contract (shape kept, received indices untouched)."""
+    lost = np.asarray(lost, dtype=bool)
+    if indices.shape != lost.shape or indices.ndim != 2:
+        raise ValueError(f"indices {indices.shape} and lost mask {lost.shape} must be the same 2-D shape")
+    out = get_restorer(method)(indices, lost, ctx)
+    if out.shape != indices.shape or not np.array_equal(out[~lost], np.asarray(indices)[~lost]):
+        raise AssertionError(f"restoration method {method!r} changed received indices")
+    if out.size and (out.min() < 0 or out.max() >= ctx.K):
+        raise AssertionError(f"restoration method {method!r} produced indices outside [0, {ctx.K})")
+    return out

@@ -1,0 +1,49 @@
+"""``vqnet score REF TEST [--json]``: LPIPS-alex and PSNR of one image against a reference.
+
+Mount it with ``main_app.add_typer(score_cli.app, name="score")``. The command is the
+sub-app's callback rather than a ``@app.command()`` because ``add_typer`` turns a sub-app into
+a group, and a lone command inside it would have to be typed as ``vqnet score score``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vqnet.images import ImageError
+from vqnet.metrics import load_image_rgb, score
+from vqnet.weights import WeightsError
+
+app = typer.Typer(add_completion=False)
+
+
+@app.callback(
+    invoke_without_command=True,
+    subcommand_metavar="",
+    # Groups stop parsing options at the first positional by default; allow `REF TEST --json`.
+    context_settings={"allow_interspersed_args": True},
+)
+def score_command(
+    ref: Annotated[Path, typer.Argument(help="Reference (original) image.")],
+    test: Annotated[Path, typer.Argument(help="Image to score, same size as REF.")],
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object; psnr is null for identical images."),
+    ] = False,
+) -> None:
+    """Print LPIPS-alex (v0.1, inputs in [-1,1]) and PSNR of TEST against REF."""
+    try:
+        result = score(load_image_rgb(ref), load_image_rgb(test))
+    except (ImageError, WeightsError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    if json_out:
+        # Strict JSON has no Infinity; null marks identical images.
+        psnr = result["psnr"] if result["psnr"] != float("inf") else None
+        typer.echo(json.dumps({"lpips_alex": result["lpips_alex"], "psnr": psnr}))
+    else:
+        typer.echo(f"LPIPS-alex: {result['lpips_alex']:.6f}")
+        typer.echo(f"PSNR: {result['psnr']:.3f} dB")
