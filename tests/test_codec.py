@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import shared_path
+from conftest import shared_path, tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, load_taming_checkpoint, save_codec
 from vqnet.codec.kmeans import kmeans
-from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
+from vqnet.codec.model import VQGANConfig, VQModel
 from vqnet.entropy import Prior
 
 
@@ -95,10 +95,7 @@ def test_unsafe_pickle_checkpoint_is_refused(tmp_path):
 
 
 def _small_codec() -> Codec:
-    torch.manual_seed(0)
-    cfg = VQGANConfig(embed_dim=8, n_embed=32, ddconfig=DDConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                                                                  attn_resolutions=(8,), resolution=32, z_channels=16))
-    model = VQModel(cfg).eval()
+    model = tiny_model()
     base = Codebook.from_model(model)
     small = Codebook(8, kmeans(base.embedding, 8), base.quant_conv_weight, base.quant_conv_bias,
                      base.post_quant_conv_weight, base.post_quant_conv_bias, Prior.from_counts(np.arange(1, 9)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vqnet.codec.bundle import Codebook, Codec
-from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
+from conftest import tiny_model
 from vqnet.entropy import Prior
 from vqnet.images import NamedImage
 from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
@@ -16,10 +16,7 @@ from vqnet.sweep import RESULT_COLUMNS, run_sweep, trial_seed, write_results
 
 @pytest.fixture(scope="module")
 def codec() -> Codec:
-    torch.manual_seed(0)
-    cfg = VQGANConfig(embed_dim=8, n_embed=32, ddconfig=DDConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                                                                  attn_resolutions=(8,), resolution=32, z_channels=16))
-    model = VQModel(cfg).eval()
+    model = tiny_model()
     cb = Codebook.from_model(model)
     cb.embedding = torch.randn(32, 8)  # spread codes so images use many of them
     cb.prior = Prior.from_counts(np.arange(32, 0, -1))

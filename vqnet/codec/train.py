@@ -35,7 +35,7 @@ class TrainConfig:
     crop: int = 128
     lr: float = 3e-4
     seed: int = 0
-    restart_every: int = 100  # dead-code restart period (steps)
+    restart_every: int = 50  # dead-code restart period (steps)
     restart_threshold: float = 0.03  # a code used less than this many times per batch (EMA) is dead
     bf16: bool = False  # bf16 autocast is 2-3x faster only on CPUs with avx512_bf16; 25x slower without
     checkpoint_minutes: float = 3.0
@@ -96,7 +96,7 @@ def restart_dead_codes(model: VQModel, usage: torch.Tensor, h: torch.Tensor, thr
     noise = 0.01 * z.std() * torch.randn(dead.numel(), z.shape[1], generator=gen)
     with torch.no_grad():
         model.quantize.embedding.weight[dead] = z[pick] + noise
-    usage[dead] = 1.0
+    usage[dead] = 2 * threshold  # a short grace period: a re-seeded code must win positions soon
     return int(dead.numel())
 
 
@@ -117,6 +117,15 @@ def save_checkpoint(path: Path, model: VQModel, opt: torch.optim.Optimizer, step
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint, so a resumed run's log has each step once."""
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+    log_path.write_text("".join(kept))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -157,6 +166,7 @@ def train_vqgan(
         torch.set_rng_state(state["torch_rng"])
         usage = state["usage"]
         step = int(state["step"])
+        _truncate_log(log_path, step)
     elif ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     else:
