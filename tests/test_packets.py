@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from vqnet.entropy import Prior, encode
 from vqnet.packets import (
     HEADER_BYTES,
+    MAX_GRID,
     MIN_PAYLOAD,
     TRAILER_BYTES,
     Packet,
@@ -276,6 +277,27 @@ def test_wrong_shape_packets_are_bad() -> None:
     packets = packetize(np.zeros((4, 4), dtype=int), prior, 100)
     out = depacketize(packets, {16: prior}, shape=(4, 5))
     assert out.lost.all() and out.n_packets_bad == len(packets)
+
+
+def test_packets_of_another_k_are_bad_when_k_is_given() -> None:
+    packets = packetize(np.zeros((4, 4), dtype=int), Prior.uniform(16), 100)
+    out = depacketize(packets, {16: Prior.uniform(16), 32: Prior.uniform(32)}, shape=(4, 4), K=32)
+    assert out.lost.all() and out.n_packets_bad == len(packets)
+    assert not depacketize(packets, {16: Prior.uniform(16)}, K=16).lost.any()
+
+
+def test_grid_larger_than_max_grid_is_refused_before_allocation() -> None:
+    """A forged 40-byte packet naming a 65535 x 65535 grid (valid CRC) would make the receiver
+    allocate 34 GB for the grid; it must be a bad packet instead."""
+    body = _raster_body(K=16, h=0xFFFF, w=0xFFFF, start=0, n=16)
+    with pytest.raises(PacketError, match="more than"):
+        Packet.from_bytes(with_crc(body))
+    with pytest.raises(PacketError, match="no valid packet"):
+        depacketize([with_crc(body)], {16: Prior.uniform(16)})
+    side = int(MAX_GRID ** 0.5)
+    assert Packet.from_bytes(with_crc(_raster_body(h=side, w=side))).h == side  # the bound itself is fine
+    with pytest.raises(ValueError, match="more than"):
+        packetize(np.zeros((side + 1, side), dtype=int), Prior.uniform(16), 100)
 
 
 def test_missing_or_mismatched_prior_raises_packet_error() -> None:

@@ -1,7 +1,11 @@
 """The sweep wiring on a small real codec: determinism, pairing of methods, table contents."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -11,7 +15,8 @@ from vqnet.entropy import Prior
 from vqnet.images import NamedImage
 from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
 from vqnet.scenario import parse_scenario
-from vqnet.sweep import RESULT_COLUMNS, run_sweep, trial_seed, write_results
+from vqnet.sweep import (PARTIAL_NAME, RESULT_COLUMNS, SweepError, TrialJournal, TrialRecord, run_sweep,
+                         sweep_fingerprint, trial_seed, write_results)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +90,61 @@ def test_missing_k_fails_before_work(codec, images):
 
     with pytest.raises(CodecError, match="K=64"):
         run_sweep(parse_scenario(dict(SCENARIO, K=[64])), codec, images)
+
+
+def test_resume_from_a_torn_journal_gives_the_same_table(codec, images, tmp_path, monkeypatch):
+    sc = parse_scenario(SCENARIO)
+    fp = sweep_fingerprint(sc, codec, images)
+    with TrialJournal.open(tmp_path / "a" / PARTIAL_NAME, fp) as journal:
+        full = run_sweep(sc, codec, images, journal=journal)
+    lines = (tmp_path / "a" / PARTIAL_NAME).read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1 + 2 * 2 * 2  # fingerprint + images x losses x trials (methods share a line)
+    # killed after three trials, in the middle of writing the fourth
+    partial = tmp_path / "b" / PARTIAL_NAME
+    partial.parent.mkdir()
+    partial.write_bytes(b"".join(lines[:4]) + lines[4][:25])
+    with TrialJournal.open(partial, fp) as journal:
+        assert len(journal.done) == 3
+        resumed = run_sweep(sc, codec, images, journal=journal)
+    a = write_results(full, tmp_path / "a")["results"].read_bytes()
+    assert write_results(resumed, tmp_path / "b")["results"].read_bytes() == a
+    pd.testing.assert_frame_equal(resumed.timings.iloc[:6], full.timings.iloc[:6])  # kept, not re-measured
+    assert set(resumed.examples) == set(full.examples)  # the example trial was rerun for its picture
+    entries = [json.loads(line) for line in partial.read_bytes().splitlines()[1:]]
+    keys = [json.dumps(e["key"]) for e in entries]
+    assert partial.read_bytes().endswith(b"\n") and len(keys) == len(set(keys)) == 8  # torn line gone, no repeats
+    # a complete journal runs nothing but the example trial: only the example image is encoded
+    encoded = []
+    monkeypatch.setattr(codec, "encode_latent", lambda px: encoded.append(px.shape) or Codec.encode_latent(codec, px))
+    with TrialJournal.open(partial, fp) as journal:
+        again = run_sweep(sc, codec, images, journal=journal)
+    assert len(encoded) == 1 and write_results(again, tmp_path / "c")["results"].read_bytes() == a
+
+
+def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_path):
+    sc = parse_scenario(SCENARIO)
+    path = tmp_path / PARTIAL_NAME
+    fp = sweep_fingerprint(sc, codec, images)
+    with TrialJournal.open(path, fp) as journal:
+        journal.append(TrialJournal.key("img0", 32, 0.2, 3.0, 0), TrialRecord([{"lpips": 0.5}], [{"decode_ms": 1.5}]))
+    with TrialJournal.open(path, fp) as journal:
+        assert journal.done[TrialJournal.key("img0", 32, 0.2, 3.0, 0)].timings == [{"decode_ms": 1.5}]
+    other = sweep_fingerprint(parse_scenario(dict(SCENARIO, seed=8)), codec, images)
+    with pytest.raises(SweepError, match="another scenario.*--fresh"):
+        TrialJournal.open(path, other)
+    with TrialJournal.open(path, other, fresh=True) as journal:
+        assert not journal.done
+    changed_pixels = [NamedImage(images[0].name, images[0].pixels ^ 1), images[1]]
+    assert len({fp, sweep_fingerprint(sc, codec, images[:1]), sweep_fingerprint(sc, codec, changed_pixels),
+                sweep_fingerprint(sc, replace(codec, model_id="0123456789abcdef"), images)}) == 4
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b'{"fingerprint": "f"}\n{"key": [1], "rows": "oops", "timings": []}\n', "line 2 is damaged"),
+    (b'{"fingerprint": "f"}\n{"key": [1]\n{"key": [2], "rows": [], "timings": []}\n', "line 2 is damaged"),
+    (b"not json\n", "not a sweep journal"),
+])
+def test_damaged_journal_is_an_error(tmp_path, content, needle):
+    (tmp_path / PARTIAL_NAME).write_bytes(content)
+    with pytest.raises(SweepError, match=needle):
+        TrialJournal.open(tmp_path / PARTIAL_NAME, "f")

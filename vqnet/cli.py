@@ -41,9 +41,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.images import ImageError
     from vqnet.packets import PacketError
     from vqnet.scenario import ScenarioError
+    from vqnet.sweep import SweepError
+    from vqnet.vqn import VqnError
     from vqnet.weights import WeightsError
 
-    return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, FileExistsError, FileNotFoundError)
+    return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, SweepError,
+            FileExistsError, FileNotFoundError)
 
 
 @contextmanager
@@ -80,26 +83,38 @@ def run(
     out: Annotated[Path, typer.Option(help="Results root; files go to OUT/<scenario name>/.")] = Path("results"),
     model: Annotated[Path | None, typer.Option(help="Codec bundle to use instead of the scenario's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/<name>/partial.jsonl of an interrupted run "
+                                                        "instead of resuming from it.")] = False,
 ) -> None:
-    """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/."""
+    """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
+
+    Finished trials are journalled to OUT/<name>/partial.jsonl as they complete; running the same
+    command after an interruption skips them and writes the table an uninterrupted run would.
+    """
     with user_errors():
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_images
         from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
         from vqnet.scenario import load_scenario
-        from vqnet.sweep import count_trials, run_sweep, write_results
+        from vqnet.sweep import PARTIAL_NAME, TrialJournal, count_trials, run_sweep, sweep_fingerprint, write_results
 
         sc = load_scenario(scenario)
         codec = load_codec(model or sc.model)
         for K in sc.K:
             codec.codebook(K)
         images = load_images(sc.images.source, sc.images.names, sc.images.limit)
-        t0 = time.perf_counter()
-        with progress_bar(count_trials(sc, len(images)), f"sweep {sc.name}", quiet) as advance:
-            result = run_sweep(sc, codec, images, advance)
-        seconds = time.perf_counter() - t0
         folder = out / sc.name
+        total = count_trials(sc, len(images))
+        t0 = time.perf_counter()
+        with TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images), fresh) as journal:
+            if journal.done:
+                n_done = sum(len(r.rows) for r in journal.done.values())
+                typer.echo(f"resuming: {n_done} of {total} trials already done ({journal.path})")
+            with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
+                result = run_sweep(sc, codec, images, advance, journal)
+        seconds = time.perf_counter() - t0
         paths = write_results(result, folder)
+        journal.discard()
         plot = plot_lpips_vs_loss(result.results, folder / "lpips_vs_loss.png", f"{sc.name}: {result.results['channel'].iloc[0]} channel")
         examples = plot_examples(result, folder / "examples.png")
         summary = summarize(result.results)
@@ -110,6 +125,61 @@ def run(
         for p in [paths["results"], paths["timings"], plot, examples]:
             if p is not None:
                 typer.echo(f"wrote {p}")
+
+
+@app.command()
+def encode(
+    image: Annotated[Path, typer.Argument(help="Image to encode (any format PIL reads).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .vqn file to write.")],
+    K: Annotated[int, typer.Option("--K", help="Codebook size (must exist in the model).")] = 256,
+    model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
+    max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet (headers come on top).")] = 24,
+    layout: Annotated[str, typer.Option(help="raster | interleaved (see vqnet/packets.py).")] = "interleaved",
+) -> None:
+    """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
+    with user_errors():
+        if layout not in ("raster", "interleaved"):
+            raise typer.BadParameter(f"--layout must be raster or interleaved, got {layout!r}")
+        from vqnet.codec.bundle import load_codec
+        from vqnet.images import load_image
+        from vqnet.metrics import bpp
+        from vqnet.vqn import encode_vqn, write_vqn
+
+        codec = load_codec(model)
+        pixels = load_image(image)
+        vqn = encode_vqn(codec, pixels, K, max_payload, layout)  # type: ignore[arg-type]
+        data = write_vqn(vqn)
+        output.write_bytes(data)
+        typer.echo(f"wrote {output}: {len(data)} bytes, {len(vqn.packets)} packets, "
+                   f"{bpp(len(data), vqn.height, vqn.width):.4f} bpp ({vqn.width}x{vqn.height}, K={K}, "
+                   f"model {codec.model_id})")
+
+
+@app.command()
+def decode(
+    vqn_file: Annotated[Path, typer.Argument(metavar="FILE.vqn", help="A .vqn file, possibly missing packets.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Image to write (format from the suffix).")],
+    method: Annotated[str, typer.Option(help="Concealment for missing indices: none | neighbor.")] = "neighbor",
+    model: Annotated[Path | None, typer.Option(help="Codec bundle the file was made with (default: bundled).")] = None,
+) -> None:
+    """Decode a .vqn file, concealing what missing or damaged packets held; print what was lost."""
+    with user_errors():
+        from vqnet.codec.bundle import load_codec
+        from vqnet.images import save_image
+        from vqnet.restore import METHODS
+        from vqnet.vqn import decode_vqn, read_vqn
+
+        if method not in METHODS:
+            raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        vqn = read_vqn(vqn_file.read_bytes(), str(vqn_file))
+        out = decode_vqn(load_codec(model), vqn, method)
+        save_image(output, out.image)
+        got = out.received
+        expected = "?" if got.n_packets_expected is None else got.n_packets_expected
+        missing = "all" if out.missing is None else out.missing
+        typer.echo(f"packets: {got.n_packets_ok} present, {missing} missing of {expected}, "
+                   f"{got.n_packets_bad} corrupt (of {len(vqn.packets)} in the file)")
+        typer.echo(f"concealed {out.concealed:.1%} of indices with {method}; wrote {output}")
 
 
 @scenario_app.command("check")

@@ -52,6 +52,14 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"cannot read image {path}: {exc}") from None
 
 
+def save_image(path: str | Path, pixels: np.ndarray) -> None:
+    """Write uint8 RGB pixels in the format the suffix names (ImageError if that fails)."""
+    try:
+        Image.fromarray(to_rgb(pixels)).save(path)
+    except (OSError, ValueError) as exc:  # PIL: unknown suffix -> ValueError, unwritable -> OSError
+        raise ImageError(f"cannot write image {path}: {exc}") from None
+
+
 def list_image_files(source: str | Path) -> list[Path]:
     """A folder (recursive), a glob pattern, or a single file -> sorted image paths."""
     s = str(source)

@@ -14,7 +14,7 @@ Byte layout (network byte order, ``struct`` format in brackets)::
     4       4     image_id [I]    caller-chosen, to separate images on a link
     8       2     K [H]           codebook size, >= 2
     10      2     h [H]           grid height, >= 1
-    12      2     w [H]           grid width, >= 1
+    12      2     w [H]           grid width, >= 1; h*w <= MAX_GRID (2**22)
     14      2     packet_no [H]   0 <= packet_no < packet_count
     16      2     packet_count [H] packets making up this image, >= 1
     -- raster layout (layout 0) --
@@ -62,6 +62,7 @@ __all__ = [
     "TRAILER_BYTES",
     "MIN_PAYLOAD",
     "MAX_PAYLOAD",
+    "MAX_GRID",
     "packetize",
     "depacketize",
 ]
@@ -90,6 +91,11 @@ TRAILER_BYTES = _CRC.size
 MIN_PAYLOAD = 8
 #: Largest payload the u16 length field can describe.
 MAX_PAYLOAD = 0xFFFF
+#: Most grid positions (h*w) a packet may describe.  The receiver allocates the
+#: whole grid a header names, so without this bound one forged 40-byte packet
+#: (65535 x 65535, valid CRC) would ask for 34 GB.  2**22 positions is a
+#: 2048 x 2048 grid, a 32768 x 32768-pixel image at f=16.
+MAX_GRID = 1 << 22
 
 _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
@@ -127,6 +133,8 @@ class Packet:
             raise PacketError(f"K={self.K} outside [2, 65535]")
         if not (1 <= self.h <= _U16 and 1 <= self.w <= _U16):
             raise PacketError(f"grid {self.h}x{self.w} must have sides in [1, 65535]")
+        if self.h * self.w > MAX_GRID:
+            raise PacketError(f"grid {self.h}x{self.w} has more than {MAX_GRID} positions")
         if not 1 <= self.packet_count <= _U16:
             raise PacketError(f"packet_count {self.packet_count} outside [1, 65535]")
         if not 0 <= self.packet_number < self.packet_count:
@@ -261,6 +269,8 @@ def _validate_grid(indices: np.ndarray, prior: Prior) -> np.ndarray:
     h, w = a.shape
     if not (1 <= h <= _U16 and 1 <= w <= _U16):
         raise ValueError(f"grid sides must be in [1, 65535], got {h}x{w}")
+    if h * w > MAX_GRID:
+        raise ValueError(f"grid {h}x{w} has more than {MAX_GRID} positions")
     if not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"indices must be integers, got {a.dtype}")
     if not 2 <= prior.K <= _U16:
@@ -373,11 +383,12 @@ def depacketize(packets: Iterable[bytes],
                 prior_for_k: Callable[[int], Prior] | Mapping[int, Prior],
                 shape: tuple[int, int] | None = None,
                 image_id: int | None = None,
-                fill: int = 0) -> Depacketized:
+                fill: int = 0,
+                K: int | None = None) -> Depacketized:
     """Rebuild the grid and the lost mask from whatever packets arrived.
 
     Each item is parsed independently; unparsable or CRC-failing items,
-    packets for another ``image_id`` or ``shape`` (when given), packets
+    packets for another ``image_id``, ``shape`` or ``K`` (when given), packets
     disagreeing with the majority header (image_id, K, h, w, packet count,
     layout; ties go to the earliest), conflicting copies of a packet number,
     overlapping runs and undecodable payloads all count as bad.  Exact
@@ -394,7 +405,7 @@ def depacketize(packets: Iterable[bytes],
             n_bad += 1
             continue
         if (image_id is not None and pkt.image_id != image_id) or \
-                (shape is not None and (pkt.h, pkt.w) != tuple(shape)):
+                (shape is not None and (pkt.h, pkt.w) != tuple(shape)) or (K is not None and pkt.K != K):
             n_bad += 1
             continue
         parsed.append((pkt, bytes(item)))

@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from vqnet.images import ImageError
-from vqnet.metrics import load_image_rgb, score
 from vqnet.weights import WeightsError
 
 app = typer.Typer(add_completion=False)
@@ -35,6 +34,8 @@ def score_command(
     ] = False,
 ) -> None:
     """Print LPIPS-alex (v0.1, inputs in [-1,1]) and PSNR of TEST against REF."""
+    from vqnet.metrics import load_image_rgb, score  # lpips/torchvision load only when scoring
+
     try:
         result = score(load_image_rgb(ref), load_image_rgb(test))
     except (ImageError, WeightsError) as exc:

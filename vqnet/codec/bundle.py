@@ -16,7 +16,6 @@ and decoder, so a sweep encodes each image once and quantises it at every K.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,13 @@ from safetensors.torch import load_file, save_file
 from vqnet.codec.model import VQGANConfig, VQModel, nearest_code
 from vqnet.entropy import Prior
 from vqnet.images import pad_to_multiple, to_tensor, to_uint8
+from vqnet.weights import sha256_of
 
 FORMAT = "vqnet-codec"
 VERSION = "1"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.safetensors"
+#: ``{"<file name in vqnet/models/>": "<sha256 hex>"}`` for every bundled weights file.
+MANIFEST = DEFAULT_MODEL.parent / "manifest.json"
 
 
 class CodecError(ValueError):
@@ -148,22 +150,45 @@ def save_codec(codec: Codec, path: Path) -> str:
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
-    return file_sha256(path)
+    return sha256_of(path)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _restore_hint(path: Path) -> str:
+    return (f"restore it with `git checkout vqnet/models/{path.name}` (in a git checkout) "
+            f"or reinstall vqnet")
+
+
+def manifest_sha256(path: Path, manifest: Path) -> str:
+    """The sha256 that ``manifest`` records for the bundled file ``path`` (by file name)."""
+    try:
+        entries = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise CodecError(f"weights manifest {manifest} is missing, so {path.name} cannot be verified; "
+                         f"{_restore_hint(manifest)}") from None
+    except (OSError, ValueError) as exc:
+        raise CodecError(f"weights manifest {manifest} is unreadable ({exc}); {_restore_hint(manifest)}") from None
+    sha = entries.get(path.name) if isinstance(entries, dict) else None
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise CodecError(f"weights manifest {manifest} has no sha256 for {path.name}; {_restore_hint(manifest)}")
+    return sha
 
 
 def load_codec(path: Path | str | None = None) -> Codec:
-    """Load a bundle (default: the one shipped in the package). All weights are upcast to float32."""
+    """Load a bundle (default: the one shipped in the package). All weights are upcast to float32.
+
+    The default bundle is checked against the sha256 in :data:`MANIFEST` first: a truncated or
+    tampered file in the package must be refused, not turned into silently different numbers.
+    A bundle given by path is the caller's choice and is only identified (model id), not checked.
+    """
+    bundled = not path
     path = Path(path) if path else DEFAULT_MODEL
     if not path.is_file():
-        raise CodecError(f"codec file not found: {path}")
+        hint = f"; {_restore_hint(path)}" if bundled else ""
+        raise CodecError(f"codec file not found: {path}{hint}")
+    sha = sha256_of(path)
+    if bundled and sha != (expected := manifest_sha256(path, MANIFEST)):
+        raise CodecError(f"{path} has sha256 {sha[:16]}..., the manifest says {expected[:16]}... "
+                         f"(tampered or truncated); {_restore_hint(path)}")
     try:
         from safetensors import safe_open
 
@@ -200,7 +225,7 @@ def load_codec(path: Path | str | None = None) -> Codec:
             )
         except KeyError as exc:
             raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
-    return Codec(model, codebooks, model_id=file_sha256(path)[:16], provenance=json.loads(meta.get("provenance", "{}")))
+    return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")))
 
 
 def load_taming_checkpoint(path: Path | str, config: VQGANConfig | dict | Path | str) -> VQModel:
