@@ -36,6 +36,7 @@ app.add_typer(codebook_app, name="codebook")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from vqnet.classical import ClassicalError
     from vqnet.codec.bundle import CodecError
     from vqnet.entropy import EntropyError
     from vqnet.images import ImageError
@@ -46,7 +47,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.weights import WeightsError
 
     return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, SweepError,
-            FileExistsError, FileNotFoundError)
+            ClassicalError, FileExistsError, FileNotFoundError)
 
 
 @contextmanager
@@ -180,6 +181,49 @@ def decode(
         typer.echo(f"packets: {got.n_packets_ok} present, {missing} missing of {expected}, "
                    f"{got.n_packets_bad} corrupt (of {len(vqn.packets)} in the file)")
         typer.echo(f"concealed {out.concealed:.1%} of indices with {method}; wrote {output}")
+
+
+@app.command("eval")
+def eval_cmd(
+    images: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of images (recursive), e.g. Kodak.")],
+    out: Annotated[Path, typer.Option(help="Folder for rd.csv, rd_images.csv, rd.png and grid.png.")] = (
+        Path("results/eval")),
+    model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
+    dists: Annotated[bool, typer.Option("--dists/--no-dists", help="Score DISTS too (~3 s per Kodak image "
+                                                                     "and codec on a CPU).")] = True,
+    classical: Annotated[str, typer.Option(help="Comma-separated baselines (jpeg, webp, avif), or 'none'.")] = (
+        "jpeg,webp,avif"),
+    max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet of the .vqn files.")] = 1000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
+    MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates."""
+    with user_errors():
+        from vqnet.codec.bundle import load_codec
+        from vqnet.evaluate import count_steps, evaluate
+        from vqnet.images import load_images
+        from vqnet.plots import plot_codec_grid, plot_rd
+
+        names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
+        codec = load_codec(model)
+        pixels = load_images(str(images))
+        label = images.resolve().name
+        with progress_bar(count_steps(len(pixels), len(codec.ks), names), f"eval {label}", quiet) as advance:
+            result = evaluate(codec, pixels, with_dists=dists, classical=names, max_payload=max_payload,
+                              advance=advance)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "rd.csv", out / "rd_images.csv"]
+        result.rd.to_csv(paths[0], index=False)
+        result.per_image.to_csv(paths[1], index=False)
+        paths += [plot_rd(result.rd, out / "rd.png", f"{label}: {len(pixels)} images, model {codec.model_id}"),
+                  plot_codec_grid(result, out / "grid.png")]
+        shown = result.rd.drop(columns=["target_bpp"] + ([] if dists else ["dists"]))
+        typer.echo(f"\nmeans over {len(pixels)} images, model {codec.model_id} (f={codec.factor}):")
+        typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+        for p in paths:
+            typer.echo(f"wrote {p}")
 
 
 @scenario_app.command("check")

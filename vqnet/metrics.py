@@ -1,4 +1,6 @@
-"""Image-quality metrics used to score reconstructions: LPIPS-alex, PSNR and bits per pixel.
+"""Image-quality metrics used to score reconstructions: LPIPS-alex, PSNR, MS-SSIM and bits per pixel.
+
+DISTS lives in :mod:`vqnet.dists` (it needs its own VGG16 model and weights).
 
 LPIPS is pinned to the setting the VQGAN-compression paper reports (``lpips`` v0.1, AlexNet
 trunk, inputs in [-1, 1]); feeding [0, 1] images, as one of the authors' scripts did, gives
@@ -19,6 +21,7 @@ from typing import Literal
 import lpips
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vqnet.images import ImageError, load_image
 from vqnet.weights import (
@@ -126,6 +129,62 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
         raise ImageError(f"cannot compare images of shapes {a.shape} and {b.shape}")
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+
+
+# MS-SSIM as pytorch_msssim 1.0 computes it (the paper's quality.py uses that package): an
+# 11-tap gaussian (sigma 1.5) applied separably with no padding, K1=0.01, K2=0.03, five scales
+# with Wang et al.'s weights, 2x2 average pooling between scales (zero-padded, counted, on odd
+# sides), negative contrast/structure terms clipped to 0.
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_SSIM_WIN = 11
+_SSIM_SIGMA = 1.5
+_SSIM_K = (0.01, 0.03)
+#: Smallest side MS-SSIM accepts is this + 1: after four halvings the window must still fit.
+MS_SSIM_MIN_SIDE = (_SSIM_WIN - 1) * 2 ** (len(_MS_SSIM_WEIGHTS) - 1)
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM of two same-shaped ``uint8 (H, W, 3)`` images (data range 255), mean over channels.
+
+    Follows ``pytorch_msssim.ms_ssim`` step for step, but in float64 (differences from its
+    float32 path are ~1e-6). Raises ``ValueError`` if the shorter side is at most
+    :data:`MS_SSIM_MIN_SIDE` (160 px), which pytorch_msssim also refuses: the coarsest scale
+    would be smaller than the 11-px window.
+    """
+    _require_rgb_uint8(a)
+    _require_rgb_uint8(b)
+    if a.shape != b.shape:
+        raise ImageError(f"cannot compare images of shapes {a.shape} and {b.shape}")
+    if min(a.shape[:2]) <= MS_SSIM_MIN_SIDE:
+        raise ValueError(
+            f"MS-SSIM needs both sides > {MS_SSIM_MIN_SIDE} px (5 scales of an 11-px window), "
+            f"got {a.shape[1]}x{a.shape[0]}"
+        )
+    x, y = (torch.from_numpy(im).permute(2, 0, 1)[None].double() for im in (a, b))
+    coords = torch.arange(_SSIM_WIN, dtype=torch.float64) - _SSIM_WIN // 2
+    g = torch.exp(-(coords**2) / (2 * _SSIM_SIGMA**2))
+    g = (g / g.sum()).repeat(3, 1, 1, 1)  # (3, 1, 1, win): one filter per channel
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, g.transpose(2, 3), groups=3), g, groups=3)
+
+    c1, c2 = ((k * 255.0) ** 2 for k in _SSIM_K)
+    terms = []
+    for level in range(len(_MS_SSIM_WEIGHTS)):
+        mu_x, mu_y = blur(x), blur(y)
+        var_x = blur(x * x) - mu_x**2
+        var_y = blur(y * y) - mu_y**2
+        cov = blur(x * y) - mu_x * mu_y
+        cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+        if level < len(_MS_SSIM_WEIGHTS) - 1:
+            terms.append(cs_map.mean((2, 3)).clamp(min=0))
+            padding = [side % 2 for side in x.shape[2:]]
+            x, y = F.avg_pool2d(x, 2, padding=padding), F.avg_pool2d(y, 2, padding=padding)
+        else:
+            ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
+            terms.append(ssim_map.mean((2, 3)).clamp(min=0))
+    weights = torch.tensor(_MS_SSIM_WEIGHTS, dtype=torch.float64).view(-1, 1, 1)
+    return torch.prod(torch.stack(terms) ** weights, dim=0).mean().item()
 
 
 def bpp(n_bytes: int, height: int, width: int) -> float:

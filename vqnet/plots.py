@@ -1,4 +1,5 @@
-"""Figures of a sweep: LPIPS vs loss (mean and 95 % CI per method) and a grid of reconstructions."""
+"""Figures of a sweep (LPIPS vs loss, mean and 95 % CI per method, and a grid of reconstructions)
+and of an evaluation (LPIPS vs bpp per codec, and a grid of one image at every codec and K)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from vqnet.evaluate import VQNET, EvalOutput
 from vqnet.sweep import SweepOutput
 
 
@@ -83,6 +85,60 @@ def plot_examples(out: SweepOutput, path: Path) -> Path | None:
                 ax.imshow(img)
                 ax.set_title(label, fontsize=8)
     fig.suptitle(f"{name}: reconstructions (trial 0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_rd(rd: pd.DataFrame, path: Path, title: str) -> Path:
+    """LPIPS vs bpp, one curve per codec (points are K, or vqnet's rate at K for classical codecs).
+
+    vqnet is drawn a second time, dashed, at the paper's uniform-coding bpp log2(K)/f², so the
+    distance between the two curves is what the paper's rate accounting leaves out.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for codec, g in rd.groupby("codec", sort=False):
+        g = g.sort_values("bpp")
+        ax.plot(g["bpp"], g["lpips"], marker="o", label=codec)
+        if codec == VQNET:
+            ax.plot(g["bpp_uniform_paper"], g["lpips"], marker="o", ls="--", mfc="none", color="grey",
+                    label=f"{VQNET} at log2(K)/f² (paper's rate)")
+            for _, row in g.iterrows():
+                ax.annotate(f"K={row['K']}", (row["bpp"], row["lpips"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("bits per pixel (whole file)")
+    ax.set_ylabel("LPIPS (alex), lower is better")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_codec_grid(out: EvalOutput, path: Path) -> Path:
+    """Rows: K (largest first); columns: the original, then each codec at that K's rate."""
+    name = out.original.name
+    codecs = list(dict.fromkeys(out.rd["codec"]))
+    ks = sorted(set(out.rd["K"]), reverse=True)
+    ncols = 1 + len(codecs)
+    fig, axes = plt.subplots(len(ks), ncols, figsize=(2.8 * ncols, 2.3 * len(ks)), squeeze=False)
+    for r, K in enumerate(ks):
+        cells = [("original", out.original.pixels)]
+        for codec in codecs:
+            ex = out.examples.get((codec, K))
+            if ex is None:
+                cells.append((f"{codec} K={K}:\nrate not reachable", None))
+            else:
+                cells.append((f"{codec} K={K}\n{ex.bpp:.4f} bpp, LPIPS {ex.lpips:.3f}", ex.image))
+        for ax, (label, img) in zip(axes[r], cells):
+            ax.axis("off")
+            ax.set_title(label, fontsize=7)
+            if img is not None:
+                ax.imshow(img)
+    fig.suptitle(f"{name}: each codec at vqnet's rate for K")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

