@@ -21,7 +21,7 @@ def vqnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_help_lists_commands(tmp_path):
     res = vqnet("--help", cwd=tmp_path)
     assert res.returncode == 0
-    for cmd in ("run", "channel", "score", "scenario", "train", "codebook"):
+    for cmd in ("run", "encode", "decode", "eval", "channel", "score", "scenario", "train", "codebook"):
         assert cmd in res.stdout
 
 
