@@ -231,10 +231,10 @@ def scenario_check(file: Annotated[Path, typer.Argument(help="Scenario YAML file
     """Validate a scenario and print how many trials it expands to."""
     with user_errors():
         from vqnet.scenario import load_scenario
+        from vqnet.sweep import count_trials
 
         sc = load_scenario(file)
-        n_points = len(sc.channel.points()) * len(sc.K) * sc.trials * len(sc.methods)
-        typer.echo(f"{file}: ok ({sc.name}: {n_points} trials per image)")
+        typer.echo(f"{file}: ok ({sc.name}: {count_trials(sc, 1)} trials per image)")
 
 
 @scenario_app.command("schema")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vqnet.channel.link import LinkConfig, transmit
+from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
@@ -337,8 +337,8 @@ class GridScorer:
         return *self.cache[key], 1000 * (t1 - t0), 1000 * (t2 - t1)
 
 
-def _trial_row(sc: Scenario, enc: Encoded, loss_model, target_loss: float | None, burst: float | None,
-               trial: int, sent, lost: np.ndarray) -> dict:
+def _trial_row(sc: Scenario, enc: Encoded, loss_model: LossModel, target_loss: float | None, burst: float | None,
+               trial: int, sent: TransmissionResult, lost: np.ndarray) -> dict:
     """The method-independent columns of a trial's rows."""
     h, w = enc.image.pixels.shape[:2]
     bytes_sent = int(sum(len(p) for p in enc.packets))
