@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import shared_path, tiny_model
@@ -118,6 +120,29 @@ def test_bundle_roundtrip_and_codec_shapes(tmp_path):
     assert (loaded.encode(img, 32) == codec.encode(img, 32)).mean() > 0.9
 
 
+def test_bundle_keeps_raw_codebooks(tmp_path):
+    codec = _small_codec()
+    raw = codec.codebooks[8]
+    codec.codebooks[8] = replace(raw, embedding=raw.embedding + 0.1, post_quant_conv_bias=raw.post_quant_conv_bias - 0.1,
+                                 prior=Prior.from_counts(np.arange(8, 0, -1)), finetuned=True, raw=raw)
+    save_codec(codec, tmp_path / "c.safetensors")
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as fh:
+        names = set(fh.keys())
+    assert {"codebooks.K8.raw.embedding", "priors.K8.raw"} <= names and "codebooks.K32.raw.embedding" not in names
+    loaded = load_codec(tmp_path / "c.safetensors")
+    tuned = loaded.codebooks[8]
+    assert tuned.finetuned and not tuned.raw.finetuned and loaded.codebooks[32].raw is None
+    for field in ("embedding", "quant_conv_weight", "quant_conv_bias", "post_quant_conv_weight", "post_quant_conv_bias"):
+        assert torch.equal(getattr(tuned.raw, field), getattr(raw, field).half().float()), field
+    assert not torch.equal(tuned.embedding, tuned.raw.embedding)
+    assert np.allclose(tuned.raw.prior.probs, raw.prior.probs, atol=1e-7)
+    assert not np.allclose(tuned.prior.probs, tuned.raw.prior.probs)
+    ablation = loaded.raw_codec()
+    assert ablation.codebooks[8] is tuned.raw and ablation.codebooks[32] is loaded.codebooks[32]
+    img = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert ablation.decode(ablation.encode(img, 8), 8).shape == img.shape
+
+
 def test_bundle_errors(tmp_path):
     codec = _small_codec()
     with pytest.raises(CodecError, match="no codebook with K=64"):
@@ -130,6 +155,8 @@ def test_bundle_errors(tmp_path):
         load_codec(bad)
     with pytest.raises(CodecError, match="not found"):
         load_codec(tmp_path / "missing.safetensors")
+    with pytest.raises(CodecError, match="no codebooks from before fine-tuning"):
+        codec.raw_codec()
 
 
 def test_kmeans_finds_separated_clusters():
@@ -143,8 +170,9 @@ def test_kmeans_finds_separated_clusters():
 
 
 def test_default_model_ships_and_works():
-    codec = load_codec()
+    codec = load_codec()  # written before raw codebooks existed: it loads without them
     assert len(codec.ks) >= 3 and codec.model.config.ddconfig.downsample_factor == 16
+    assert all(cb.raw is None for cb in codec.codebooks.values())
     img = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     idx = codec.encode(img, codec.ks[-1])
     assert idx.shape == (4, 5)

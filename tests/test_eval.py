@@ -186,3 +186,41 @@ def test_eval_user_errors_are_one_line(codec_path: Path, image_dir: Path, tmp_pa
     result = CliRunner().invoke(app, ["eval", *args, "--model", str(codec_path), "--out", str(tmp_path), "-q"])
     assert result.exit_code == 2
     assert result.output.strip().startswith(message) and "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def finetuned_path(codec_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny codec with K=8 'fine-tuned' (shifted codes, its own prior) and its K-means book kept."""
+    codec = load_codec(codec_path)
+    raw = codec.codebooks[8]
+    codec.codebooks[8] = replace(raw, embedding=raw.embedding * 0.5, prior=Prior.from_counts(np.arange(1, 9)),
+                                 finetuned=True, raw=raw)
+    path = tmp_path_factory.mktemp("finetuned") / "ft.safetensors"
+    save_codec(codec, path)
+    return path
+
+
+def test_eval_both_codebook_sets_reproduces_the_ablation(finetuned_path: Path, image_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(finetuned_path), "--out", str(tmp_path),
+                                      "--codebooks", "both", "--classical", "jpeg", "--no-dists", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rd = pd.read_csv(tmp_path / "rd.csv").set_index(["codec", "K"])
+    assert sorted(rd.index) == [(c, K) for c in ("jpeg", "vqnet", "vqnet-raw") for K in (8, 32)]
+    metrics = ["bpp", "lpips", "psnr", "code_usage", "perplexity"]
+    assert rd.loc[("vqnet", 32), metrics].equals(rd.loc[("vqnet-raw", 32), metrics])  # never fine-tuned: one book
+    assert rd.loc[("vqnet", 8), "lpips"] != rd.loc[("vqnet-raw", 8), "lpips"]
+    assert rd.loc[("jpeg", 8), "target_bpp"] == pytest.approx(rd.loc[("vqnet", 8), "bpp"])  # rates follow 'vqnet'
+    # the raw rows are real .vqn files coded with the raw codebook and its own prior
+    per_image = pd.read_csv(tmp_path / "rd_images.csv")
+    row = per_image[(per_image["image"] == "a") & (per_image["codec"] == "vqnet-raw") & (per_image["K"] == 8)]
+    raw = load_codec(finetuned_path).raw_codec()
+    img = np.array(Image.open(image_dir / "a.png"))
+    assert row["bytes"].item() == len(write_vqn(encode_vqn(raw, img, 8, 1000, "interleaved")))
+
+
+def test_eval_raw_codebooks_need_a_finetuned_bundle(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:
+    for choice, message in [("raw", "keeps no codebooks from before fine-tuning"),
+                            ("kmeans", "--codebooks must be one of finetuned, raw, both")]:
+        result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out", str(tmp_path),
+                                          "--codebooks", choice, "-q"])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -1,15 +1,24 @@
-"""VQGAN training: the loss falls, and a resumed run continues exactly where it stopped."""
+"""VQGAN training with taming's recipe (the loss falls, a resumed run continues exactly, --init and
+--freeze encoder) and codebook fine-tuning (it lowers the loss and leaves the VQGAN alone)."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
-from vqnet.codec.model import DDConfig, VQGANConfig
-from vqnet.codec.train import TrainConfig, load_checkpoint, train_vqgan
+from vqnet.cli import app
+from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
+from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targets
+from vqnet.codec.ladder import build_ladder, sample_latents
+from vqnet.codec.losses import reconstruction_loss
+from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
+from vqnet.codec.train import LOG_COLUMNS, CropDataset, TrainConfig, load_checkpoint, load_init_model, train_vqgan
+from vqnet.images import to_tensor
 
 TINY = VQGANConfig(embed_dim=8, n_embed=16, ddconfig=DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
                                                                attn_resolutions=(), resolution=32, z_channels=16))
@@ -39,25 +48,163 @@ def _log(path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_loss_falls(photos, tmp_path):
-    cfg = TrainConfig(steps=60, batch=4, crop=32, lr=1e-3, restart_every=10, checkpoint_minutes=60)
+def test_loss_falls_with_the_full_recipe(photos, tmp_path):
+    cfg = TrainConfig(steps=30, batch=4, crop=32, lr=1e-3, disc_lr=1e-4, restart_every=10, disc_start=15,
+                      checkpoint_minutes=60)
     train_vqgan(photos, tmp_path / "run", cfg, TINY)
-    l1 = [float(r["l1"]) for r in _log(tmp_path / "run" / "log.csv")]
-    assert len(l1) == 60
-    assert np.mean(l1[-10:]) < 0.8 * np.mean(l1[:5])
+    log = _log(tmp_path / "run" / "log.csv")
+    assert list(log[0]) == LOG_COLUMNS and len(log) == 30
+    col = {k: np.array([float(r[k]) for r in log]) for k in LOG_COLUMNS}
+    nll = col["l1"] + col["p_loss"]  # perceptual_weight 1
+    assert nll[10:15].mean() < 0.8 * nll[:5].mean()  # L1 + LPIPS-VGG warm-up
+    assert nll[15:].mean() < nll[:5].mean()  # the GAN (adaptive weight ~0.1-0.3 here) does not undo it
+    assert col["d_loss"][-5:].mean() < 0.8  # the discriminator learns: 1 is chance for the hinge loss
+    gan = np.stack([col[k] for k in ("g_loss", "d_loss", "logits_real", "d_weight")], axis=1)
+    assert np.isnan(gan[:15, :3]).all() and (gan[:15, 3] == 0).all()  # the GAN starts at step index 15
+    assert np.isfinite(gan[15:]).all() and (gan[15:, 3] > 0).all()
 
 
 def test_resume_continues_the_same_run(photos, tmp_path):
-    cfg = TrainConfig(steps=8, batch=2, crop=32, restart_every=3, checkpoint_minutes=0)
+    cfg = TrainConfig(steps=8, batch=2, crop=32, restart_every=3, disc_start=2, checkpoint_minutes=0)
     straight = load_checkpoint(train_vqgan(photos, tmp_path / "a", cfg, TINY))
-    half = TrainConfig(steps=4, batch=2, crop=32, restart_every=3, checkpoint_minutes=0)
-    train_vqgan(photos, tmp_path / "b", half, TINY)
+    train_vqgan(photos, tmp_path / "b", replace(cfg, steps=4), TINY)
     with pytest.raises(FileExistsError):
         train_vqgan(photos, tmp_path / "b", cfg, TINY)  # refusing to overwrite without --resume
+    with pytest.raises(CodecError, match="disc_weight=0.8, now 0.5"):
+        train_vqgan(photos, tmp_path / "b", replace(cfg, disc_weight=0.5), TINY, resume=True)
     resumed = load_checkpoint(train_vqgan(photos, tmp_path / "b", cfg, TINY, resume=True))
     assert resumed["step"] == straight["step"] == 8
-    for k, v in straight["model"].items():
-        assert torch.equal(v, resumed["model"][k]), k
+    for part in ("model", "discriminator"):
+        for k, v in straight[part].items():
+            assert torch.equal(v, resumed[part][k]), (part, k)
     a, b = _log(tmp_path / "a" / "log.csv"), _log(tmp_path / "b" / "log.csv")
     assert [r["step"] for r in b] == [str(i) for i in range(1, 9)]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["d_loss"] for r in a] == [r["d_loss"] for r in b] and b[-1]["d_loss"] != "nan"
+
+    # a checkpoint from before the GAN recipe is refused, pointing at --init
+    old = {k: v for k, v in resumed.items() if k not in ("discriminator", "disc_optimizer")}
+    torch.save(old, tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(CodecError, match="--init"):
+        train_vqgan(photos, tmp_path / "b", replace(cfg, steps=9), TINY, resume=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A codec bundle of a (random) TINY model: what --init usually points at."""
+    torch.manual_seed(1)
+    model = VQModel(TINY)
+    path = tmp_path_factory.mktemp("bundle") / "tiny.safetensors"
+    save_codec(Codec(model, {16: Codebook.from_model(model)}), path)
+    return path
+
+
+def test_freeze_encoder_keeps_every_index_map(photos, tiny_bundle, tmp_path):
+    start = load_codec(tiny_bundle).model.state_dict()
+    cfg = TrainConfig(steps=3, batch=2, crop=32, disc_start=0, restart_every=1, checkpoint_minutes=60,
+                      freeze_encoder=True, init=str(tiny_bundle))
+    after = load_checkpoint(train_vqgan(photos, tmp_path / "run", cfg))  # config from the bundle
+    assert VQGANConfig.from_dict(after["model_config"]) == TINY
+    for k, v in start.items():
+        frozen = k.startswith(("encoder.", "quant_conv.", "quantize."))
+        assert torch.equal(v, after["model"][k]) == frozen, k
+    assert all(r["restarted"] == "0" for r in _log(tmp_path / "run" / "log.csv"))
+
+
+def test_init_from_a_training_checkpoint(photos, tiny_bundle, tmp_path):
+    model = load_init_model(tiny_bundle)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    train_vqgan(photos, tmp_path / "run", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0,
+                                                      init=str(tiny_bundle)))
+    assert _log(tmp_path / "run" / "log.csv")[0]["restarted"] == "0"  # a fitted book is not re-seeded at step 1
+    again = load_init_model(ckpt)
+    assert again.config == model.config
+    assert torch.equal(again.decoder.conv_out.weight, load_checkpoint(ckpt)["model"]["decoder.conv_out.weight"])
+    with pytest.raises(CodecError, match="different model config"):
+        train_vqgan(photos, tmp_path / "other", TrainConfig(steps=1, init=str(ckpt)), replace(TINY, n_embed=8))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CodecError, match="neither a codec bundle"):
+        load_init_model(tmp_path / "junk.pt")
+
+
+def test_train_cli_with_init_and_freeze(photos, tiny_bundle, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "vqgan", "--data", str(photos), "--out", str(out), "--steps", "2", "--batch", "2",
+            "--crop", "32", "--disc-start", "1", "--perceptual-weight", "0", "--init", str(tiny_bundle),
+            "--freeze", "encoder"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out / "checkpoint.pt")["train_config"]["freeze_encoder"] is True
+    assert _log(out / "log.csv")[-1]["d_loss"] != "nan"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--freeze", "encoder"], "--freeze encoder needs --init"),
+    (["--freeze", "decoder"], "--freeze must be none or encoder"),
+    (["--init", "BUNDLE", "--ch", "64"], "--ch and --n-embed come from the --init model"),
+    (["--init", "missing.pt"], "--init file not found"),
+])
+def test_train_cli_user_errors_are_one_line(photos, tiny_bundle, tmp_path, args, message):
+    args = [str(tiny_bundle) if a == "BUNDLE" else a for a in args]
+    result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+# --- codebook fine-tuning ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ladder(photos, tiny_bundle):
+    """The TINY bundle's model with a K-means ladder 16 -> 4 (priors fitted on the photos)."""
+    model = load_codec(tiny_bundle).model
+    return build_ladder(model, sample_latents(model, photos, 6), [16, 4])
+
+
+def _recon_loss(codec: Codec, K: int, x: torch.Tensor) -> float:
+    """L1 + LPIPS-VGG of reconstructing crops ``x`` through K (the loss fine-tuning lowers)."""
+    imgs = [((x[i].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy() for i in range(len(x))]
+    rec = torch.stack([to_tensor(codec.decode(codec.encode(img, K), K))[0] for img in imgs])
+    return reconstruction_loss(x, rec, 1.0)["nll"].item()
+
+
+def test_finetune_lowers_the_loss_and_keeps_the_vqgan(photos, ladder):
+    dataset = CropDataset(photos, 32)
+    held_out = dataset.batch(np.random.default_rng(99), 8)
+    before = {k: v.clone() for k, v in ladder.model.state_dict().items()}
+    cfg = FinetuneConfig(steps=25, batch=4, crop=32, lr=3e-2)
+    steps = []
+    tuned = finetune_ladder(ladder, dataset, sample_latents(ladder.model, photos, 6), cfg,
+                            on_step=lambda step, logs: steps.append((step, sorted(logs))))
+    assert steps == [(i, [4]) for i in range(1, 26)]  # every K below the base, by default
+    for k, v in tuned.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in tuned.model.parameters())  # the caller's model is left as it was
+    cb = tuned.codebooks[4]
+    assert cb.finetuned and not tuned.codebooks[16].finetuned and tuned.codebooks[16].raw is None
+    assert cb.raw is ladder.codebooks[4] and not torch.equal(cb.embedding, cb.raw.embedding)
+    assert _recon_loss(tuned, 4, held_out) < 0.97 * _recon_loss(tuned.raw_codec(), 4, held_out)  # 1.33 vs 1.41
+    assert cb.prior.probs.sum() == pytest.approx(1.0)
+
+    with pytest.raises(CodecError, match="already fine-tuned"):
+        finetune_targets(tuned, [4])
+    with pytest.raises(CodecError, match="base codebook"):
+        finetune_targets(ladder, [16])
+    with pytest.raises(CodecError, match="no codebook with K=8"):
+        finetune_targets(ladder, [8])
+
+
+def test_finetune_cli_writes_a_bundle_with_raw_codebooks(photos, ladder, tmp_path):
+    save_codec(ladder, tmp_path / "kmeans.safetensors")
+    out = tmp_path / "ft.safetensors"
+    result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(tmp_path / "kmeans.safetensors"),
+                                      "--out", str(out), "--data", str(photos), "--steps", "2", "--batch", "2",
+                                      "--crop", "32", "--images", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "K=4: loss" in result.output
+    tuned = load_codec(out)
+    assert tuned.codebooks[4].finetuned and tuned.codebooks[4].raw is not None
+    assert tuned.provenance["finetune"]["ks"] == [4] and tuned.provenance["finetune"]["steps"] == 2
+    again = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(out), "--out", str(out),
+                                     "--data", str(photos), "--quiet"])
+    assert again.exit_code == 2 and "already fine-tuned" in again.output

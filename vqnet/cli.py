@@ -18,6 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vqnet.channel.cli import app as channel_app
+from vqnet.restore.cli import train_prior_cmd
 from vqnet.score_cli import app as score_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ scenario_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Che
 app.add_typer(scenario_app, name="scenario")
 train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train models (resumable).")
 app.add_typer(train_app, name="train")
+train_app.command("prior")(train_prior_cmd)
 codebook_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build the K ladder of a codec.")
 app.add_typer(codebook_app, name="codebook")
 
@@ -95,7 +97,7 @@ def run(
     with user_errors():
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_images
-        from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
+        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss, summarize
         from vqnet.scenario import load_scenario
         from vqnet.sweep import PARTIAL_NAME, TrialJournal, count_trials, run_sweep, sweep_fingerprint, write_results
 
@@ -122,6 +124,8 @@ def run(
         table = summary.pivot_table(index="target_loss", columns="method", values="lpips_mean", sort=False)
         typer.echo(f"\nmean LPIPS (alex) by target loss, model {codec.model_id}, K={','.join(map(str, sc.K))}:")
         typer.echo(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        typer.echo("\nper method over all points (accuracy = top-1 on lost indices):")
+        typer.echo(method_summary(result.results, result.timings).to_string(float_format=lambda v: f"{v:.4f}"))
         typer.echo(f"\n{len(result.results)} trials in {seconds:.1f} s")
         for p in [paths["results"], paths["timings"], plot, examples]:
             if p is not None:
@@ -194,23 +198,28 @@ def eval_cmd(
     classical: Annotated[str, typer.Option(help="Comma-separated baselines (jpeg, webp, avif), or 'none'.")] = (
         "jpeg,webp,avif"),
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet of the .vqn files.")] = 1000,
+    codebooks: Annotated[str, typer.Option(help="finetuned (the stored codebooks, rows 'vqnet') | raw (their "
+                                                "K-means ancestors, rows 'vqnet-raw': the paper's w/o fine-tune "
+                                                "ablation) | both.")] = "finetuned",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
     MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates."""
     with user_errors():
         from vqnet.codec.bundle import load_codec
-        from vqnet.evaluate import count_steps, evaluate
+        from vqnet.evaluate import CODEBOOK_SETS, count_steps, evaluate
         from vqnet.images import load_images
         from vqnet.plots import plot_codec_grid, plot_rd
 
+        if codebooks not in CODEBOOK_SETS:
+            raise typer.BadParameter(f"--codebooks must be one of {', '.join(CODEBOOK_SETS)}, got {codebooks!r}")
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
         codec = load_codec(model)
         pixels = load_images(str(images))
         label = images.resolve().name
-        with progress_bar(count_steps(len(pixels), len(codec.ks), names), f"eval {label}", quiet) as advance:
+        with progress_bar(count_steps(len(pixels), len(codec.ks), names, codebooks), f"eval {label}", quiet) as advance:
             result = evaluate(codec, pixels, with_dists=dists, classical=names, max_payload=max_payload,
-                              advance=advance)
+                              codebooks=codebooks, advance=advance)
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "rd.csv", out / "rd_images.csv"]
         result.rd.to_csv(paths[0], index=False)
@@ -252,20 +261,45 @@ def train_vqgan_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 4000,
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
     crop: Annotated[int, typer.Option(min=16, help="Crop size in pixels (multiple of 16).")] = 128,
-    ch: Annotated[int, typer.Option(min=32, help="Base channel count (multiple of 32).")] = 32,
-    n_embed: Annotated[int, typer.Option(min=2, help="Base codebook size.")] = 1024,
+    ch: Annotated[int | None, typer.Option(min=32, help="Base channel count (multiple of 32) (default 32; "
+                                                        "not with --init).")] = None,
+    n_embed: Annotated[int | None, typer.Option(min=2, help="Base codebook size (default 1024; not with "
+                                                            "--init).")] = None,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 3e-4,
+    perceptual_weight: Annotated[float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 drops it (a much "
+                                                                   "cheaper L1-only step).")] = 1.0,
+    disc_weight: Annotated[float, typer.Option(min=0.0, help="GAN weight on top of the adaptive weight "
+                                                             "(taming: 0.8).")] = 0.8,
+    disc_start: Annotated[int, typer.Option(min=0, help="Step the PatchGAN starts at (0 suits --init runs).")] = 2000,
+    disc_lr: Annotated[float | None, typer.Option(min=0.0, help="Discriminator learning rate (default: --lr).")] = None,
+    disc_layers: Annotated[int, typer.Option(min=1, help="PatchGAN depth (taming: 3, or 2 for f16-16384).")] = 3,
+    init: Annotated[Path | None, typer.Option(help="Start from this codec bundle (.safetensors) or training "
+                                                   "checkpoint; its model config is used.")] = None,
+    freeze: Annotated[str, typer.Option(help="none | encoder: keep encoder, quant_conv and codebook fixed and "
+                                             "train post_quant_conv + decoder (index maps stay valid; needs "
+                                             "--init).")] = "none",
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (only faster on CPUs with avx512_bf16).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
 ) -> None:
-    """Train the f=16 VQGAN (L1 + codebook loss, dead-code restarts), checkpointing every 3 minutes."""
+    """Train the f=16 VQGAN with taming's recipe (L1 + LPIPS-VGG + codebook loss, dead-code restarts,
+    PatchGAN with hinge loss from --disc-start on), checkpointing every 3 minutes."""
     with user_errors():
-        if crop % 16 or ch % 32:
+        if crop % 16 or (ch or 32) % 32:
             raise typer.BadParameter("crop must be a multiple of 16 and ch a multiple of 32")
+        sizes = {k: v for k, v in (("ch", ch), ("n_embed", n_embed)) if v is not None}
+        if init and sizes:
+            raise typer.BadParameter("--ch and --n-embed come from the --init model; leave them out")
+        if freeze not in ("none", "encoder"):
+            raise typer.BadParameter(f"--freeze must be none or encoder, got {freeze!r}")
+        if freeze == "encoder" and not (init or resume):
+            raise typer.BadParameter("--freeze encoder needs --init: a random encoder would stay random")
         from vqnet.codec.train import TrainConfig, small_config, train_vqgan
 
-        cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16)
+        cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16,
+                          perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start,
+                          disc_lr=disc_lr, disc_layers=disc_layers, freeze_encoder=freeze == "encoder",
+                          init=str(init) if init else None)
         with Progress(*_COLUMNS) as bar:
             loading = bar.add_task("loading photos", total=None, label="")
             training = bar.add_task("training", total=steps, label="")
@@ -274,12 +308,21 @@ def train_vqgan_cmd(
                 bar.update(loading, total=n, completed=i)
 
             def on_step(step: int, row: dict[str, float]) -> None:
-                label = f"L1 {row['l1']:.4f} vq {row['emb_loss']:.4f} ppl {row['perplexity']:.0f}"
+                label = (f"L1 {row['l1']:.4f} P {row['p_loss']:.3f} vq {row['emb_loss']:.4f} "
+                         f"D {row['d_loss']:.3f} ppl {row['perplexity']:.0f}")
                 bar.update(training, completed=step, label=label)
 
-            path = train_vqgan(data, out, cfg, small_config(ch=ch, n_embed=n_embed), resume=resume,
+            path = train_vqgan(data, out, cfg, small_config(**sizes) if sizes else None, resume=resume,
                                on_step=on_step, on_load=on_load)
         typer.echo(f"checkpoint: {path}")
+
+
+def _k_list(value: str) -> list[int]:
+    """``--ks 256,64,16`` -> [256, 64, 16]."""
+    try:
+        return [int(k) for k in value.split(",") if k.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--ks must be comma-separated integers, got {value!r}") from None
 
 
 @codebook_app.command("kmeans")
@@ -298,10 +341,7 @@ def codebook_kmeans(
         from vqnet.codec.model import VQGANConfig, VQModel
         from vqnet.codec.train import load_checkpoint
 
-        try:
-            k_list = [int(k) for k in ks.split(",") if k.strip()]
-        except ValueError:
-            raise typer.BadParameter(f"--ks must be comma-separated integers, got {ks!r}") from None
+        k_list = _k_list(ks)
         state = load_checkpoint(checkpoint)
         model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
         model.load_state_dict(state["model"])
@@ -309,10 +349,67 @@ def codebook_kmeans(
             latents = sample_latents(model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
         codec = build_ladder(model, latents, k_list, seed)
         codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
-                            "prior_images": images, "data": str(data), "kmeans": "usage-weighted, no fine-tune"}
+                            "prior_images": images, "data": str(data), "kmeans": "usage-weighted"}
         sha = save_codec(codec, out)
         for K in codec.ks:
             typer.echo(f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})")
+        typer.echo(f"wrote {out} (sha256 {sha[:16]})")
+
+
+@codebook_app.command("finetune")
+def codebook_finetune(
+    model: Annotated[Path, typer.Option(help="Codec bundle of `vqnet codebook kmeans` to start from.")],
+    out: Annotated[Path, typer.Option(help="Codec bundle to write: fine-tuned codebooks, K-means ones kept as raw.")],
+    data: Annotated[Path, typer.Option(help="Training photos (crops for fine-tuning; whole photos for the priors).")] = (
+        Path("../shared/data/train")),
+    ks: Annotated[str | None, typer.Option(help="Comma-separated K to fine-tune (default: every K below the base "
+                                                "size).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (every K trains on the same crops).")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
+    crop: Annotated[int, typer.Option(min=16, help="Crop size in pixels (multiple of 16).")] = 128,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-4,
+    perceptual_weight: Annotated[float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 leaves L1 + codebook "
+                                                                   "loss.")] = 1.0,
+    images: Annotated[int, typer.Option(min=1, help="How many photos to encode to refit the priors.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed for the crops and the photo sample.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune each reduced codebook with its quant_conv/post_quant_conv (encoder and decoder
+    frozen; L1 + LPIPS-VGG + codebook loss), as the paper does, and refit the priors."""
+    with user_errors():
+        if crop % 16:
+            raise typer.BadParameter("crop must be a multiple of 16")
+        from dataclasses import asdict
+
+        from vqnet.codec.bundle import load_codec, save_codec
+        from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targets
+        from vqnet.codec.ladder import sample_latents
+        from vqnet.codec.train import CropDataset
+
+        codec = load_codec(model)
+        targets = finetune_targets(codec, None if ks is None else _k_list(ks))
+        cfg = FinetuneConfig(steps=steps, batch=batch, crop=crop, lr=lr, perceptual_weight=perceptual_weight,
+                             seed=seed)
+        history: dict[int, list[float]] = {K: [] for K in targets}
+        with progress_bar(None, "loading photos", quiet) as advance:
+            dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
+            latents = sample_latents(codec.model, data, images, seed)
+        with progress_bar(steps, f"fine-tuning K={','.join(map(str, targets))}", quiet) as advance:
+            def on_step(step: int, logs: dict[int, dict[str, float]]) -> None:
+                for K, row in logs.items():
+                    history[K].append(row["loss"])
+                advance(1, " ".join(f"K={K} {row['loss']:.4f}" for K, row in logs.items()))
+
+            tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step)
+        tuned.provenance["finetune"] = asdict(cfg) | {"ks": targets, "from_model": codec.model_id,
+                                                      "prior_images": images, "data": str(data)}
+        sha = save_codec(tuned, out)
+        n = min(10, steps)
+        for K in targets:
+            typer.echo(f"K={K}: loss {sum(history[K][:n]) / n:.4f} -> {sum(history[K][-n:]) / n:.4f} "
+                       f"(mean of first/last {n} steps); prior entropy "
+                       f"{tuned.codebooks[K].prior.entropy_bits():.2f} bits/index "
+                       f"(K-means: {tuned.codebooks[K].raw.prior.entropy_bits():.2f})")
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 

@@ -11,6 +11,10 @@ beside ours so the gap is visible.
 For each K of the codec: bpp, LPIPS-alex, DISTS, PSNR, MS-SSIM per image; codebook usage and
 perplexity over the whole set. Then each classical codec (:mod:`vqnet.classical`) is coded per
 image at the mean bpp vqnet reached at that K (never above it), so curves compare at equal rate.
+
+A fine-tuned bundle also keeps its K-means codebooks (``Codec.raw_codec``); evaluating them too
+(rows ``vqnet-raw``, each with its own prior, so its rate is honest) reproduces the paper's
+"w/o fine-tune" ablation.
 """
 from __future__ import annotations
 
@@ -32,6 +36,10 @@ from vqnet.vqn import decode_vqn, encode_vqn, read_vqn, write_vqn
 
 #: Name of the learned codec in the tables and plots.
 VQNET = "vqnet"
+#: The same codec with the K-means codebooks its rungs were fine-tuned from.
+VQNET_RAW = "vqnet-raw"
+#: ``--codebooks`` choices -> the vqnet rows they produce; the first one sets the classical rates.
+CODEBOOK_SETS = {"finetuned": (VQNET,), "raw": (VQNET_RAW,), "both": (VQNET, VQNET_RAW)}
 DEFAULT_CLASSICAL = ("jpeg", "webp", "avif")
 #: One row per (image, codec, K). For classical codecs K names the vqnet rung whose mean bpp
 #: was the target; scale and quality are the winning classical settings.
@@ -103,9 +111,9 @@ def usable_codecs(classical: Sequence[str]) -> tuple[list[str], list[str]]:
     return usable, notes
 
 
-def count_steps(n_images: int, n_ks: int, classical: Sequence[str]) -> int:
+def count_steps(n_images: int, n_ks: int, classical: Sequence[str], codebooks: str = "finetuned") -> int:
     """Progress-bar total of :func:`evaluate`: one step per coded (image, codec, K)."""
-    return n_images * n_ks * (1 + len(usable_codecs(classical)[0]))
+    return n_images * n_ks * (len(CODEBOOK_SETS[codebooks]) + len(usable_codecs(classical)[0]))
 
 
 def evaluate(
@@ -116,10 +124,13 @@ def evaluate(
     classical: Sequence[str] = DEFAULT_CLASSICAL,
     max_payload: int = 1000,
     layout: Layout = "interleaved",
+    codebooks: str = "finetuned",
     advance: Callable[[int, str], None] = lambda n, label: None,
 ) -> EvalOutput:
     """Evaluate ``codec`` at each of its K on ``images``, then each classical codec at vqnet's rates.
 
+    ``codebooks`` (a :data:`CODEBOOK_SETS` key) picks the stored codebooks, their K-means
+    ancestors, or both; raises ``CodecError`` when raw ones are asked for and the bundle has none.
     ``advance(1, label)`` is called after each coded (image, codec, K). Classical codecs this
     Pillow lacks are skipped, and images a codec cannot code within the budget are left out
     of its means; both are listed in ``notes``.
@@ -127,24 +138,29 @@ def evaluate(
     if not images:
         raise ValueError("no images to evaluate")
     usable, notes = usable_codecs(classical)  # before the slow part, so a typo fails at once
+    variants = {label: codec.raw_codec() if label == VQNET_RAW else codec for label in CODEBOOK_SETS[codebooks]}
     rows: list[dict] = []
     examples: dict[tuple[str, int], Example] = {}
-    counts = {K: np.zeros(K, dtype=np.int64) for K in codec.ks}
+    counts = {(label, K): np.zeros(K, dtype=np.int64) for label in variants for K in codec.ks}
     for n, item in enumerate(images):
         score = _Scorer(item.pixels, with_dists)
-        h, w = item.pixels.shape[:2]
-        for K in codec.ks:
-            data = write_vqn(encode_vqn(codec, item.pixels, K, max_payload, layout))
-            decoded = decode_vqn(codec, read_vqn(data), method="none")
-            if decoded.concealed:
-                raise RuntimeError(f"{item.name}: an intact .vqn file decoded with lost indices")
-            counts[K] += np.bincount(decoded.received.indices.ravel(), minlength=K)
-            rows.append({"image": item.name, "codec": VQNET, "K": K, "bytes": len(data), "bpp": bpp(len(data), h, w)}
-                        | score(decoded.image))
-            if n == 0:
-                examples[(VQNET, K)] = Example(decoded.image, rows[-1]["bpp"], rows[-1]["lpips"])
-            advance(1, f"{item.name} {VQNET} K={K}")
-    targets = pd.DataFrame(rows).groupby("K")["bpp"].mean().to_dict()
+        stored: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # K -> its result with VQNET
+        for label, variant in variants.items():
+            for K in codec.ks:
+                if label == VQNET_RAW and codec.codebook(K).raw is None and K in stored:
+                    result = stored[K]  # a rung never fine-tuned is its own raw codebook: same numbers
+                else:
+                    result = _code_vqnet(variant, item, K, score, max_payload, layout)
+                    if label == VQNET:
+                        stored[K] = result
+                row, used, image = result
+                rows.append(row | {"codec": label})
+                counts[(label, K)] += used
+                if n == 0:
+                    examples[(label, K)] = Example(image, row["bpp"], row["lpips"])
+                advance(1, f"{item.name} {label} K={K}")
+    vq = pd.DataFrame(rows)
+    targets = vq[vq["codec"] == CODEBOOK_SETS[codebooks][0]].groupby("K")["bpp"].mean().to_dict()
 
     missed: dict[tuple[str, int], int] = {}
     for n, item in enumerate(images):
@@ -174,17 +190,30 @@ def evaluate(
     return EvalOutput(per_image, _rd_table(per_image, counts, codec.factor), images[0], examples, notes)
 
 
-def _rd_table(per_image: pd.DataFrame, counts: dict[int, np.ndarray], factor: int) -> pd.DataFrame:
+def _code_vqnet(codec: Codec, item: NamedImage, K: int, score: _Scorer, max_payload: int,
+                layout: Layout) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Code ``item`` into a real .vqn file at K and decode those bytes: (row, code counts, image)."""
+    h, w = item.pixels.shape[:2]
+    data = write_vqn(encode_vqn(codec, item.pixels, K, max_payload, layout))
+    decoded = decode_vqn(codec, read_vqn(data), method="none")
+    if decoded.concealed:
+        raise RuntimeError(f"{item.name}: an intact .vqn file decoded with lost indices")
+    row = {"image": item.name, "K": K, "bytes": len(data), "bpp": bpp(len(data), h, w)} | score(decoded.image)
+    return row, np.bincount(decoded.received.indices.ravel(), minlength=K), decoded.image
+
+
+def _rd_table(per_image: pd.DataFrame, counts: dict[tuple[str, int], np.ndarray], factor: int) -> pd.DataFrame:
     """Means per (codec, K), with vqnet's set-wide code statistics and the paper's uniform bpp."""
     rd = (per_image.groupby(["codec", "K"], sort=False)
           .agg(n_images=("image", "size"), target_bpp=("target_bpp", "mean"),
                **{m: (m, "mean") for m in _MEANS})
           .reset_index())
-    is_vq = rd["codec"] == VQNET
+    is_vq = rd["codec"].isin({label for label, _ in counts})
+    vq_keys = list(zip(rd.loc[is_vq, "codec"], rd.loc[is_vq, "K"]))
     # What the paper reports: log2(K) bits per index, one index per f x f pixels, nothing else.
     rd.loc[is_vq, "bpp_uniform_paper"] = np.log2(rd.loc[is_vq, "K"].astype(float)) / factor**2
-    rd.loc[is_vq, "code_usage"] = rd.loc[is_vq, "K"].map(lambda K: float((counts[K] > 0).mean()))
-    rd.loc[is_vq, "perplexity"] = rd.loc[is_vq, "K"].map(lambda K: perplexity(counts[K]))
+    rd.loc[is_vq, "code_usage"] = [float((counts[key] > 0).mean()) for key in vq_keys]
+    rd.loc[is_vq, "perplexity"] = [perplexity(counts[key]) for key in vq_keys]
     return rd.reindex(columns=RD_COLUMNS)
 
 

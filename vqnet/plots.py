@@ -42,6 +42,15 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def method_summary(results: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
+    """Per method over the whole sweep: mean LPIPS, top-1 accuracy on lost indices, and the
+    concealment time per image (ms, the restore stage alone), the three numbers methods compete on."""
+    acc = results.groupby("method", sort=False).agg(lpips_mean=("lpips", "mean"),
+                                                     lost_index_accuracy=("lost_index_accuracy", "mean"))
+    ms = timings.groupby("method", sort=False)["restore_ms"].mean().rename("restore_ms_per_image")
+    return acc.join(ms)
+
+
 def plot_lpips_vs_loss(results: pd.DataFrame, path: Path, title: str) -> Path:
     """One panel per (K, burst); one curve per method; dashed line: LPIPS with no loss."""
     summary = summarize(results)

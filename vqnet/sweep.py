@@ -279,7 +279,7 @@ class _TrialRunner:
         t0 = time.perf_counter()
         self.enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id)
         self.encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
-        self.sc, self.link, self.image_id, self.K = sc, link, image_id, K
+        self.sc, self.link, self.image_id, self.K, self.codec = sc, link, image_id, K, codec
         self.prior = codec.codebook(K).prior
         self.scorer = GridScorer(codec, self.enc)
 
@@ -298,7 +298,7 @@ class _TrialRunner:
         recons: dict[str, np.ndarray] = {}
         for method in sc.methods:
             t1 = time.perf_counter()
-            restored = restore(method, got.indices, got.lost, RestoreContext(K, prior, seed))
+            restored = restore(method, got.indices, got.lost, RestoreContext(K, prior, seed, self.codec))
             restore_ms = 1000 * (time.perf_counter() - t1)
             recons[method], lp, ps, decode_ms, lpips_ms = self.scorer(restored)
             acc = float((restored[got.lost] == enc.indices[got.lost]).mean()) if n_lost else np.nan

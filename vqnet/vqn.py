@@ -236,5 +236,5 @@ def decode_vqn(codec: Codec, vqn: VqnFile, method: str = "neighbor") -> DecodedV
     f = codec.factor
     shape = (-(-vqn.height // f), -(-vqn.width // f))
     got = depacketize(vqn.packets, {vqn.K: prior}, shape=shape, K=vqn.K)
-    grid = restore(method, got.indices, got.lost, RestoreContext(vqn.K, prior))
+    grid = restore(method, got.indices, got.lost, RestoreContext(vqn.K, prior, codec=codec))
     return DecodedVqn(codec.decode(grid, vqn.K, (vqn.height, vqn.width)), got)

@@ -8,6 +8,10 @@ File format (one ``.safetensors`` file, fp16 for weights, float32 for priors):
 - for every K: ``codebooks.K{K}.embedding`` (K x embed_dim) and that K's ``quant_conv``/
   ``post_quant_conv`` (the paper fine-tunes these per K, with the encoder/decoder frozen);
 - ``priors.K{K}``: the static index distribution the range coder uses at that K;
+- for every fine-tuned K, optionally its K-means ancestor ("w/o fine-tune", the paper's ablation):
+  ``codebooks.K{K}.raw.*`` (same five tensors) and ``priors.K{K}.raw``. These names sit inside the
+  prefixes readers already skip or look up key by key, so bundles without them (and readers that
+  predate them) need no new version;
 - metadata: ``format``, ``version``, ``config`` (JSON VQGANConfig), ``ks``, ``finetuned`` (JSON
   list of K whose codebook was fine-tuned), free-form ``provenance``.
 
@@ -54,6 +58,7 @@ class Codebook:
     post_quant_conv_bias: torch.Tensor
     prior: Prior
     finetuned: bool = False
+    raw: "Codebook | None" = None  # the K-means codebook this one was fine-tuned from, if kept
 
     @classmethod
     def from_model(cls, model: VQModel, prior: Prior | None = None) -> "Codebook":
@@ -78,6 +83,7 @@ class Codec:
     codebooks: dict[int, Codebook]
     model_id: str = "unsaved"
     provenance: dict = field(default_factory=dict)
+    path: Path | None = None  # where it was loaded from: concealment models live beside it
 
     @property
     def factor(self) -> int:
@@ -91,6 +97,17 @@ class Codec:
         if K not in self.codebooks:
             raise CodecError(f"model has no codebook with K={K}; available: {', '.join(map(str, self.ks))}")
         return self.codebooks[K]
+
+    def raw_codec(self) -> "Codec":
+        """This codec with each fine-tuned rung replaced by the K-means codebook it started from
+        (the paper's "w/o fine-tune" ablation); rungs never fine-tuned are their own raw codebook.
+
+        It keeps the model id, so only use it where its indices never meet the fine-tuned codec.
+        """
+        if not any(cb.raw for cb in self.codebooks.values()):
+            raise CodecError(f"model {self.model_id} keeps no codebooks from before fine-tuning (raw)")
+        return Codec(self.model, {K: cb.raw or cb for K, cb in self.codebooks.items()}, self.model_id,
+                     self.provenance)
 
     @torch.inference_mode()
     def encode_latent(self, img: np.ndarray) -> torch.Tensor:
@@ -123,21 +140,36 @@ class Codec:
         return np.ascontiguousarray(out)
 
 
-def _prefix(K: int) -> str:
-    return f"codebooks.K{K}."
+_CODEBOOK_TENSORS = {"embedding": "embedding", "quant_conv.weight": "quant_conv_weight",
+                     "quant_conv.bias": "quant_conv_bias", "post_quant_conv.weight": "post_quant_conv_weight",
+                     "post_quant_conv.bias": "post_quant_conv_bias"}  # file name -> Codebook field
+
+
+def _names(K: int, raw: bool) -> tuple[str, str]:
+    """(tensor-name prefix, prior name) of K's codebook, or of its raw ancestor."""
+    return (f"codebooks.K{K}.raw.", f"priors.K{K}.raw") if raw else (f"codebooks.K{K}.", f"priors.K{K}")
+
+
+def _codebook_tensors(cb: Codebook, raw: bool) -> dict[str, torch.Tensor]:
+    prefix, prior = _names(cb.K, raw)
+    tensors = {prefix + name: getattr(cb, field).detach().half().contiguous() for name, field in _CODEBOOK_TENSORS.items()}
+    return tensors | {prior: torch.from_numpy(cb.prior.to_array())}
+
+
+def _read_codebook(tensors: dict[str, torch.Tensor], K: int, raw: bool, finetuned: bool) -> Codebook:
+    """KeyError names the first missing tensor."""
+    prefix, prior = _names(K, raw)
+    fields = {field: tensors[prefix + name].float() for name, field in _CODEBOOK_TENSORS.items()}
+    return Codebook(K=K, prior=Prior.from_array(tensors[prior].numpy()), finetuned=finetuned, **fields)
 
 
 def save_codec(codec: Codec, path: Path) -> str:
     """Write the bundle in fp16 (priors float32) and return its sha256 (the model id)."""
     tensors: dict[str, torch.Tensor] = {k: v.detach().half().contiguous() for k, v in codec.model.state_dict().items()}
-    for K, cb in codec.codebooks.items():
-        p = _prefix(K)
-        tensors[p + "embedding"] = cb.embedding.half().contiguous()
-        tensors[p + "quant_conv.weight"] = cb.quant_conv_weight.half().contiguous()
-        tensors[p + "quant_conv.bias"] = cb.quant_conv_bias.half().contiguous()
-        tensors[p + "post_quant_conv.weight"] = cb.post_quant_conv_weight.half().contiguous()
-        tensors[p + "post_quant_conv.bias"] = cb.post_quant_conv_bias.half().contiguous()
-        tensors[f"priors.K{K}"] = torch.from_numpy(cb.prior.to_array())
+    for cb in codec.codebooks.values():
+        tensors |= _codebook_tensors(cb, raw=False)
+        if cb.raw is not None:
+            tensors |= _codebook_tensors(cb.raw, raw=True)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -211,21 +243,13 @@ def load_codec(path: Path | str | None = None) -> Codec:
     finetuned = set(json.loads(meta.get("finetuned", "[]")))
     codebooks = {}
     for K in json.loads(meta["ks"]):
-        p = _prefix(K)
         try:
-            codebooks[K] = Codebook(
-                K=K,
-                embedding=tensors[p + "embedding"].float(),
-                quant_conv_weight=tensors[p + "quant_conv.weight"].float(),
-                quant_conv_bias=tensors[p + "quant_conv.bias"].float(),
-                post_quant_conv_weight=tensors[p + "post_quant_conv.weight"].float(),
-                post_quant_conv_bias=tensors[p + "post_quant_conv.bias"].float(),
-                prior=Prior.from_array(tensors[f"priors.K{K}"].numpy()),
-                finetuned=K in finetuned,
-            )
+            codebooks[K] = _read_codebook(tensors, K, raw=False, finetuned=K in finetuned)
+            if _names(K, raw=True)[0] + "embedding" in tensors:
+                codebooks[K].raw = _read_codebook(tensors, K, raw=True, finetuned=False)
         except KeyError as exc:
             raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
-    return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")))
+    return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")), path=path)
 
 
 def load_taming_checkpoint(path: Path | str, config: VQGANConfig | dict | Path | str) -> VQModel:

@@ -6,6 +6,7 @@ re-quantises the same latents, so adding rungs costs almost nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,18 +47,21 @@ def code_counts(vectors: torch.Tensor, codebook: torch.Tensor) -> np.ndarray:
     return np.bincount(idx.numpy(), minlength=codebook.shape[0]).astype(np.float64)
 
 
+def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook) -> Prior:
+    """The static index distribution of ``cb`` (with its own quant_conv) on the encoder outputs."""
+    return Prior.from_counts(code_counts(quantized_vectors(latents, cb.quant_conv_weight, cb.quant_conv_bias),
+                                         cb.embedding))
+
+
 def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[int], seed: int = 0) -> Codec:
     """K-means the base codebook (usage-weighted) into every K and fit each K's prior on the latents."""
     base = Codebook.from_model(model)
-    vectors = quantized_vectors(latents, base.quant_conv_weight, base.quant_conv_bias)
-    usage = code_counts(vectors, base.embedding)
+    usage = code_counts(quantized_vectors(latents, base.quant_conv_weight, base.quant_conv_bias), base.embedding)
     codebooks: dict[int, Codebook] = {}
     for K in sorted(set(ks), reverse=True):
         if K > base.K:
             raise ValueError(f"K={K} exceeds the base codebook size {base.K}")
         emb = base.embedding if K == base.K else kmeans(base.embedding, K, torch.from_numpy(usage).float(), seed=seed)
-        counts = code_counts(vectors, emb)
-        codebooks[K] = Codebook(K, emb.clone(), base.quant_conv_weight, base.quant_conv_bias,
-                                base.post_quant_conv_weight, base.post_quant_conv_bias,
-                                prior=Prior.from_counts(counts))
+        cb = replace(base, K=K, embedding=emb.clone())
+        codebooks[K] = replace(cb, prior=fit_prior(latents, cb))
     return Codec(model, codebooks)

@@ -1,16 +1,21 @@
 """Training the VQGAN first stage on this CPU: resumable, logged, deterministic given a seed.
 
-Scope (the end-to-end simulator's default model): L1 reconstruction + taming's codebook/commitment
-loss, with dead-code restarts so the 1024 codes are actually used. The perceptual (LPIPS-VGG) and
-PatchGAN terms of the full taming recipe are left to the default-VQGAN issue: on 2 cores each
-LPIPS-VGG step costs ~3x a whole L1 step (shared/notes/cpu-measurements.md).
+The recipe is taming's (:mod:`vqnet.codec.losses`): L1 + LPIPS-VGG, the codebook/commitment loss,
+and a PatchGAN with hinge loss and the adaptive weight from ``disc_start`` on; plus dead-code
+restarts so the 1024 codes are actually used. LPIPS-VGG dominates the cost of a step on a CPU, so
+the intended route is a cheap L1 run (``perceptual_weight=0``, GAN off) followed by a perceptual/GAN
+stage started from its weights (``init``) with the encoder frozen (``freeze_encoder``): that trains
+only post_quant_conv and the decoder, skips the encoder's backward pass, and leaves every index map
+unchanged, so transformers trained on the indices stay valid.
 
-Why checkpoints hold everything (model, optimiser, data RNG, code-usage statistics, step): a
-resumed run must continue the same loss curve, not restart Adam's moments or the data order.
+Why checkpoints hold everything (model, discriminator, both optimisers, data RNG, code-usage
+statistics, step): a resumed run must continue the same loss curve, not restart Adam's moments or
+the data order.
 """
 from __future__ import annotations
 
 import csv
+import math
 import random
 import time
 from collections.abc import Callable
@@ -19,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
+from vqnet.codec.bundle import CodecError, load_codec
+from vqnet.codec.losses import VQGANLoss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
 from vqnet.images import list_image_files, load_image
 
@@ -39,6 +46,24 @@ class TrainConfig:
     restart_threshold: float = 0.03  # a code used less than this many times per batch (EMA) is dead
     bf16: bool = False  # bf16 autocast is 2-3x faster only on CPUs with avx512_bf16; 25x slower without
     checkpoint_minutes: float = 3.0
+    perceptual_weight: float = 1.0  # LPIPS-VGG, as taming; 0 skips the VGG passes (L1 only)
+    codebook_weight: float = 1.0
+    disc_weight: float = 0.8  # taming's f16-1024 config
+    # The GAN starts at this step (0-based), after the L1+LPIPS warm-up: taming's f16-1024 run
+    # waits 250k steps, the 16384 one none. Half the default run here; 0 suits --init runs.
+    disc_start: int = 2000
+    disc_lr: float | None = None  # None: ``lr``, as taming (one base rate for both optimisers)
+    disc_layers: int = 3
+    disc_ndf: int = 64
+    # Train only post_quant_conv + decoder (+ discriminator): every index map stays valid.
+    freeze_encoder: bool = False
+    init: str | None = None  # codec bundle or training checkpoint the weights start from
+
+
+#: Fields a resumed run may change: they do not alter the loss curve up to the saved step.
+_RESUMABLE_CHANGES = ("steps", "checkpoint_minutes", "init")
+LOG_COLUMNS = ["step", "loss", "l1", "p_loss", "emb_loss", "g_loss", "d_weight", "d_loss", "logits_real",
+               "logits_fake", "perplexity", "restarted", "seconds"]
 
 
 def small_config(ch: int = 32, n_embed: int = 1024, embed_dim: int = 32, z_channels: int = 64) -> VQGANConfig:
@@ -82,6 +107,12 @@ class CropDataset:
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def perplexity(counts: torch.Tensor) -> float:
+    """``exp`` of the entropy of a batch's code counts: how many codes it effectively uses."""
+    p = counts[counts > 0] / counts.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 def restart_dead_codes(model: VQModel, usage: torch.Tensor, h: torch.Tensor, threshold: float, gen: torch.Generator) -> int:
     """Re-seed rarely used codes on encoder outputs from the current batch (+ small noise).
 
@@ -100,12 +131,15 @@ def restart_dead_codes(model: VQModel, usage: torch.Tensor, h: torch.Tensor, thr
     return int(dead.numel())
 
 
-def save_checkpoint(path: Path, model: VQModel, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
-                    rng: np.random.Generator, gen: torch.Generator, usage: torch.Tensor) -> None:
+def save_checkpoint(path: Path, model: VQModel, opt: torch.optim.Optimizer, loss_fn: VQGANLoss,
+                    opt_d: torch.optim.Optimizer, step: int, cfg: TrainConfig, rng: np.random.Generator,
+                    gen: torch.Generator, usage: torch.Tensor) -> None:
     """Atomic write (tmp + rename) so a kill during save never leaves a broken checkpoint."""
     state = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
+        "discriminator": loss_fn.discriminator.state_dict(),
+        "disc_optimizer": opt_d.state_dict(),
         "step": step,
         "model_config": model.config.to_dict(),
         "train_config": asdict(cfg),
@@ -133,81 +167,151 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_init_model(path: str | Path) -> VQModel:
+    """The VQGAN a run starts from: a codec bundle's base model (``.safetensors``) or the model of a
+    ``vqnet train vqgan`` checkpoint. Only the VQGAN is taken; the discriminator starts afresh."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_codec(path).model
+    if not path.is_file():
+        raise CodecError(f"--init file not found: {path}")
+    try:
+        state = load_checkpoint(path)
+        model = VQModel(VQGANConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # noqa: BLE001 - unpickling, missing keys, shapes: all mean "not a checkpoint"
+        raise CodecError(f"{path} is neither a codec bundle (.safetensors) nor a vqnet training checkpoint "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return model
+
+
+def _check_resumable(state: dict, cfg: TrainConfig, model_cfg: VQGANConfig | None, ckpt_path: Path) -> VQGANConfig:
+    """The checkpoint's model config, after refusing a resume that could not continue the same run."""
+    saved_model_cfg = VQGANConfig.from_dict(state["model_config"])
+    if model_cfg is not None and saved_model_cfg != model_cfg:
+        raise CodecError(f"{ckpt_path} was trained with a different model config; use another --out")
+    if "discriminator" not in state:
+        raise CodecError(f"{ckpt_path} predates the perceptual/GAN recipe and cannot be resumed under it; "
+                         f"start a new run from its weights with --init {ckpt_path} --out NEW_FOLDER")
+    saved = asdict(TrainConfig(**state["train_config"]))
+    changed = [k for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and saved[k] != v]
+    if changed:
+        raise CodecError(f"{ckpt_path} was trained with other settings ("
+                         + ", ".join(f"{k}={saved[k]!r}, now {getattr(cfg, k)!r}" for k in changed)
+                         + "); resume with the same options or use another --out")
+    return saved_model_cfg
+
+
+def _trainable(model: VQModel, freeze_encoder: bool) -> list[nn.Parameter]:
+    """The generator optimiser's parameters; with ``freeze_encoder`` the rest stop needing gradients."""
+    if not freeze_encoder:
+        return list(model.parameters())
+    for frozen in (model.encoder, model.quant_conv, model.quantize):
+        frozen.requires_grad_(False)
+    return [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
+
+
 def train_vqgan(
     data: str | Path,
     out: Path,
     cfg: TrainConfig,
-    model_cfg: VQGANConfig,
+    model_cfg: VQGANConfig | None = None,
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_load: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Train (or resume) and return the checkpoint path. Logs every step to ``out/log.csv``."""
+    """Train (or resume) with taming's recipe and return the checkpoint path. Logs every step to
+    ``out/log.csv`` (:data:`LOG_COLUMNS`; GAN columns are NaN before ``disc_start``).
+
+    ``model_cfg`` may be None when the config comes from ``cfg.init`` or, on resume, from the
+    checkpoint. A step is taming's two optimiser steps, except that the discriminator scores the
+    generator step's reconstruction instead of a second encoder+decoder pass with the updated
+    weights (which Lightning's per-optimiser ``training_step`` does): one less forward pass.
+    """
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    model = VQModel(model_cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    # Usage starts at zero so the first restart re-seeds the whole book on real encoder outputs
-    # (a data-dependent init); the default +-1/n init sits far from h and collapses to a few codes.
-    usage = torch.zeros(model_cfg.n_embed)
-    step = 0
+    state = None
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        if VQGANConfig.from_dict(state["model_config"]) != model_cfg:
-            raise ValueError(f"{ckpt_path} was trained with a different model config; use another --out")
+        model_cfg = _check_resumable(state, cfg, model_cfg, ckpt_path)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    init = load_init_model(cfg.init) if cfg.init and state is None else None
+    if init is not None and model_cfg is not None and init.config != model_cfg:
+        raise CodecError(f"--init {cfg.init} has a different model config than the one asked for")
+    model = init or VQModel(model_cfg or small_config())
+    n_embed = model.config.n_embed
+    opt = torch.optim.Adam(_trainable(model, cfg.freeze_encoder), lr=cfg.lr, betas=(0.5, 0.9))
+    loss_fn = VQGANLoss(perceptual_weight=cfg.perceptual_weight, codebook_weight=cfg.codebook_weight,
+                        disc_weight=cfg.disc_weight, disc_start=cfg.disc_start, disc_layers=cfg.disc_layers,
+                        disc_ndf=cfg.disc_ndf)
+    opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # From scratch, usage starts at zero so the first restart re-seeds the whole book on real
+    # encoder outputs (a data-dependent init; the default +-1/n init collapses to a few codes).
+    # An --init book is already fitted: every code gets a re-seeded code's grace period instead.
+    usage = torch.full((n_embed,), 2 * cfg.restart_threshold) if init is not None else torch.zeros(n_embed)
+    step = 0
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        loss_fn.discriminator.load_state_dict(state["discriminator"])
+        opt_d.load_state_dict(state["disc_optimizer"])
         rng.bit_generator.state = state["np_rng"]
         gen.set_state(state["torch_gen"])
         torch.set_rng_state(state["torch_rng"])
         usage = state["usage"]
         step = int(state["step"])
         _truncate_log(log_path, step)
-    elif ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     else:
         log_path.unlink(missing_ok=True)
     dataset = CropDataset(data, cfg.crop, progress=on_load)
     model.train()
+    loss_fn.train()
     last_save = time.monotonic()
     new_log = not log_path.exists()
+    no_disc = {"d_loss": math.nan, "logits_real": math.nan, "logits_fake": math.nan}
     with log_path.open("a", newline="") as fh:
         writer = csv.writer(fh)
         if new_log:
-            writer.writerow(["step", "loss", "l1", "emb_loss", "perplexity", "restarted", "seconds"])
+            writer.writerow(LOG_COLUMNS)
         while step < cfg.steps:
             t0 = time.perf_counter()
             x = dataset.batch(rng, cfg.batch)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            # A frozen encoder needs no graph: its outputs (and the indices) are constants.
+            with torch.set_grad_enabled(not cfg.freeze_encoder), \
+                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 h = model.quant_conv(model.encoder(x))
             # The nearest-code search runs in float32: bf16 distances would pick wrong codes.
             quant, emb_loss, idx = model.quantize(h.float())
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                xrec = model.decode(quant)
-            l1 = F.l1_loss(xrec.float(), x)
-            loss = l1 + emb_loss
+                xrec = model.decode(quant).float()
+            surrogate, row = loss_fn.generator_loss(x, xrec, emb_loss, model.decoder.conv_out.weight, step)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            surrogate.backward()
             opt.step()
+            d_row = no_disc
+            if loss_fn.disc_active(step):
+                d_loss, d_row = loss_fn.discriminator_loss(x, xrec)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
             step += 1
-            counts = torch.bincount(idx.flatten(), minlength=model_cfg.n_embed).float()
+            counts = torch.bincount(idx.flatten(), minlength=n_embed).float()
             usage.mul_(0.99).add_(0.01 * counts)
-            p = counts / counts.sum()
-            perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
             restarted = 0
-            if cfg.restart_every and (step == 1 or step % cfg.restart_every == 0):
+            if cfg.restart_every and not cfg.freeze_encoder and (step == 1 or step % cfg.restart_every == 0):
                 restarted = restart_dead_codes(model, usage, h, cfg.restart_threshold, gen)
-            row = {"loss": loss.item(), "l1": l1.item(), "emb_loss": emb_loss.item(), "perplexity": perplexity,
-                   "restarted": restarted, "seconds": time.perf_counter() - t0}
-            writer.writerow([step] + [f"{v:.6g}" for v in row.values()])
+            row |= d_row | {"perplexity": perplexity(counts),
+                            "restarted": restarted, "seconds": time.perf_counter() - t0}
+            writer.writerow([step] + [f"{row[c]:.6g}" for c in LOG_COLUMNS[1:]])
             if on_step:
                 on_step(step, row)
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps:
                 fh.flush()
-                save_checkpoint(ckpt_path, model, opt, step, cfg, rng, gen, usage)
+                save_checkpoint(ckpt_path, model, opt, loss_fn, opt_d, step, cfg, rng, gen, usage)
                 last_save = time.monotonic()
     return ckpt_path

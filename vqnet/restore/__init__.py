@@ -8,20 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from vqnet.entropy import Prior
 
+if TYPE_CHECKING:
+    from vqnet.codec.bundle import Codec
+
 
 @dataclass(frozen=True)
 class RestoreContext:
-    """What a concealment method may use besides the grid: the codebook size and its prior."""
+    """What a concealment method may use besides the grid: the codebook size and its prior, and
+    the codec whose concealment transformers (files beside it) the ``ar``/``masked`` methods load."""
 
     K: int
     prior: Prior
     seed: int = 0
+    codec: Codec | None = None
 
 
 Restorer = Callable[[np.ndarray, np.ndarray, RestoreContext], np.ndarray]
@@ -46,7 +52,30 @@ def restore_neighbor(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext)
     return np.asarray(indices, dtype=np.int64)[ri, rj]
 
 
-METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor}
+def _concealer(kind: str, ctx: RestoreContext):  # noqa: ANN202 - GPT, imported lazily (torch)
+    if ctx.codec is None:
+        raise ValueError(f"the {kind} method needs the codec (RestoreContext.codec) to find its model")
+    from vqnet.restore.store import load_concealer
+
+    return load_concealer(ctx.codec, kind, ctx.K)
+
+
+def restore_ar(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
+    """The paper's method: taming's sliding-window GPT, lost positions in raster order, greedy."""
+    from vqnet.restore.sliding import conceal_ar
+
+    return conceal_ar(_concealer("ar", ctx), [(indices, lost)], ctx.K, sos=ctx.K, seed=ctx.seed)[0]
+
+
+def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
+    """Ours: the bidirectional masked transformer, confidence-ordered passes."""
+    from vqnet.restore.masked import conceal_masked
+
+    return conceal_masked(_concealer("masked", ctx), [(indices, lost)], ctx.K, seed=ctx.seed)[0]
+
+
+METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor, "ar": restore_ar,
+                                "masked": restore_masked}
 
 
 def get_restorer(name: str) -> Restorer:
@@ -60,7 +89,10 @@ def restore(method: str, indices: np.ndarray, lost: np.ndarray, ctx: RestoreCont
     lost = np.asarray(lost, dtype=bool)
     if indices.shape != lost.shape or indices.ndim != 2:
         raise ValueError(f"indices {indices.shape} and lost mask {lost.shape} must be the same 2-D shape")
-    out = get_restorer(method)(indices, lost, ctx)
+    restorer = get_restorer(method)
+    if not lost.any():  # nothing to conceal: every method must return the grid as received
+        return np.array(indices, dtype=np.int64, copy=True)
+    out = restorer(indices, lost, ctx)
     if out.shape != indices.shape or not np.array_equal(out[~lost], np.asarray(indices)[~lost]):
         raise AssertionError(f"restoration method {method!r} changed received indices")
     if out.size and (out.min() < 0 or out.max() >= ctx.K):

@@ -1,0 +1,210 @@
+"""The masked concealment model, its training data and training loop, and concealment-model files."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
+from vqnet.entropy import Prior
+from vqnet.restore import METHODS, RestoreContext, restore
+from vqnet.restore.data import WindowSampler, encode_photos, gilbert_losses, index_maps, sample_mask
+from vqnet.restore.gpt import GPT
+from vqnet.restore.masked import conceal_masked, nearest_window, window_starts
+from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer
+from vqnet.restore.train import PriorTrainConfig, make_batch, train_prior
+
+
+def pattern_maps(n: int = 4, h: int = 20, w: int = 24, K: int = 8) -> list[np.ndarray]:
+    """Index maps with strong spatial structure (diagonal bands) that a model can learn in seconds."""
+    return [((np.add.outer(np.arange(h) // 3, np.arange(w) // 3) + s) % K).astype(np.int16) for s in range(n)]
+
+
+def tiny_cfg(kind: str, steps: int, K: int = 8) -> PriorTrainConfig:
+    return PriorTrainConfig(kind=kind, K=K, n_layer=2, n_head=2, n_embd=32, steps=steps, batch=8, lr=3e-3, warmup=5)
+
+
+@pytest.mark.parametrize("L", [1, 7, 16, 17, 24, 31, 48])
+def test_windows_cover_every_position_most_centrally(L: int) -> None:
+    starts = window_starts(L)
+    span = min(L, 16)
+    assert starts[0] == 0 and starts[-1] == max(0, L - 16)
+    which, offset = nearest_window(L)
+    assert np.array_equal(starts[which] + offset, np.arange(L))
+    assert offset.min() >= 0 and offset.max() < span
+    if L >= 24:  # interior positions have context on both sides
+        assert np.all((offset[4:-4] >= 3) & (offset[4:-4] <= 12))
+
+
+def test_gilbert_mask_statistics() -> None:
+    rng = np.random.default_rng(0)
+    flags = gilbert_losses(rng, 200_000, 0.3, 4.0)
+    assert abs(flags.mean() - 0.3) < 0.01
+    starts = np.flatnonzero(np.diff(flags.astype(int)) == 1)
+    assert 3.6 < flags.sum() / len(starts) < 4.4  # mean burst length
+
+
+def test_sample_mask_shapes_and_ratios() -> None:
+    rng = np.random.default_rng(1)
+    ratios = [sample_mask(rng, 21, 31).mean() for _ in range(400)]
+    assert all(0 <= r <= 1 for r in ratios)
+    assert 0.2 < np.mean(ratios) < 0.6 and max(ratios) > 0.7
+
+
+def test_masked_batch_masks_only_lost_positions() -> None:
+    codes = torch.arange(12).view(2, 6) % 5
+    masks = torch.tensor([[True, False, False, True, False, False], [False] * 6])
+    inputs, targets, counted = make_batch("masked", 5, codes, masks)
+    assert torch.equal(inputs[0], torch.tensor([5, 1, 2, 5, 4, 0]))
+    assert counted[1].sum() == 1 and (inputs[1] == 5).sum() == 1  # an empty mask still teaches one token
+    ar_in, ar_t, ar_c = make_batch("ar", 5, codes, masks)
+    assert torch.equal(ar_in[:, 0], torch.tensor([5, 5])) and torch.equal(ar_in[:, 1:], codes[:, :-1]) and ar_c.all()
+
+
+@pytest.mark.parametrize("kind", ["ar", "masked"])
+def test_training_loss_falls(tmp_path: Path, kind: str) -> None:
+    train_prior(pattern_maps(), tmp_path, tiny_cfg(kind, 80))
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    first = np.mean([float(r["loss"]) for r in rows[:5]])
+    last = np.mean([float(r["loss"]) for r in rows[-5:]])
+    assert len(rows) == 80 and last < 0.7 * first
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    maps = pattern_maps()
+    train_prior(maps, tmp_path / "straight", tiny_cfg("masked", 8))
+    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 4), extra={"fingerprint": "x"})
+    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 8), resume=True, extra={"fingerprint": "x"})
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [list(csv.DictReader((tmp_path / d / "log.csv").open())) for d in ("straight", "split")]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    with pytest.raises(ValueError, match="other index maps"):
+        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9), resume=True, extra={"fingerprint": "y"})
+    with pytest.raises(ValueError, match="different configuration"):
+        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, K=16), resume=True, extra={"fingerprint": "x"})
+    with pytest.raises(FileExistsError):
+        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9))
+
+
+def _trained_masked(tmp_path: Path) -> GPT:
+    cfg = tiny_cfg("masked", 150)
+    ckpt = train_prior(pattern_maps(), tmp_path / "run", cfg)
+    model = GPT(cfg.gpt_config())
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    return model.eval()
+
+
+def test_masked_concealment_learns_structure_and_keeps_received(tmp_path: Path) -> None:
+    model = _trained_masked(tmp_path)
+    rng = np.random.default_rng(3)
+    grid = pattern_maps(1, 20, 40)[0].astype(np.int64)  # wider than the window: tiles are used
+    lost = rng.random(grid.shape) < 0.4
+    small = grid[:9, :12]
+    out = conceal_masked(model, [(grid, lost), (small, lost[:9, :12]), (grid, np.zeros_like(lost))], K=8)
+    assert np.array_equal(out[0][~lost], grid[~lost]) and out[0].min() >= 0 and out[0].max() < 8
+    assert np.array_equal(out[2], grid)
+    prior = Prior.uniform(8)
+    neighbor = restore("neighbor", grid, lost, RestoreContext(8, prior))
+    acc = (out[0][lost] == grid[lost]).mean()
+    assert acc > 0.9 and acc > (neighbor[lost] == grid[lost]).mean()
+    assert (out[1][lost[:9, :12]] == small[lost[:9, :12]]).mean() > 0.6
+    again = conceal_masked(model, [(grid, lost)], K=8)[0]
+    assert np.array_equal(again, out[0])
+    sampled = [conceal_masked(model, [(grid, lost)], K=8, temperature=1.0, seed=s)[0] for s in (5, 5)]
+    assert np.array_equal(sampled[0], sampled[1])
+
+
+def _tiny_codec(tmp_path: Path) -> Codec:
+    model = tiny_model()
+    codec = Codec(model, {32: Codebook.from_model(model, Prior.uniform(32))})
+    path = tmp_path / "tiny.safetensors"
+    save_codec(codec, path)
+    from vqnet.codec.bundle import load_codec
+
+    return load_codec(path)
+
+
+def test_concealer_files_are_checked_against_the_index_maps(tmp_path: Path) -> None:
+    codec = _tiny_codec(tmp_path)
+    grid = np.random.default_rng(0).integers(0, 32, (6, 7))
+    lost = np.zeros_like(grid, dtype=bool)
+    lost[2:4] = True
+    ctx = RestoreContext(32, codec.codebook(32).prior, 0, codec)
+    with pytest.raises(CodecError, match="vqnet train prior --kind masked --K 32"):
+        restore("masked", grid, lost, ctx)
+    torch.manual_seed(0)
+    for kind in ("ar", "masked"):
+        gpt = GPT(tiny_cfg(kind, 1, K=32).gpt_config()).eval()
+        export_concealer(gpt, kind, 32, index_fingerprint(codec, 32), concealer_path(codec, kind, 32), {})
+        assert concealer_path(codec, kind, 32).name == f"tiny.{kind}.K32.safetensors"
+        loaded = load_concealer(codec, kind, 32)
+        assert all(torch.equal(v.half(), loaded.state_dict()[k].half()) for k, v in gpt.state_dict().items())
+        out = restore(kind, grid, lost, ctx)
+        assert np.array_equal(out[~lost], grid[~lost])
+    stale = tmp_path / "stale.safetensors"
+    export_concealer(gpt, "masked", 32, "0" * 16, stale, {})
+    stale.replace(concealer_path(codec, "masked", 32))
+    with pytest.raises(CodecError, match="other index maps"):
+        load_concealer(codec, "masked", 32)
+    assert set(METHODS) == {"none", "neighbor", "ar", "masked"}
+
+
+def test_index_maps_from_cached_photo_latents(tmp_path: Path) -> None:
+    from PIL import Image
+
+    codec = _tiny_codec(tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(72, 80), (40, 40)]):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    cache = tmp_path / "cache" / "latents.safetensors"
+    latents = encode_photos(codec, photos, cache)
+    assert cache.is_file() and len(latents) == 4  # each photo and its mirror image
+    again = encode_photos(codec, photos, cache)
+    assert all(torch.equal(a, b) for a, b in zip(latents, again))
+    maps = index_maps(codec, latents, 32)
+    assert [m.shape for m in maps] == [(18, 20), (18, 20)]  # the 10x10 grids are below one window
+    mirrored = codec.encode(np.asarray(Image.open(photos / "0.png"))[:, ::-1].copy(), 32)
+    assert np.array_equal(maps[1], mirrored)
+    codes, masks = WindowSampler(maps).batch(np.random.default_rng(0), 3)
+    assert codes.shape == (3, 256) and masks.dtype == torch.bool
+
+
+def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from vqnet.cli import app
+
+    codec = _tiny_codec(tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
+    args = ["train", "prior", "--kind", "masked", "--K", "32", "--model", str(codec.path), "--data", str(photos),
+            "--steps", "3", "--batch", "2", "--layers", "1", "--heads", "2", "--embd", "16", "--out", "run"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and list((tmp_path / "runs" / "prior-data").iterdir())
+    assert load_concealer(codec, "masked", 32).config.n_layer == 1
+    again = CliRunner().invoke(app, args)  # the run folder exists and --resume was not given
+    assert again.exit_code == 2 and "Error:" in again.output and "Traceback" not in again.output
+    bad = CliRunner().invoke(app, args[:3] + ["wrong"] + args[4:])
+    assert bad.exit_code == 2 and "--kind must be one of" in bad.output
+
+
+def test_transformer_methods_need_the_codec() -> None:
+    grid = np.zeros((4, 4), dtype=np.int64)
+    lost = np.eye(4, dtype=bool)
+    for kind in ("ar", "masked"):
+        with pytest.raises(ValueError, match="needs the codec"):
+            restore(kind, grid, lost, RestoreContext(8, Prior.uniform(8)))

@@ -1,0 +1,144 @@
+"""Fine-tuning the reduced codebooks of a ladder, as the paper's code does (``VQ_Frozen``).
+
+For each K below the base size: start from its K-means codebook, keep the encoder and decoder
+fixed, and train that K's codebook, quant_conv and post_quant_conv on training crops with the
+reconstruction loss (L1 + LPIPS-VGG + codebook loss; no GAN, as upstream's frozen model has none to
+train). K-means only places centroids in the latent space; fine-tuning moves them to where the
+frozen decoder reconstructs best, which is what the paper's "w/ fine-tune" rows measure.
+
+Why all K train in one loop: the encoder is frozen, so each crop batch is encoded once (no graph)
+and that latent serves every K. The fine-tuned rungs keep their K-means ancestors (``Codebook.raw``)
+so the ablation can be re-run from the same bundle, and both get their own priors: fine-tuning
+changes which codes the encoder's outputs pick.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from vqnet.codec.bundle import Codebook, Codec, CodecError
+from vqnet.codec.ladder import fit_prior
+from vqnet.codec.losses import reconstruction_loss
+from vqnet.codec.model import VectorQuantizer2, VQModel
+from vqnet.codec.train import CropDataset, perplexity
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides the fine-tuned codebooks (saved in the bundle's provenance)."""
+
+    steps: int = 1000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 1e-4
+    perceptual_weight: float = 1.0  # LPIPS-VGG, as the paper's repo (taming's loss)
+    codebook_weight: float = 1.0
+    seed: int = 0
+
+
+class _Rung(nn.Module):
+    """The trainable part of one K: quant_conv -> quantizer (legacy codebook loss) -> post_quant_conv."""
+
+    def __init__(self, cb: Codebook):
+        super().__init__()
+        e_dim, z_channels = cb.quant_conv_weight.shape[:2]
+        self.quant_conv = nn.Conv2d(z_channels, e_dim, 1)
+        self.quantize = VectorQuantizer2(cb.K, e_dim)
+        self.post_quant_conv = nn.Conv2d(e_dim, z_channels, 1)
+        with torch.no_grad():
+            self.quant_conv.weight.copy_(cb.quant_conv_weight)
+            self.quant_conv.bias.copy_(cb.quant_conv_bias)
+            self.quantize.embedding.weight.copy_(cb.embedding)
+            self.post_quant_conv.weight.copy_(cb.post_quant_conv_weight)
+            self.post_quant_conv.bias.copy_(cb.post_quant_conv_bias)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder output -> (decoder input, codebook loss, indices)."""
+        quant, emb_loss, idx = self.quantize(self.quant_conv(z))
+        return self.post_quant_conv(quant), emb_loss, idx
+
+    def codebook(self, raw: Codebook) -> Codebook:
+        """The trained rung as a fine-tuned Codebook that remembers ``raw`` (prior still raw's)."""
+        return replace(raw, embedding=self.quantize.embedding.weight.detach().clone(),
+                       quant_conv_weight=self.quant_conv.weight.detach().clone(),
+                       quant_conv_bias=self.quant_conv.bias.detach().clone(),
+                       post_quant_conv_weight=self.post_quant_conv.weight.detach().clone(),
+                       post_quant_conv_bias=self.post_quant_conv.bias.detach().clone(), finetuned=True, raw=raw)
+
+
+@contextmanager
+def _frozen(model: VQModel) -> Iterator[None]:
+    """No parameter gradients for the shared VQGAN (saves the decoder's weight-gradient work);
+    the caller's flags are restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def finetune_targets(codec: Codec, ks: Sequence[int] | None) -> list[int]:
+    """The K to fine-tune (default: every K below the base size), refusing any that cannot be."""
+    base = codec.model.config.n_embed
+    targets = sorted({K for K in codec.ks if K < base} if ks is None else set(ks), reverse=True)
+    for K in targets:
+        cb = codec.codebook(K)
+        if K == base:
+            raise CodecError(f"K={K} is the base codebook, trained with the VQGAN; fine-tune the smaller K")
+        if cb.finetuned:
+            raise CodecError(f"K={K} is already fine-tuned; start from the K-means bundle of `vqnet codebook kmeans`")
+    if not targets:
+        raise CodecError("the codec has no codebook below its base size to fine-tune")
+    return targets
+
+
+def finetune_ladder(
+    codec: Codec,
+    dataset: CropDataset,
+    prior_latents: Sequence[torch.Tensor],
+    cfg: FinetuneConfig,
+    ks: Sequence[int] | None = None,
+    on_step: Callable[[int, dict[int, dict[str, float]]], None] | None = None,
+) -> Codec:
+    """Return a new Codec whose rungs ``ks`` (default: all below the base) are fine-tuned.
+
+    Each fine-tuned rung keeps its K-means codebook as ``raw``, and its prior is refit on
+    ``prior_latents`` (encoder outputs of whole photos, :func:`~vqnet.codec.ladder.sample_latents`).
+    ``on_step(step, {K: {"loss", "l1", "p_loss", "emb_loss", "perplexity"}})`` follows each step.
+    The dataset must use ``cfg.crop``; crops are drawn from ``cfg.seed``.
+    """
+    targets = finetune_targets(codec, ks)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    rungs = {K: _Rung(codec.codebook(K)) for K in targets}
+    opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in rungs.items()}
+    model = codec.model
+    with _frozen(model):
+        for step in range(1, cfg.steps + 1):
+            x = dataset.batch(rng, cfg.batch)
+            with torch.no_grad():
+                z = model.encoder(x)
+            logs = {}
+            for K, rung in rungs.items():
+                post, emb_loss, idx = rung(z)
+                rec = reconstruction_loss(x, model.decoder(post), cfg.perceptual_weight)
+                loss = rec["nll"] + cfg.codebook_weight * emb_loss
+                opts[K].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[K].step()
+                logs[K] = {"loss": loss.item(), "l1": rec["l1"].item(), "p_loss": rec["p_loss"].item(),
+                           "emb_loss": emb_loss.item(), "perplexity": perplexity(torch.bincount(idx.flatten()).float())}
+            if on_step:
+                on_step(step, logs)
+    codebooks = dict(codec.codebooks)
+    for K, rung in rungs.items():
+        tuned = rung.codebook(codec.codebook(K))
+        codebooks[K] = replace(tuned, prior=fit_prior(prior_latents, tuned))
+    return Codec(model, codebooks, provenance=dict(codec.provenance))

@@ -1,0 +1,97 @@
+"""``vqnet train prior``: train a concealment transformer on a codec's index maps and ship it.
+
+Wiring only: photos -> cached encoder outputs (:mod:`vqnet.restore.data`) -> index maps at K ->
+:func:`vqnet.restore.train.train_prior` -> fp16 file beside the codec (:mod:`vqnet.restore.store`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+KINDS = ("ar", "masked")
+
+
+def latent_cache(encoder_key: str, files: list[Path]) -> Path:
+    """Cache folder for one encoder and one photo list (names and sizes), under runs/prior-data."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}\n".encode())
+    return Path("runs/prior-data") / f"{encoder_key}-{h.hexdigest()[:12]}"
+
+
+def train_prior_cmd(
+    kind: Annotated[str, typer.Option(help="ar: the paper's sliding-window GPT; masked: our bidirectional model.")],
+    K: Annotated[int, typer.Option("--K", min=2, help="Codebook size of the ladder rung to train for.")],
+    model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
+    data: Annotated[Path, typer.Option(help="Folder of training photos (recursively).")] = Path("../shared/data/train"),
+    photos: Annotated[int | None, typer.Option(min=1, help="Use this many photos (seeded choice; default all).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/prior-KIND-KK).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 2000,
+    batch: Annotated[int, typer.Option(min=1, help="16x16 windows per step.")] = 32,
+    layers: Annotated[int, typer.Option(min=1, help="Transformer blocks.")] = 4,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 8,
+    embd: Annotated[int, typer.Option(min=8, help="Width (multiple of --heads).")] = 256,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed for weights, windows and masks.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
+) -> None:
+    """Train a concealment transformer for one K, checkpointing every 3 minutes, then write it in fp16
+    beside the codec as <codec>.KIND.K<K>.safetensors (the bundled model's manifest is updated)."""
+    from vqnet.cli import _COLUMNS, user_errors
+
+    with user_errors():
+        if kind not in KINDS:
+            raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+        if embd % heads:
+            raise typer.BadParameter("--embd must be a multiple of --heads")
+        import torch
+        from rich.progress import Progress
+
+        from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, load_codec
+        from vqnet.restore.data import choose_photos, encode_photos, index_maps
+        from vqnet.restore.store import concealer_path, encoder_fingerprint, export_concealer, index_fingerprint
+        from vqnet.restore.train import PriorTrainConfig, train_prior
+
+        codec = load_codec(model)
+        codec.codebook(K)
+        if not data.is_dir():
+            raise FileNotFoundError(f"training photo folder not found: {data}")
+        out = out or Path(f"runs/prior-{kind}-K{K}")
+        cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
+                               lr=lr, seed=seed)
+        files = choose_photos(data, photos, seed)
+        cache = latent_cache(encoder_fingerprint(codec), files)
+        fingerprint = index_fingerprint(codec, K)
+        with Progress(*_COLUMNS) as bar:
+            encoding = bar.add_task("encoding photos (cached)", total=None, label="")
+            latents = encode_photos(codec, files, cache, progress=lambda i, n: bar.update(encoding, total=n, completed=i))
+            maps = index_maps(codec, latents, K)
+            bar.update(encoding, label=f"{len(maps)} index maps")
+            training = bar.add_task(f"training {kind} K={K}", total=steps, label="")
+
+            def on_step(step: int, row: dict[str, float]) -> None:
+                bar.update(training, completed=step, label=f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
+
+            try:
+                ckpt = train_prior(maps, out, cfg, resume=resume, extra={"fingerprint": fingerprint}, on_step=on_step)
+            except ValueError as exc:
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(2) from None
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        from vqnet.restore.gpt import GPT
+
+        gpt = GPT(cfg.gpt_config())
+        gpt.load_state_dict(state["model"])
+        dest = concealer_path(codec, kind, K)
+        sha = export_concealer(gpt, kind, K, fingerprint, dest,
+                               {"train": json.dumps(state["train_config"]), "data": str(data), "photos": len(files),
+                                "maps": len(maps)})
+        if dest.parent == DEFAULT_MODEL.parent:
+            entries = json.loads(MANIFEST.read_text())
+            entries[dest.name] = sha
+            MANIFEST.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+        typer.echo(f"checkpoint: {ckpt}\nwrote {dest} (sha256 {sha[:16]}...)")

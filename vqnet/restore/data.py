@@ -1,0 +1,131 @@
+"""Training data for the concealment transformers: index maps of the training photos, and masks.
+
+Index maps come from encoding whole photos (and their mirror images) once. Mirroring happens in
+pixel space because a code is not mirror-symmetric: flipping an index grid does not give the grid
+of the flipped photo. Encoder outputs are cached, so re-quantising at another K (or with a
+fine-tuned codebook) costs seconds instead of another pass of the encoder.
+
+Masks imitate what the receiver sees: i.i.d. holes, raster-run packets and interleaved packets lost
+in Gilbert-style bursts (the packetizer's two layouts), and rectangular blocks.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vqnet.codec.bundle import Codec
+from vqnet.images import list_image_files, load_image
+
+WINDOW = 16
+
+
+def choose_photos(data: str | Path, n: int | None, seed: int = 0) -> list[Path]:
+    """All training photos, or ``n`` of them drawn by ``seed`` (in file order)."""
+    files = list_image_files(data)
+    if n is None or n >= len(files):
+        return files
+    rng = np.random.default_rng(seed)
+    return [files[i] for i in sorted(rng.choice(len(files), size=n, replace=False))]
+
+
+def encode_photos(codec: Codec, files: list[Path], cache: Path, shard: int = 50,
+                  progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """Encoder outputs (fp16) of every photo in ``files`` and of its mirror image.
+
+    Cached in the folder ``cache`` (the caller keys it by encoder and photo list) in shards of
+    ``shard`` photos, written atomically as they finish, so an interrupted run resumes there.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    latents: list[torch.Tensor] = []
+    for first in range(0, len(files), shard):
+        path = cache / f"latents-{first:06d}.safetensors"
+        if path.is_file():
+            tensors = load_file(str(path))
+            part = [tensors[f"z{i}"] for i in range(len(tensors))]
+        else:
+            part = []
+            for f in files[first : first + shard]:
+                img = load_image(f)
+                for view in (img, np.ascontiguousarray(img[:, ::-1])):
+                    part.append(codec.encode_latent(view)[0].half().contiguous())
+            tmp = path.with_suffix(".tmp")
+            save_file({f"z{i}": z for i, z in enumerate(part)}, str(tmp))
+            tmp.replace(path)
+        latents += part
+        if progress:
+            progress(min(first + shard, len(files)), len(files))
+    return latents
+
+
+def index_maps(codec: Codec, latents: list[torch.Tensor], K: int, min_side: int = WINDOW) -> list[np.ndarray]:
+    """Quantise cached latents at K; grids smaller than the window on a side are dropped."""
+    maps = []
+    for z in latents:
+        if min(z.shape[1:]) < min_side:
+            continue
+        maps.append(codec.quantize(z.float().unsqueeze(0), K).astype(np.int16))
+    return maps
+
+
+def gilbert_losses(rng: np.random.Generator, n: int, loss: float, burst: float) -> np.ndarray:
+    """``n`` lost/received flags from a two-state chain with mean loss ``loss`` and mean burst ``burst``."""
+    burst = max(burst, 1.0)
+    r = 1.0 / burst  # P(bad -> good)
+    p = min(1.0, loss * r / max(1e-9, 1.0 - loss))  # P(good -> bad), stationary loss = p / (p + r)
+    out = np.empty(n, dtype=bool)
+    bad = rng.random() < loss
+    u = rng.random(n)
+    for k in range(n):
+        out[k] = bad
+        bad = (u[k] >= r) if bad else (u[k] < p)
+    return out
+
+
+def sample_mask(rng: np.random.Generator, h: int, w: int, max_ratio: float = 0.85) -> np.ndarray:
+    """A boolean (h, w) loss mask over a whole image grid, shaped like one of the receiver's cases."""
+    ratio = float(rng.uniform(0.03, max_ratio))
+    kind = rng.choice(4, p=[0.2, 0.3, 0.35, 0.15])
+    n = h * w
+    if kind == 0:  # i.i.d. token loss
+        return rng.random((h, w)) < ratio
+    if kind == 1:  # raster-run packets: contiguous runs in raster order
+        run = int(rng.integers(4, 160))
+        lost_pkts = gilbert_losses(rng, -(-n // run), ratio, float(rng.uniform(1, 8)))
+        return np.repeat(lost_pkts, run)[:n].reshape(h, w)
+    if kind == 2:  # interleaved packets: packet p carries positions p, p+P, p+2P, ...
+        P = int(rng.integers(4, 120))
+        lost_pkts = gilbert_losses(rng, P, ratio, float(rng.uniform(1, 8)))
+        return lost_pkts[np.arange(n) % P].reshape(h, w)
+    mask = np.zeros((h, w), dtype=bool)  # rectangles until the ratio is reached
+    while mask.mean() < ratio:
+        bh, bw = int(rng.integers(1, max(2, h // 2))), int(rng.integers(1, max(2, w // 2)))
+        y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        mask[y : y + bh, x : x + bw] = True
+    return mask
+
+
+class WindowSampler:
+    """Random 16x16 windows of the index maps, each with a loss mask cut from a whole-grid mask."""
+
+    def __init__(self, maps: list[np.ndarray], size: int = WINDOW):
+        if not maps:
+            raise ValueError("no index map is at least one window large")
+        self.maps = maps
+        self.size = size
+
+    def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, size*size) int64 code windows in raster order and the matching bool masks."""
+        s = self.size
+        codes = np.empty((n, s, s), dtype=np.int64)
+        masks = np.empty((n, s, s), dtype=bool)
+        for k in range(n):
+            grid = self.maps[int(rng.integers(len(self.maps)))]
+            h, w = grid.shape
+            y, x = int(rng.integers(h - s + 1)), int(rng.integers(w - s + 1))
+            codes[k] = grid[y : y + s, x : x + s]
+            masks[k] = sample_mask(rng, h, w)[y : y + s, x : x + s]
+        return torch.from_numpy(codes.reshape(n, -1)), torch.from_numpy(masks.reshape(n, -1))

@@ -1,0 +1,174 @@
+"""Training the concealment transformers on index maps: resumable, logged, deterministic by seed.
+
+Both kinds see 16x16 windows of the training photos' index maps at one K:
+
+- ``ar`` (the paper's): taming's unconditional GPT. The window in raster order, prefixed by an SOS
+  id (K), is predicted token by token (next-token cross-entropy on all 256 positions).
+- ``masked`` (ours): the same blocks with full attention (``n_unmasked = block_size``). Lost
+  positions, drawn by :func:`vqnet.restore.data.sample_mask` (i.i.d., raster runs, interleaved
+  packets in bursts, blocks), are replaced by the mask id (K); cross-entropy on those positions.
+
+A checkpoint holds model, optimiser, step and every RNG state, so ``--resume`` continues the same
+curve; it is written atomically every few minutes and at the end.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqnet.restore.data import WINDOW, WindowSampler
+from vqnet.restore.gpt import GPT, GPTConfig
+
+Kind = Literal["ar", "masked"]
+LOG_FIELDS = ["step", "loss", "accuracy", "lr", "seconds"]
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """Everything that decides a run's outcome (stored in the checkpoint)."""
+
+    kind: Kind
+    K: int
+    n_layer: int = 4
+    n_head: int = 8
+    n_embd: int = 256
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 5e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_minutes: float = 3.0
+
+    def gpt_config(self) -> GPTConfig:
+        """Vocabulary K+1: the extra id is SOS for ``ar`` and the mask token for ``masked``."""
+        block = WINDOW * WINDOW
+        return GPTConfig(vocab_size=self.K + 1, block_size=block, n_layer=self.n_layer, n_head=self.n_head,
+                         n_embd=self.n_embd, n_unmasked=block if self.kind == "masked" else 0)
+
+
+def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, targets, which positions count) for one batch of windows."""
+    if kind == "ar":
+        sos = torch.full((codes.shape[0], 1), K, dtype=torch.long)
+        return torch.cat([sos, codes[:, :-1]], 1), codes, torch.ones_like(masks)
+    masks = masks.clone()
+    empty = ~masks.any(1)
+    masks[empty, torch.randint(0, masks.shape[1], (int(empty.sum()),))] = True  # every window teaches something
+    return codes.masked_fill(masks, K), codes, masks
+
+
+def loss_and_accuracy(model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, float]:
+    inputs, targets, counted = make_batch(kind, K, codes, masks)
+    logits = model(inputs)[..., :K]
+    sel_logits, sel_targets = logits[counted], targets[counted]
+    loss = F.cross_entropy(sel_logits, sel_targets)
+    acc = float((sel_logits.argmax(-1) == sel_targets).float().mean())
+    return loss, acc
+
+
+def lr_at(step: int, cfg: PriorTrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _save(path: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: PriorTrainConfig,
+          rng: np.random.Generator, extra: dict) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_config": asdict(cfg),
+             "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), **extra}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume: bool = False,
+                extra: dict | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+    """Train (or resume) a concealment transformer; returns the checkpoint path.
+
+    ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
+    and must match on resume, so a run is never continued on other data.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
+    extra = extra or {}
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.gpt_config())
+    if cfg.kind == "masked":
+        # Upstream starts pos_emb at zero, which a causal model survives (the mask itself encodes
+        # order). With full attention every position would start identical and learn its place
+        # only slowly, so the bidirectional model starts from small random positions (as MaskGIT).
+        torch.nn.init.normal_(model.pos_emb, std=0.02)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = state["train_config"]
+        if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
+            raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
+        for key, value in extra.items():
+            if state.get(key) != value:
+                raise ValueError(f"--resume: {ckpt_path} was trained on other index maps ({key} differs)")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.bit_generator.state = state["np_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        _truncate_log(log_path, step)
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
+    sampler = WindowSampler(maps)
+    new_log = not log_path.is_file()
+    last_save = time.monotonic()
+    model.train()
+    with log_path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        if new_log:
+            writer.writeheader()
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            codes, masks = sampler.batch(rng, cfg.batch)
+            loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            row = {"step": step, "loss": loss.item(), "accuracy": acc, "lr": lr, "seconds": time.perf_counter() - t0}
+            writer.writerow(row)
+            fh.flush()
+            if on_step:
+                on_step(step, row)
+            if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps:
+                _save(ckpt_path, model, opt, step, cfg, rng, extra)
+                last_save = time.monotonic()
+    return ckpt_path
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint, so a resumed log has each step once."""
+    if not log_path.is_file():
+        return
+    with log_path.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+    with log_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
