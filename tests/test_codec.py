@@ -123,7 +123,8 @@ def test_bundle_roundtrip_and_codec_shapes(tmp_path):
 def test_bundle_keeps_raw_codebooks(tmp_path):
     codec = _small_codec()
     raw = codec.codebooks[8]
-    codec.codebooks[8] = replace(raw, embedding=raw.embedding + 0.1, post_quant_conv_bias=raw.post_quant_conv_bias - 0.1,
+    codec.codebooks[8] = replace(raw, embedding=raw.embedding + 0.1,
+                                 post_quant_conv_bias=raw.post_quant_conv_bias - 0.1,
                                  prior=Prior.from_counts(np.arange(8, 0, -1)), finetuned=True, raw=raw)
     save_codec(codec, tmp_path / "c.safetensors")
     with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as fh:
@@ -132,7 +133,8 @@ def test_bundle_keeps_raw_codebooks(tmp_path):
     loaded = load_codec(tmp_path / "c.safetensors")
     tuned = loaded.codebooks[8]
     assert tuned.finetuned and not tuned.raw.finetuned and loaded.codebooks[32].raw is None
-    for field in ("embedding", "quant_conv_weight", "quant_conv_bias", "post_quant_conv_weight", "post_quant_conv_bias"):
+    for field in ("embedding", "quant_conv_weight", "quant_conv_bias", "post_quant_conv_weight",
+                  "post_quant_conv_bias"):
         assert torch.equal(getattr(tuned.raw, field), getattr(raw, field).half().float()), field
     assert not torch.equal(tuned.embedding, tuned.raw.embedding)
     assert np.allclose(tuned.raw.prior.probs, raw.prior.probs, atol=1e-7)

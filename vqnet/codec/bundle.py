@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vqnet.codec.model import VQGANConfig, VQModel, nearest_code
@@ -152,7 +152,8 @@ def _names(K: int, raw: bool) -> tuple[str, str]:
 
 def _codebook_tensors(cb: Codebook, raw: bool) -> dict[str, torch.Tensor]:
     prefix, prior = _names(cb.K, raw)
-    tensors = {prefix + name: getattr(cb, field).detach().half().contiguous() for name, field in _CODEBOOK_TENSORS.items()}
+    tensors = {prefix + name: getattr(cb, field).detach().half().contiguous()
+               for name, field in _CODEBOOK_TENSORS.items()}
     return tensors | {prior: torch.from_numpy(cb.prior.to_array())}
 
 
@@ -205,6 +206,16 @@ def manifest_sha256(path: Path, manifest: Path) -> str:
     return sha
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; a damaged file is a one-line :class:`CodecError`."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return meta, load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CodecError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
 def load_codec(path: Path | str | None = None) -> Codec:
     """Load a bundle (default: the one shipped in the package). All weights are upcast to float32.
 
@@ -221,14 +232,7 @@ def load_codec(path: Path | str | None = None) -> Codec:
     if bundled and sha != (expected := manifest_sha256(path, MANIFEST)):
         raise CodecError(f"{path} has sha256 {sha[:16]}..., the manifest says {expected[:16]}... "
                          f"(tampered or truncated); {_restore_hint(path)}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CodecError(f"{path} is not a readable safetensors file ({exc})") from None
+    meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise CodecError(f"{path} is not a vqnet codec bundle (format={meta.get('format')!r})")
     if meta.get("version") != VERSION:

@@ -112,8 +112,10 @@ def finetune_ladder(
     Each fine-tuned rung keeps its K-means codebook as ``raw``, and its prior is refit on
     ``prior_latents`` (encoder outputs of whole photos, :func:`~vqnet.codec.ladder.sample_latents`).
     ``on_step(step, {K: {"loss", "l1", "p_loss", "emb_loss", "perplexity"}})`` follows each step.
-    The dataset must use ``cfg.crop``; crops are drawn from ``cfg.seed``.
+    Crops are drawn from ``cfg.seed``.
     """
+    if dataset.crop != cfg.crop:
+        raise ValueError(f"the dataset makes {dataset.crop}-px crops but the config says {cfg.crop}")
     targets = finetune_targets(codec, ks)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

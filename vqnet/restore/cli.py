@@ -37,6 +37,8 @@ def train_prior_cmd(
     embd: Annotated[int, typer.Option(min=8, help="Width (multiple of --heads).")] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights, windows and masks.")] = 0,
+    init: Annotated[str, typer.Option(help="codes: 2-D sin-cos positions, code embeddings from the codebook, "
+                                           "head tied to them (learns faster); taming: upstream's init.")] = "codes",
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
 ) -> None:
     """Train a concealment transformer for one K, checkpointing every 3 minutes, then write it in fp16
@@ -46,6 +48,8 @@ def train_prior_cmd(
     with user_errors():
         if kind not in KINDS:
             raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+        if init not in ("codes", "taming"):
+            raise typer.BadParameter("--init must be codes or taming")
         if embd % heads:
             raise typer.BadParameter("--embd must be a multiple of --heads")
         import torch
@@ -62,7 +66,7 @@ def train_prior_cmd(
             raise FileNotFoundError(f"training photo folder not found: {data}")
         out = out or Path(f"runs/prior-{kind}-K{K}")
         cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
-                               lr=lr, seed=seed)
+                               lr=lr, seed=seed, init=init)
         files = choose_photos(data, photos, seed)
         cache = latent_cache(encoder_fingerprint(codec), files)
         fingerprint = index_fingerprint(codec, K)
@@ -77,7 +81,8 @@ def train_prior_cmd(
                 bar.update(training, completed=step, label=f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
 
             try:
-                ckpt = train_prior(maps, out, cfg, resume=resume, extra={"fingerprint": fingerprint}, on_step=on_step)
+                ckpt = train_prior(maps, out, cfg, resume=resume, extra={"fingerprint": fingerprint},
+                                   code_vectors=codec.codebook(K).embedding, on_step=on_step)
             except ValueError as exc:
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(2) from None

@@ -14,10 +14,9 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, Codec, CodecError, manifest_sha256
+from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, Codec, CodecError, manifest_sha256, read_safetensors
 from vqnet.restore.gpt import GPT, GPTConfig
 from vqnet.weights import sha256_of
 
@@ -76,12 +75,7 @@ def _load(path: Path, sha: str, kind: str, K: int, fingerprint: str, bundled: bo
     if bundled and sha != manifest_sha256(path, MANIFEST):
         raise CodecError(f"{path} does not match the weights manifest (tampered or truncated); "
                          f"restore it with `git checkout vqnet/models/{path.name}` or reinstall vqnet")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CodecError(f"{path} is not a readable safetensors file ({exc})") from None
+    meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT or meta.get("kind") != kind or meta.get("K") != str(K):
         raise CodecError(f"{path} is not a {kind} concealment model for K={K}")
     if meta.get("fingerprint") != fingerprint:

@@ -48,12 +48,23 @@ class PriorTrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_minutes: float = 3.0
+    init: Literal["taming", "codes"] = "codes"  # upstream's init, or :func:`init_for_codes`
 
     def gpt_config(self) -> GPTConfig:
         """Vocabulary K+1: the extra id is SOS for ``ar`` and the mask token for ``masked``."""
         block = WINDOW * WINDOW
         return GPTConfig(vocab_size=self.K + 1, block_size=block, n_layer=self.n_layer, n_head=self.n_head,
                          n_embd=self.n_embd, n_unmasked=block if self.kind == "masked" else 0)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """(h*w, dim) raster-order positions: sin/cos of the row in one half, of the column in the other."""
+    quarter = dim // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(1, quarter)))
+    r, c = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    parts = [f(a.reshape(-1, 1) * freqs) for a in (r, c) for f in (torch.sin, torch.cos)]
+    out = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(out, (0, dim - out.shape[1]))
 
 
 def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,23 +104,46 @@ def _save(path: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: Pr
     tmp.replace(path)
 
 
+def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor | None) -> None:
+    """Start from what is known about the tokens, so the few thousand steps this CPU affords go
+    into learning context rather than geometry. Only initial values change; the layout stays
+    taming's, and a tied head is stored as an ordinary ``head.weight`` equal to ``tok_emb.weight``.
+
+    - 2-D sine-cosine positions (as MAE) instead of upstream's zeros: with full attention, zero
+      positions make every token start identical; a causal model also learns "look left/up" faster.
+    - Code embeddings from the codebook (a fixed random projection of the code vectors, at the
+      usual 0.02 scale), so similar codes start with similar embeddings and confusions between
+      them are the cheap ones.
+    - The output head tied to the token embedding (as GPT-2), so predicting a code that the
+      context holds - copying a neighbour - works from the first step.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        model.pos_emb.copy_(0.03 * sincos_2d(WINDOW, WINDOW, cfg.n_embd).unsqueeze(0))
+        if code_vectors is not None:
+            v = code_vectors.float() - code_vectors.float().mean(0)
+            proj = torch.randn(v.shape[1], cfg.n_embd, generator=gen) / math.sqrt(v.shape[1])
+            e = v @ proj
+            model.tok_emb.weight[: cfg.K] = 0.02 * e / e.std()
+    model.head.weight = model.tok_emb.weight
+
+
 def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume: bool = False,
-                extra: dict | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+                extra: dict | None = None, code_vectors: torch.Tensor | None = None,
+                on_step: Callable[[int, dict[str, float]], None] | None = None) -> Path:
     """Train (or resume) a concealment transformer; returns the checkpoint path.
 
     ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
-    and must match on resume, so a run is never continued on other data.
+    and must match on resume, so a run is never continued on other data. ``code_vectors`` (K x d,
+    the codebook) seeds the token embeddings (:func:`init_for_codes`).
     """
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
     extra = extra or {}
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.gpt_config())
-    if cfg.kind == "masked":
-        # Upstream starts pos_emb at zero, which a causal model survives (the mask itself encodes
-        # order). With full attention every position would start identical and learn its place
-        # only slowly, so the bidirectional model starts from small random positions (as MaskGIT).
-        torch.nn.init.normal_(model.pos_emb, std=0.02)
+    if cfg.init == "codes":
+        init_for_codes(model, cfg, code_vectors)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -117,7 +151,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = state["train_config"]
+        saved = {"init": "taming"} | state["train_config"]  # checkpoints from before ``init`` existed
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
         for key, value in extra.items():
