@@ -65,16 +65,16 @@ def load_concealer(codec: Codec, kind: str, K: int) -> GPT:
     if not path.is_file():
         raise CodecError(f"no {kind} concealment model for K={K} ({path.name} not found beside the codec); "
                          f"train one with `vqnet train prior --kind {kind} --K {K}`")
-    bundled = path.parent == DEFAULT_MODEL.parent
-    return _load(path, sha256_of(path), kind, K, index_fingerprint(codec, K), bundled)
+    sha = sha256_of(path)
+    if path.parent == DEFAULT_MODEL.parent and sha != manifest_sha256(path, MANIFEST):
+        raise CodecError(f"{path} does not match the weights manifest (tampered or truncated); "
+                         f"restore it with `git checkout vqnet/models/{path.name}` or reinstall vqnet")
+    return _load(path, sha, kind, K, index_fingerprint(codec, K))
 
 
 @lru_cache(maxsize=16)
-def _load(path: Path, sha: str, kind: str, K: int, fingerprint: str, bundled: bool) -> GPT:
+def _load(path: Path, sha: str, kind: str, K: int, fingerprint: str) -> GPT:
     """Cached by content (``sha``), so a replaced file is read again and an unchanged one is not."""
-    if bundled and sha != manifest_sha256(path, MANIFEST):
-        raise CodecError(f"{path} does not match the weights manifest (tampered or truncated); "
-                         f"restore it with `git checkout vqnet/models/{path.name}` or reinstall vqnet")
     meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT or meta.get("kind") != kind or meta.get("K") != str(K):
         raise CodecError(f"{path} is not a {kind} concealment model for K={K}")
