@@ -253,3 +253,18 @@ def test_shipped_models_are_in_the_manifest_and_conceal_a_photo() -> None:
         out = restore(kind, grid, lost, ctx)
         assert np.array_equal(out[~lost], grid[~lost]) and out.max() < 256
         assert (out[lost] == grid[lost]).mean() > 0.03  # well above chance (1/256) on a real photo
+
+
+def test_sweep_refuses_a_missing_transformer_before_any_trial(tmp_path: Path) -> None:
+    from vqnet.images import NamedImage
+    from vqnet.scenario import parse_scenario
+    from vqnet.sweep import run_sweep
+
+    codec = _tiny_codec(tmp_path)
+    sc = parse_scenario({"name": "t", "K": [32], "methods": ["neighbor", "masked"],
+                         "channel": {"model": "bernoulli", "loss": [0.3]}})
+    calls: list[int] = []
+    image = NamedImage("x", np.zeros((32, 32, 3), dtype=np.uint8))
+    with pytest.raises(CodecError, match="no masked concealment model for K=32"):
+        run_sweep(sc, codec, [image], advance=lambda n, label: calls.append(n))
+    assert calls == []

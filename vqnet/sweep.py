@@ -31,7 +31,8 @@ from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
 from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
-from vqnet.restore import RestoreContext, restore
+from vqnet.restore import TRANSFORMER_METHODS, RestoreContext, restore
+from vqnet.restore.store import load_concealer
 from vqnet.scenario import Scenario
 
 # Columns of results.csv, in order. Timings are kept out of it (timings.csv) so that the same
@@ -225,7 +226,9 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
     codec = codec or load_codec(sc.model)
     images = images if images is not None else load_images(sc.images.source, sc.images.names, sc.images.limit)
     for K in sc.K:
-        codec.codebook(K)  # fail before any work if a K is missing
+        codec.codebook(K)  # fail before any work if a K is missing, or a transformer for it
+        for method in sorted(set(sc.methods) & set(TRANSFORMER_METHODS)):
+            load_concealer(codec, method, K)
     link = LinkConfig(**sc.link.model_dump())
     example_image = sc.examples.image or images[0].name
     points = sc.channel.points()

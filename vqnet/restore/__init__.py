@@ -76,6 +76,8 @@ def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -
 
 METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor, "ar": restore_ar,
                                 "masked": restore_masked}
+#: Methods that need a trained model file beside the codec (one per K).
+TRANSFORMER_METHODS = ("ar", "masked")
 
 
 def get_restorer(name: str) -> Restorer:

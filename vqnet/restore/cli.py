@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-KINDS = ("ar", "masked")
 
 
 def latent_cache(encoder_key: str, files: list[Path]) -> Path:
@@ -46,8 +45,10 @@ def train_prior_cmd(
     from vqnet.cli import _COLUMNS, user_errors
 
     with user_errors():
-        if kind not in KINDS:
-            raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+        from vqnet.restore import TRANSFORMER_METHODS
+
+        if kind not in TRANSFORMER_METHODS:
+            raise typer.BadParameter(f"--kind must be one of {', '.join(TRANSFORMER_METHODS)}")
         if init not in ("codes", "taming"):
             raise typer.BadParameter("--init must be codes or taming")
         if embd % heads:
