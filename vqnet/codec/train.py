@@ -153,7 +153,7 @@ def save_checkpoint(path: Path, model: VQModel, opt: torch.optim.Optimizer, loss
     tmp.replace(path)
 
 
-def _truncate_log(log_path: Path, step: int) -> None:
+def truncate_log(log_path: Path, step: int) -> None:
     """Drop log rows written after the checkpoint, so a resumed run's log has each step once."""
     if not log_path.exists():
         return
@@ -265,7 +265,7 @@ def train_vqgan(
         torch.set_rng_state(state["torch_rng"])
         usage = state["usage"]
         step = int(state["step"])
-        _truncate_log(log_path, step)
+        truncate_log(log_path, step)
     else:
         log_path.unlink(missing_ok=True)
     dataset = CropDataset(data, cfg.crop, progress=on_load)

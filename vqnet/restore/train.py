@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqnet.codec.train import truncate_log
 from vqnet.restore.data import WINDOW, WindowSampler
 from vqnet.restore.gpt import GPT, GPTConfig
 
@@ -162,7 +163,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
         step = state["step"]
         rng.bit_generator.state = state["np_rng"]
         torch.set_rng_state(state["torch_rng"])
-        _truncate_log(log_path, step)
+        truncate_log(log_path, step)
     elif ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     sampler = WindowSampler(maps)
@@ -195,14 +196,3 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
                 last_save = time.monotonic()
     return ckpt_path
 
-
-def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint, so a resumed log has each step once."""
-    if not log_path.is_file():
-        return
-    with log_path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    with log_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
