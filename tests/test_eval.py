@@ -175,10 +175,21 @@ def test_eval_without_dists_or_baselines(codec_path: Path, image_dir: Path, tmp_
     assert set(rd["codec"]) == {"vqnet"} and rd["dists"].isna().all()
 
 
+def test_eval_ks_restricts_the_ladder(finetuned_path: Path, image_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(finetuned_path), "--out", str(tmp_path),
+                                      "--ks", "8", "--codebooks", "both", "--no-dists", "--classical", "none", "-q"])
+    assert result.exit_code == 0, result.output
+    rd = pd.read_csv(tmp_path / "rd.csv")
+    assert sorted(zip(rd["codec"], rd["K"])) == [("vqnet", 8), ("vqnet-raw", 8)]
+    bad = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(finetuned_path), "--ks", "8,x", "-q"])
+    assert bad.exit_code == 2 and "--ks must be comma-separated integers" in bad.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["missing-folder"], "Error: no such image file or folder: missing-folder"),
     (["IMAGES", "--classical", "jpeg,jxl"], "Error: unknown classical codec 'jxl'"),
     (["IMAGES", "--max-payload", "1"], "Error: max_payload 1 is outside"),
+    (["IMAGES", "--ks", "8,12"], "Error: model has no codebook with K=12"),
 ])
 def test_eval_user_errors_are_one_line(codec_path: Path, image_dir: Path, tmp_path: Path,
                                        args: list[str], message: str) -> None:

@@ -201,6 +201,7 @@ def eval_cmd(
     codebooks: Annotated[str, typer.Option(help="finetuned (the stored codebooks, rows 'vqnet') | raw (their "
                                                 "K-means ancestors, rows 'vqnet-raw': the paper's w/o fine-tune "
                                                 "ablation) | both.")] = "finetuned",
+    ks: Annotated[str | None, typer.Option(help="Comma-separated K to evaluate (default: the whole ladder).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
@@ -215,11 +216,12 @@ def eval_cmd(
             raise typer.BadParameter(f"--codebooks must be one of {', '.join(CODEBOOK_SETS)}, got {codebooks!r}")
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
         codec = load_codec(model)
+        k_list = sorted({codec.codebook(K).K for K in _k_list(ks)}, reverse=True) if ks else codec.ks
         pixels = load_images(str(images))
         label = images.resolve().name
-        with progress_bar(count_steps(len(pixels), len(codec.ks), names, codebooks), f"eval {label}", quiet) as advance:
+        with progress_bar(count_steps(len(pixels), len(k_list), names, codebooks), f"eval {label}", quiet) as advance:
             result = evaluate(codec, pixels, with_dists=dists, classical=names, max_payload=max_payload,
-                              codebooks=codebooks, advance=advance)
+                              codebooks=codebooks, ks=k_list, advance=advance)
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "rd.csv", out / "rd_images.csv"]
         result.rd.to_csv(paths[0], index=False)

@@ -125,12 +125,14 @@ def evaluate(
     max_payload: int = 1000,
     layout: Layout = "interleaved",
     codebooks: str = "finetuned",
+    ks: Sequence[int] | None = None,
     advance: Callable[[int, str], None] = lambda n, label: None,
 ) -> EvalOutput:
     """Evaluate ``codec`` at each of its K on ``images``, then each classical codec at vqnet's rates.
 
     ``codebooks`` (a :data:`CODEBOOK_SETS` key) picks the stored codebooks, their K-means
     ancestors, or both; raises ``CodecError`` when raw ones are asked for and the bundle has none.
+    ``ks`` restricts the ladder (a whole Kodak ladder with DISTS takes about 20 min on 2 cores).
     ``advance(1, label)`` is called after each coded (image, codec, K). Classical codecs this
     Pillow lacks are skipped, and images a codec cannot code within the budget are left out
     of its means; both are listed in ``notes``.
@@ -138,15 +140,16 @@ def evaluate(
     if not images:
         raise ValueError("no images to evaluate")
     usable, notes = usable_codecs(classical)  # before the slow part, so a typo fails at once
+    ladder = sorted({codec.codebook(K).K for K in ks}, reverse=True) if ks else codec.ks
     variants = {label: codec.raw_codec() if label == VQNET_RAW else codec for label in CODEBOOK_SETS[codebooks]}
     rows: list[dict] = []
     examples: dict[tuple[str, int], Example] = {}
-    counts = {(label, K): np.zeros(K, dtype=np.int64) for label in variants for K in codec.ks}
+    counts = {(label, K): np.zeros(K, dtype=np.int64) for label in variants for K in ladder}
     for n, item in enumerate(images):
         score = _Scorer(item.pixels, with_dists)
         stored: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # K -> its result with VQNET
         for label, variant in variants.items():
-            for K in codec.ks:
+            for K in ladder:
                 if label == VQNET_RAW and codec.codebook(K).raw is None and K in stored:
                     result = stored[K]  # a rung never fine-tuned is its own raw codebook: same numbers
                 else:
@@ -168,7 +171,7 @@ def evaluate(
         # the first loop instead would hold ~200 MB per Kodak image.
         score = _Scorer(item.pixels, with_dists)
         for name in usable:
-            for K in codec.ks:
+            for K in ladder:
                 try:
                     res = encode_at_bpp(item.pixels, name, targets[K])
                 except RateError:
