@@ -101,11 +101,17 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
 
 
 def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: int, passes: int = 8,
-                   temperature: float | None = None, seed: int = 0) -> list[np.ndarray]:
+                   temperature: float | None = None, seed: int = 0,
+                   code_cost: np.ndarray | None = None) -> list[np.ndarray]:
     """Fill the lost positions of every ``(grid, lost)`` pair; received positions are untouched.
 
     Greedy (argmax, confidence = its probability) unless ``temperature`` is given, in which case
     codes are sampled from the tempered distribution with a generator seeded by ``seed``.
+    With ``code_cost`` (K x K, ``[i, j]`` = cost of writing code j where the truth is i) each
+    position instead takes the code of least expected cost under the predicted distribution
+    (minimum Bayes risk): when the model is unsure between several textures, that is the code
+    closest to all of them rather than the single most likely one. Confidence stays the top
+    probability.
     All grids advance together, one batched forward per pass.
     """
     if passes < 1:
@@ -122,9 +128,10 @@ def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: in
                 p = probs ** (1.0 / temperature)
                 p /= p.sum(axis=1, keepdims=True)
                 pred = np.array([rng.choice(K, p=row) for row in p])
+                conf = probs[np.arange(len(pred)), pred]
             else:
-                pred = probs.argmax(axis=1)
-            conf = probs[np.arange(len(pred)), pred]
+                pred = probs.argmax(axis=1) if code_cost is None else (probs @ code_cost).argmin(axis=1)
+                conf = probs.max(axis=1)
             keep_masked = int(math.floor(g.lost_total * math.cos(math.pi / 2 * t / passes)))
             n_commit = max(1, len(r) - keep_masked) if t < passes else len(r)
             order = np.argsort(-conf, kind="stable")[:n_commit]
