@@ -17,6 +17,8 @@ from vqnet.restore.gpt import GPT
 from vqnet.restore.masked import conceal_masked, nearest_window, window_starts
 from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer
 from vqnet.restore.train import PriorTrainConfig, make_batch, train_prior
+from vqnet.scenario import parse_scenario
+from vqnet.sweep import sweep_fingerprint
 
 
 def pattern_maps(n: int = 4, h: int = 20, w: int = 24, K: int = 8) -> list[np.ndarray]:
@@ -153,11 +155,15 @@ def test_concealer_files_are_checked_against_the_index_maps(tmp_path: Path) -> N
         assert all(torch.equal(v.half(), loaded.state_dict()[k].half()) for k, v in gpt.state_dict().items())
         out = restore(kind, grid, lost, ctx)
         assert np.array_equal(out[~lost], grid[~lost])
+    sc = parse_scenario({"name": "t", "K": [32], "methods": ["neighbor", "masked"]})
+    before = sweep_fingerprint(sc, codec, [])
     stale = tmp_path / "stale.safetensors"
     export_concealer(gpt, "masked", 32, "0" * 16, stale, {})
     stale.replace(concealer_path(codec, "masked", 32))
     with pytest.raises(CodecError, match="other index maps"):
         load_concealer(codec, "masked", 32)
+    # a journal of trials concealed with the old model is not resumed with the new one
+    assert sweep_fingerprint(sc, codec, []) != before
     assert set(METHODS) == {"none", "neighbor", "ar", "masked"}
 
 

@@ -32,8 +32,9 @@ from vqnet.images import NamedImage, load_images
 from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
 from vqnet.restore import TRANSFORMER_METHODS, RestoreContext, restore
-from vqnet.restore.store import load_concealer
+from vqnet.restore.store import concealer_path, load_concealer
 from vqnet.scenario import Scenario
+from vqnet.weights import sha256_of
 
 # Columns of results.csv, in order. Timings are kept out of it (timings.csv) so that the same
 # scenario and seed give a byte-identical table.
@@ -105,11 +106,15 @@ class TrialRecord:
 
 
 def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
-    """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id)
-    and the images' names and pixels. A journal written under another fingerprint is refused,
-    because mixing its rows with new ones would give a table no single run could produce."""
+    """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id),
+    the concealment models the scenario uses and the images' names and pixels. A journal written
+    under another fingerprint is refused, because mixing its rows with new ones would give a table
+    no single run could produce."""
+    concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
+                  for m in sorted(set(sc.methods) & set(TRANSFORMER_METHODS)) for K in sc.K}
     h = hashlib.sha256(json.dumps({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"),
-                                   "model": codec.model_id, "columns": RESULT_COLUMNS}, sort_keys=True).encode())
+                                   "model": codec.model_id, "concealers": concealers, "columns": RESULT_COLUMNS},
+                                  sort_keys=True).encode())
     for image in images:
         h.update(json.dumps([image.name, list(image.pixels.shape)]).encode())
         h.update(np.ascontiguousarray(image.pixels).tobytes())
