@@ -16,6 +16,7 @@ write ``bench_<name>(model, items, K)`` and list it in ``METHODS``.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import time
@@ -37,8 +38,16 @@ def bench_ar(model: GPT, items: Items, K: int) -> None:
 
 
 def bench_masked(model: GPT, items: Items, K: int) -> None:
-    """Confidence-ordered masked concealment (default passes) of every grid in one batched call."""
-    conceal_masked(model, items, K=K)
+    """Confidence-ordered masked concealment (default passes) of every grid in one batched call,
+    with the minimum-expected-distance choice ``vqnet`` uses (costs from random code vectors)."""
+    conceal_masked(model, items, K=K, code_cost=random_code_cost(K))
+
+
+@functools.cache
+def random_code_cost(K: int, dim: int = 64) -> np.ndarray:
+    """(K, K) squared distances between K random code vectors: the shape of the real cost matrix."""
+    vectors = torch.randn(K, dim, generator=torch.Generator().manual_seed(0))
+    return (torch.cdist(vectors, vectors) ** 2).numpy()
 
 
 METHODS: dict[str, Callable[[GPT, Items, int], None]] = {"ar": bench_ar, "masked": bench_masked}
