@@ -208,7 +208,7 @@ def eval_cmd(
     MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates."""
     with user_errors():
         from vqnet.codec.bundle import load_codec
-        from vqnet.evaluate import CODEBOOK_SETS, count_steps, evaluate
+        from vqnet.evaluate import CODEBOOK_SETS, count_steps, eval_ladder, evaluate
         from vqnet.images import load_images
         from vqnet.plots import plot_codec_grid, plot_rd
 
@@ -216,7 +216,7 @@ def eval_cmd(
             raise typer.BadParameter(f"--codebooks must be one of {', '.join(CODEBOOK_SETS)}, got {codebooks!r}")
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
         codec = load_codec(model)
-        k_list = sorted({codec.codebook(K).K for K in _k_list(ks)}, reverse=True) if ks else codec.ks
+        k_list = eval_ladder(codec, _k_list(ks) if ks else None)
         pixels = load_images(str(images))
         label = images.resolve().name
         with progress_bar(count_steps(len(pixels), len(k_list), names, codebooks), f"eval {label}", quiet) as advance:

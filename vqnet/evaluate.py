@@ -116,6 +116,12 @@ def count_steps(n_images: int, n_ks: int, classical: Sequence[str], codebooks: s
     return n_images * n_ks * (len(CODEBOOK_SETS[codebooks]) + len(usable_codecs(classical)[0]))
 
 
+def eval_ladder(codec: Codec, ks: Sequence[int] | None) -> list[int]:
+    """The K to evaluate, largest first: ``ks`` without repeats, or the whole ladder; a K the
+    codec lacks raises ``CodecError``."""
+    return sorted({codec.codebook(K).K for K in ks}, reverse=True) if ks else codec.ks
+
+
 def evaluate(
     codec: Codec,
     images: Sequence[NamedImage],
@@ -140,7 +146,7 @@ def evaluate(
     if not images:
         raise ValueError("no images to evaluate")
     usable, notes = usable_codecs(classical)  # before the slow part, so a typo fails at once
-    ladder = sorted({codec.codebook(K).K for K in ks}, reverse=True) if ks else codec.ks
+    ladder = eval_ladder(codec, ks)
     variants = {label: codec.raw_codec() if label == VQNET_RAW else codec for label in CODEBOOK_SETS[codebooks]}
     rows: list[dict] = []
     examples: dict[tuple[str, int], Example] = {}
