@@ -65,6 +65,7 @@ class CausalSelfAttention(nn.Module):
             mask[: config.n_unmasked, : config.n_unmasked] = 1
         self.register_buffer("mask", mask.view(1, 1, config.block_size, config.block_size))
         self.n_head = config.n_head
+        self.n_unmasked = config.n_unmasked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -72,11 +73,18 @@ class CausalSelfAttention(nn.Module):
         k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
         q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)
         v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
-        att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
-        att = self.attn_drop(F.softmax(att, dim=-1))
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_drop(self.proj(y))
+        if self.training and self.attn_drop.p:  # upstream's exact path: dropout acts on the weights
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+            att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+            y = self.attn_drop(F.softmax(att, dim=-1)) @ v
+        else:  # the same maths, fused; the bidirectional model needs no mask
+            if self.n_unmasked >= T:
+                y = F.scaled_dot_product_attention(q, k, v)
+            elif self.n_unmasked == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask[0, 0, :T, :T].bool())
+        return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 
 class Block(nn.Module):

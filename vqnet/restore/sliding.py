@@ -39,12 +39,12 @@ The model is thus asked about the same 2-D cell as in its 16x16 training layout.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vqnet.restore.gpt import GPT
 
@@ -212,10 +212,10 @@ def _attend(q: torch.Tensor, kv: torch.Tensor, first: int) -> torch.Tensor:
     mode, for one row.
     """
     m, T = q.shape[1], kv.shape[2]
-    att = (q @ kv[0].transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    future = torch.arange(T, device=q.device) > first + torch.arange(m, device=q.device)[:, None]
-    att = att.masked_fill(future, float("-inf"))
-    return torch.softmax(att, dim=-1) @ kv[1]
+    if m == 1 and first == T - 1:  # one query at the end sees everything: no mask needed
+        return F.scaled_dot_product_attention(q, kv[0], kv[1])
+    seen = torch.arange(T, device=q.device) <= first + torch.arange(m, device=q.device)[:, None]
+    return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=seen)
 
 
 def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], stores: list[_KVStore]) -> torch.Tensor:
