@@ -28,7 +28,7 @@ import numpy as np
 
 from vqnet import entropy
 from vqnet.entropy import EntropyError, Prior
-from vqnet.packets import Packet, PacketError, depacketize, packetize
+from vqnet.packets import Packet, PacketError, context_refs, depacketize, packetize
 from vqnet.vqn import HEADER_SIZE, VqnError, VqnFile, read_vqn, write_vqn
 
 F = 16  # the grid <-> pixel factor assumed for the corpus (the default codec's)
@@ -210,7 +210,7 @@ def run_one(data: bytes, counts: Counter[str]) -> None:
             continue
         counts["Packet.from_bytes: ok"] += 1
         try:
-            entropy.decode(pkt.payload, pkt.n, prior_for(pkt.K))
+            entropy.decode(pkt.payload, pkt.n, prior_for(pkt.K), context_refs(pkt.positions(), pkt.w))
             counts["entropy.decode: ok"] += 1
         except EntropyError:
             counts["entropy.decode: EntropyError"] += 1

@@ -101,7 +101,8 @@ def _small_codec() -> Codec:
     base = Codebook.from_model(model)
     small = Codebook(8, kmeans(base.embedding, 8), base.quant_conv_weight, base.quant_conv_bias,
                      base.post_quant_conv_weight, base.post_quant_conv_bias, Prior.from_counts(np.arange(1, 9)))
-    return Codec(model, {32: base, 8: small})
+    pairs = np.random.default_rng(3).integers(0, 20, (32, 32))
+    return Codec(model, {32: replace(base, prior=Prior.uniform(32).with_context(pairs)), 8: small})
 
 
 def test_bundle_roundtrip_and_codec_shapes(tmp_path):
@@ -110,6 +111,8 @@ def test_bundle_roundtrip_and_codec_shapes(tmp_path):
     loaded = load_codec(tmp_path / "c.safetensors")
     assert loaded.ks == [32, 8] and loaded.model_id == sha[:16]
     assert np.allclose(loaded.codebooks[8].prior.probs, codec.codebooks[8].prior.probs, atol=1e-7)
+    assert np.array_equal(loaded.codebooks[32].prior.context, codec.codebooks[32].prior.context)
+    assert loaded.codebooks[8].prior.context is None  # a table is optional
     img = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)  # not a multiple of f=4
     for K in (32, 8):
         idx = loaded.encode(img, K)
@@ -179,3 +182,14 @@ def test_default_model_ships_and_works():
     idx = codec.encode(img, codec.ks[-1])
     assert idx.shape == (4, 5)
     assert codec.decode(idx, codec.ks[-1], (64, 80)).shape == (64, 80, 3)
+
+
+def test_neighbour_pairs_count_both_directions():
+    from vqnet.codec.ladder import neighbour_pairs
+
+    grid = np.array([[0, 1], [2, 1]])
+    pairs = neighbour_pairs(grid, 3)
+    expected = np.zeros((3, 3))
+    for a, b in [(0, 1), (2, 1), (0, 2), (1, 1)]:  # left->right twice, top->bottom twice
+        expected[a, b] += 1
+    np.testing.assert_array_equal(pairs, expected)

@@ -199,3 +199,90 @@ def test_garbage_decode_raises_only_entropy_error(data: bytes, n: int, K: int, s
     assert out.shape == (n,)
     assert out.dtype == np.int64
     assert np.all((out >= 0) & (out < K))
+
+
+def markov_prior(K: int, seed: int, stay: float = 0.6) -> Prior:
+    """A marginal plus a context table fitted to a chain that repeats its neighbour often."""
+    prior = skewed_prior(K, seed)
+    pairs = np.random.default_rng(seed).integers(0, 3, size=(K, K)).astype(np.float64)
+    pairs[np.arange(K), np.arange(K)] += 200 * stay
+    return prior.with_context(pairs, strength=4.0)
+
+
+def markov_chain(prior: Prior, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols where each (but a few starts) is drawn from the context row of the previous one,
+    and the matching refs (-1 at the starts)."""
+    rng = np.random.default_rng(seed)
+    rows = prior.context / prior.context.sum(1, keepdims=True)
+    refs = np.arange(n) - 1
+    refs[rng.random(n) < 0.05] = -1
+    refs[0] = -1
+    s = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        s[i] = rng.choice(prior.K, p=prior.probs if refs[i] < 0 else rows[s[refs[i]]])
+    return s, refs
+
+
+@pytest.mark.parametrize("K", [2, 16, 1024])
+def test_context_round_trip_with_any_earlier_refs(K: int) -> None:
+    prior = markov_prior(K, seed=K)
+    rng = np.random.default_rng(K)
+    n = 700
+    symbols = rng.integers(0, K, n)
+    refs = np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, n)])  # any earlier symbol, or none
+    data = encode(symbols, prior, refs)
+    np.testing.assert_array_equal(decode(data, n, prior, refs), symbols)
+    assert data != encode(symbols, prior)  # the table was used
+    np.testing.assert_array_equal(decode(encode(symbols, prior), n, prior), symbols)  # and is optional
+
+
+def test_context_coding_costs_its_information_and_beats_the_marginal() -> None:
+    prior = markov_prior(256, seed=3)
+    symbols, refs = markov_chain(prior, 2000, seed=4)
+    bits_ctx, bits_iid = encoded_size_bits(symbols, prior, refs), encoded_size_bits(symbols, prior)
+    info = prior.information_bits(symbols, refs).sum()
+    assert info <= bits_ctx <= info + MAX_STREAM_OVERHEAD_BITS + 0.01 * info  # 24-bit model rounding
+    assert bits_ctx < 0.7 * bits_iid
+
+
+def test_prior_without_context_ignores_refs() -> None:
+    prior = skewed_prior(64, seed=5)
+    symbols = sample(prior, 300, seed=6)
+    assert encode(symbols, prior, np.arange(300) - 1) == encode(symbols, prior)
+
+
+def test_bad_refs_rejected() -> None:
+    prior = markov_prior(16, seed=7)
+    symbols = np.arange(10) % 16
+    for refs in (np.arange(10), np.arange(9) - 1, np.full(10, -2), np.arange(10.0) - 1):
+        with pytest.raises(EntropyError):
+            encode(symbols, prior, refs)
+    data = encode(symbols, prior, np.arange(10) - 1)
+    with pytest.raises(EntropyError):
+        decode(data, 10, prior, np.zeros(10, dtype=np.int64))  # symbol 0 cannot refer to itself
+
+
+def test_with_context_shrinks_towards_the_marginal_and_stays_codable() -> None:
+    prior = Prior.from_counts(np.arange(1, 9))
+    pairs = np.zeros((8, 8))
+    pairs[0, 3] = 10_000  # a context seen often speaks for itself
+    ctx = prior.with_context(pairs)
+    rows = ctx.context / ctx.context.sum(1, keepdims=True)
+    assert rows[0, 3] > 0.99
+    np.testing.assert_allclose(rows[5], prior.probs, atol=1e-4)  # never seen: the marginal
+    assert ctx.context.dtype == np.uint16 and ctx.context.min() >= 1
+    with pytest.raises(ValueError):
+        prior.with_context(np.zeros((7, 7)))
+    with pytest.raises(ValueError):
+        prior.with_context(pairs, strength=0)
+    with pytest.raises(ValueError):
+        Prior(prior.probs, np.zeros((8, 8), dtype=np.uint16))  # a zero weight could not be coded
+
+
+def test_context_table_round_trip_gives_identical_coding() -> None:
+    prior = markov_prior(512, seed=9)
+    loaded = Prior.from_array(prior.to_array(), prior.context.copy())
+    symbols, refs = markov_chain(prior, 800, seed=10)
+    data = encode(symbols, prior, refs)
+    assert encode(symbols, loaded, refs) == data
+    np.testing.assert_array_equal(decode(data, 800, loaded, refs), symbols)

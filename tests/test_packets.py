@@ -18,6 +18,7 @@ from vqnet.packets import (
     TRAILER_BYTES,
     Packet,
     PacketError,
+    context_refs,
     depacketize,
     packetize,
 )
@@ -40,6 +41,8 @@ PRIORS = {
     "k1024-skewed": skewed_prior(1024, seed=1),
     "k16-uniform": Prior.uniform(16),
     "k16-skewed": skewed_prior(16, seed=2),
+    "k64-context": skewed_prior(64, seed=4).with_context(
+        np.random.default_rng(5).integers(0, 50, (64, 64)) + 500 * np.eye(64)),
 }
 
 
@@ -487,3 +490,43 @@ def test_forged_consistent_packets_never_crash(items: list[bytes]) -> None:
     assert out.n_packets_ok + out.n_packets_bad <= len(items)
     assert out.n_packets_expected is not None and out.K in (2, 16, 1024)
     assert np.all((out.indices[~out.lost] >= 0) & (out.indices[~out.lost] < out.K))
+
+
+def test_context_refs_point_to_left_else_upper_neighbour_in_the_packet() -> None:
+    w = 4  # grid positions 0..15, rows of 4
+    np.testing.assert_array_equal(context_refs(np.arange(3, 9), w), [-1, -1, 1, 2, 3, 1])  # run 3..8
+    np.testing.assert_array_equal(context_refs(np.arange(1, 16, 2), w), [-1, -1, 0, 1, 2, 3, 4, 5])  # N=2: above
+    np.testing.assert_array_equal(context_refs(np.arange(0, 16, 3), w), [-1] * 6)  # N=3: no neighbour travels along
+    assert context_refs(np.zeros(0, dtype=np.int64), w).size == 0
+
+
+def correlated_grid(K: int, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Index grids as a VQGAN makes them: mostly a copy of the left or upper neighbour."""
+    rng = np.random.default_rng(seed)
+    g = np.zeros(shape, dtype=np.int64)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            near = [g[i, j - 1]] if j else []
+            near += [g[i - 1, j]] if i else []
+            g[i, j] = rng.choice(near) if near and rng.random() < 0.7 else rng.integers(K)
+    return g
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_context_prior_shrinks_packets_that_still_decode_alone(layout: str) -> None:
+    from vqnet.codec.ladder import neighbour_pairs
+
+    K = 64
+    grid = correlated_grid(K, (32, 48), seed=11)
+    marginal = Prior.from_indices([grid], K)
+    prior = marginal.with_context(neighbour_pairs(correlated_grid(K, (64, 64), seed=12), K))
+    iid = packetize(grid, marginal, 1000, layout=layout)
+    ctx = packetize(grid, prior, 1000, layout=layout)
+    assert sum(map(len, ctx)) < 0.8 * sum(map(len, iid))
+    for raw, p in zip(ctx, parse_all(ctx)):
+        out = depacketize([raw], {K: prior})
+        np.testing.assert_array_equal(out.indices.ravel()[p.positions()], grid.ravel()[p.positions()])
+    small = packetize(grid, prior, 40, layout=layout)
+    kept = small[::3]
+    out = depacketize(kept, {K: prior})
+    assert out.lost.any() and np.array_equal(out.indices[~out.lost], grid[~out.lost])

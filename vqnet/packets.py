@@ -29,6 +29,10 @@ Byte layout (network byte order, ``struct`` format in brackets)::
     24      L     payload
     24+L    4     crc32 [I]       zlib.crc32 of bytes 0 .. 24+L-1
 
+The payload codes the packet's indices in the order of ``positions()``; under a
+prior with a context table each index is coded against its left (else upper)
+grid neighbour when that one travels in the same packet (:func:`context_refs`).
+
 So the header is 28 bytes (raster) or 24 bytes (interleaved), plus a 4-byte
 CRC trailer.  In the interleaved layout ``n`` is redundant (it must equal the
 number of positions ``p < h*w`` with ``p % packet_count == packet_no``) and is
@@ -63,6 +67,7 @@ __all__ = [
     "MIN_PAYLOAD",
     "MAX_PAYLOAD",
     "MAX_GRID",
+    "context_refs",
     "packetize",
     "depacketize",
 ]
@@ -280,18 +285,39 @@ def _validate_grid(indices: np.ndarray, prior: Prior) -> np.ndarray:
     return a.astype(np.int64).ravel()
 
 
-def _fitting_payload(symbols: np.ndarray, prior: Prior, max_payload: int) -> bytes | None:
+def context_refs(positions: np.ndarray, w: int) -> np.ndarray:
+    """For one packet's positions (ascending raster order, grid width ``w``): where in the
+    packet each position's left neighbour sits, else its upper neighbour, else -1.
+
+    These are the neighbours a context prior codes an index against (:func:`entropy.encode`'s
+    ``refs``). Only neighbours inside the same packet count, so a packet still decodes alone:
+    a raster run gets the left neighbour almost everywhere, interleaved packets get the upper
+    one when the packet count divides the width, and none at all otherwise.
+    """
+    pos = np.asarray(positions, dtype=np.int64)
+    if pos.size == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    def find(target: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        j = np.minimum(np.searchsorted(pos, target), pos.size - 1)
+        return np.where(valid & (pos[j] == target), j, -1)
+
+    left = find(pos - 1, pos % w != 0)
+    return np.where(left >= 0, left, find(pos - w, pos >= w))
+
+
+def _fitting_payload(symbols: np.ndarray, prior: Prior, max_payload: int, refs: np.ndarray) -> bytes | None:
     """Encoded payload if it fits in ``max_payload`` bytes, else None."""
     try:
-        data = entropy.encode(symbols, prior)
+        data = entropy.encode(symbols, prior, refs)
     except EntropyError:  # too many near-free symbols for the decode bound
         return None
     return data if len(data) <= max_payload else None
 
 
-def _raster_runs(flat: np.ndarray, prior: Prior, max_payload: int) -> list[tuple[int, int, bytes]]:
+def _raster_runs(flat: np.ndarray, prior: Prior, max_payload: int, w: int) -> list[tuple[int, int, bytes]]:
     """Greedy contiguous ``(start, n, payload)`` runs: each takes as many symbols as fit."""
-    info = prior.information_bits(flat)
+    info = prior.information_bits(flat, context_refs(np.arange(flat.size), w))
     cum = np.concatenate([[0.0], np.cumsum(info)])
     budget_bits = 8 * max_payload - 32  # ~one word of coder overhead
     runs: list[tuple[int, int, bytes]] = []
@@ -304,7 +330,8 @@ def _raster_runs(flat: np.ndarray, prior: Prior, max_payload: int) -> list[tuple
             if n > remaining:
                 return False
             if n not in cache:
-                cache[n] = _fitting_payload(flat[start:start + n], prior, max_payload)
+                cache[n] = _fitting_payload(flat[start:start + n], prior, max_payload,
+                                            context_refs(np.arange(start, start + n), w))
             return cache[n] is not None
 
         if not fits(1):
@@ -317,7 +344,7 @@ def _raster_runs(flat: np.ndarray, prior: Prior, max_payload: int) -> list[tuple
     return runs
 
 
-def _interleaved_payloads(flat: np.ndarray, prior: Prior, max_payload: int) -> list[bytes]:
+def _interleaved_payloads(flat: np.ndarray, prior: Prior, max_payload: int, w: int) -> list[bytes]:
     """Payloads for the smallest packet count N at which every class fits."""
     limit = min(_U16, flat.size)
     cache: dict[int, list[bytes] | None] = {}
@@ -326,7 +353,7 @@ def _interleaved_payloads(flat: np.ndarray, prior: Prior, max_payload: int) -> l
         if N not in cache:
             payloads: list[bytes] | None = []
             for i in range(N):
-                data = _fitting_payload(flat[i::N], prior, max_payload)
+                data = _fitting_payload(flat[i::N], prior, max_payload, context_refs(np.arange(i, flat.size, N), w))
                 if data is None:
                     payloads = None
                     break
@@ -334,7 +361,7 @@ def _interleaved_payloads(flat: np.ndarray, prior: Prior, max_payload: int) -> l
             cache[N] = payloads
         return cache[N] is not None
 
-    total_bits = float(prior.information_bits(flat).sum())
+    total_bits = float(prior.information_bits(flat).sum())  # a guess: context would only lower it
     guess = int(np.ceil(total_bits / (8 * max_payload - 32)))
     N = _first_true(fits, 1, limit, guess)
     if not fits(N):
@@ -364,14 +391,14 @@ def packetize(indices: np.ndarray, prior: Prior, max_payload: int,
     h, w = (int(d) for d in np.shape(indices))
     common = dict(image_id=int(image_id), K=prior.K, h=h, w=w)
     if layout == "raster":
-        runs = _raster_runs(flat, prior, max_payload)
+        runs = _raster_runs(flat, prior, max_payload, w)
         if len(runs) > _U16:
             raise ValueError(f"grid needs {len(runs)} packets, more than 65535; raise max_payload")
         packets = [Packet(layout="raster", packet_number=i, packet_count=len(runs), n=n,
                           payload=data, start=start, **common)
                    for i, (start, n, data) in enumerate(runs)]
     else:
-        payloads = _interleaved_payloads(flat, prior, max_payload)
+        payloads = _interleaved_payloads(flat, prior, max_payload, w)
         N = len(payloads)
         packets = [Packet(layout="interleaved", packet_number=i, packet_count=N,
                           n=len(range(i, flat.size, N)), payload=data, **common)
@@ -448,7 +475,7 @@ def depacketize(packets: Iterable[bytes],
             n_bad += 1
             continue
         try:
-            symbols = entropy.decode(pkt.payload, pkt.n, prior)
+            symbols = entropy.decode(pkt.payload, pkt.n, prior, context_refs(pos, w))
         except EntropyError:
             n_bad += 1
             continue

@@ -1,13 +1,15 @@
 """A codec bundle: one VQGAN, a ladder of codebooks (one per K), and an entropy prior per K.
 
-File format (one ``.safetensors`` file, fp16 for weights, float32 for priors):
+File format (one ``.safetensors`` file, fp16 for weights, float32 for priors, uint16 for context tables):
 
 - the base VQModel's tensors under their *upstream* names (``encoder.*``, ``decoder.*``,
   ``quantize.embedding.weight``, ``quant_conv.*``, ``post_quant_conv.*``), so the same file is a
   taming state_dict;
 - for every K: ``codebooks.K{K}.embedding`` (K x embed_dim) and that K's ``quant_conv``/
   ``post_quant_conv`` (the paper fine-tunes these per K, with the encoder/decoder frozen);
-- ``priors.K{K}``: the static index distribution the range coder uses at that K;
+- ``priors.K{K}``: the static index distribution the range coder uses at that K, and
+  ``priors.K{K}.context`` (K x K uint16, optional): its neighbour-context table
+  (:class:`vqnet.entropy.Prior`);
 - for every fine-tuned K, optionally its K-means ancestor ("w/o fine-tune", the paper's ablation):
   ``codebooks.K{K}.raw.*`` (same five tensors) and ``priors.K{K}.raw``. These names sit inside the
   prefixes readers already skip or look up key by key, so bundles without them (and readers that
@@ -154,14 +156,19 @@ def _codebook_tensors(cb: Codebook, raw: bool) -> dict[str, torch.Tensor]:
     prefix, prior = _names(cb.K, raw)
     tensors = {prefix + name: getattr(cb, field).detach().half().contiguous()
                for name, field in _CODEBOOK_TENSORS.items()}
-    return tensors | {prior: torch.from_numpy(cb.prior.to_array())}
+    tensors[prior] = torch.from_numpy(cb.prior.to_array())
+    if cb.prior.context is not None:
+        tensors[prior + ".context"] = torch.from_numpy(cb.prior.context.copy())
+    return tensors
 
 
 def _read_codebook(tensors: dict[str, torch.Tensor], K: int, raw: bool, finetuned: bool) -> Codebook:
     """KeyError names the first missing tensor."""
     prefix, prior = _names(K, raw)
     fields = {field: tensors[prefix + name].float() for name, field in _CODEBOOK_TENSORS.items()}
-    return Codebook(K=K, prior=Prior.from_array(tensors[prior].numpy()), finetuned=finetuned, **fields)
+    context = tensors.get(prior + ".context")
+    return Codebook(K=K, prior=Prior.from_array(tensors[prior].numpy(), None if context is None else context.numpy()),
+                    finetuned=finetuned, **fields)
 
 
 def save_codec(codec: Codec, path: Path) -> str:
