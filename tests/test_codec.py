@@ -193,3 +193,36 @@ def test_neighbour_pairs_count_both_directions():
     for a, b in [(0, 1), (2, 1), (0, 2), (1, 1)]:  # left->right twice, top->bottom twice
         expected[a, b] += 1
     np.testing.assert_array_equal(pairs, expected)
+
+
+def test_swap_decoder_keeps_every_index_map(tmp_path):
+    import copy
+
+    from vqnet.codec.ladder import swap_decoder
+    from vqnet.restore.store import index_fingerprint
+
+    codec = _small_codec()
+    tuned = copy.deepcopy(codec.model)
+    with torch.no_grad():
+        for p in (*tuned.decoder.parameters(), *tuned.post_quant_conv.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    img = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    latents = [codec.encode_latent(img)]
+    swapped = swap_decoder(codec, tuned, latents)
+    for K in codec.ks:
+        assert index_fingerprint(swapped, K) == index_fingerprint(codec, K)
+        idx = codec.encode(img, K)
+        assert np.array_equal(swapped.encode(img, K), idx)
+        assert not np.array_equal(swapped.decode(idx, K), codec.decode(idx, K))  # the new decoder is used
+        assert swapped.codebook(K).prior.context is not None
+    with torch.no_grad():
+        np.testing.assert_allclose(swapped.decode(codec.encode(img, 32), 32),
+                                   Codec(tuned, {32: Codebook.from_model(tuned)}).decode(codec.encode(img, 32), 32), atol=1)
+    moved = copy.deepcopy(tuned)
+    with torch.no_grad():
+        next(moved.encoder.parameters()).add_(0.1)
+    with pytest.raises(CodecError, match="encoder differs"):
+        swap_decoder(codec, moved)
+    codec.codebooks[8] = replace(codec.codebooks[8], finetuned=True)
+    with pytest.raises(CodecError, match="fine-tuned"):
+        swap_decoder(codec, tuned)

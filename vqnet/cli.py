@@ -358,6 +358,32 @@ def codebook_kmeans(
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 
+@codebook_app.command("decoder")
+def codebook_decoder(
+    model: Annotated[Path, typer.Option(help="Codec bundle whose ladder (codebooks) is kept.")],
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint of a `vqnet train vqgan --freeze encoder` run.")],
+    out: Annotated[Path, typer.Option(help="Codec bundle to write.")],
+    data: Annotated[Path, typer.Option(help="Photos the priors are refit on.")] = Path("../shared/data/train"),
+    images: Annotated[int, typer.Option(min=1, help="How many photos to encode for the priors.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
+) -> None:
+    """Swap a fine-tuned decoder into a bundle, keeping every codebook (so every index map and the
+    concealment transformers stay valid), and refit each K's prior and context table."""
+    with user_errors():
+        from vqnet.codec.bundle import load_codec, save_codec
+        from vqnet.codec.ladder import sample_latents, swap_decoder
+        from vqnet.codec.train import load_init_model
+
+        codec = load_codec(model)
+        new = load_init_model(checkpoint)
+        with progress_bar(images, "encoding photos", False) as advance:
+            latents = sample_latents(codec.model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        swapped = swap_decoder(codec, new, latents)
+        swapped.provenance |= {"decoder_checkpoint": str(checkpoint), "prior_images": images, "data": str(data)}
+        sha = save_codec(swapped, out)
+        typer.echo(f"wrote {out} (sha256 {sha[:16]}); codebooks kept from {model}")
+
+
 @codebook_app.command("finetune")
 def codebook_finetune(
     model: Annotated[Path, typer.Option(help="Codec bundle of `vqnet codebook kmeans` to start from.")],

@@ -5,6 +5,7 @@ re-quantises the same latents, so adding rungs costs almost nothing.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqnet.codec.bundle import Codebook, Codec
+from vqnet.codec.bundle import Codebook, Codec, CodecError
 from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQModel, nearest_code
 from vqnet.entropy import Prior
@@ -84,3 +85,37 @@ def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[i
         cb = replace(base, K=K, embedding=emb.clone())
         codebooks[K] = replace(cb, prior=fit_prior(latents, cb))
     return Codec(model, codebooks)
+
+
+def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] | None = None) -> Codec:
+    """``codec`` with ``model``'s post_quant_conv and decoder, every codebook kept.
+
+    Why not rebuild the ladder with K-means: a decoder fine-tuned with the encoder frozen
+    (``vqnet train vqgan --freeze encoder``) leaves every index map as it was, so the ladder's
+    codebooks, their index fingerprints and the concealment transformers trained on them all stay
+    valid, whereas K-means run again can move centroids (a last-bit change in the encoder's
+    arithmetic is enough). Every rung takes the new post_quant_conv, so fine-tuned rungs are refused:
+    their own convs were trained for the old decoder (fine-tune after swapping instead).
+    With ``latents``, each K's prior is refit on them (and gains a context table).
+    """
+    tuned = [K for K, cb in codec.codebooks.items() if cb.finetuned]
+    if tuned:
+        raise CodecError(f"K={', '.join(map(str, tuned))} were fine-tuned for the old decoder; swap the decoder "
+                         f"into a K-means ladder and fine-tune afterwards")
+    if model.config != codec.model.config:
+        raise CodecError("the new decoder's model config differs from the codec's")
+    for part in ("encoder", "quant_conv", "quantize"):
+        old, new = getattr(codec.model, part).state_dict(), getattr(model, part).state_dict()
+        if any(not torch.equal(old[k].half(), new[k].half()) for k in old):
+            raise CodecError(f"the new model's {part} differs from the codec's: its index maps would change, "
+                             f"so build a new ladder (vqnet codebook kmeans) instead")
+    swapped = copy.deepcopy(codec.model)
+    swapped.decoder.load_state_dict(model.decoder.state_dict())
+    swapped.post_quant_conv.load_state_dict(model.post_quant_conv.state_dict())
+    base = Codebook.from_model(swapped)
+    codebooks = {}
+    for K, cb in codec.codebooks.items():
+        cb = replace(cb, post_quant_conv_weight=base.post_quant_conv_weight.clone(),
+                     post_quant_conv_bias=base.post_quant_conv_bias.clone())
+        codebooks[K] = replace(cb, prior=fit_prior(latents, cb)) if latents is not None else cb
+    return Codec(swapped, codebooks, provenance=dict(codec.provenance))
