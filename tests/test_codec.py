@@ -175,9 +175,11 @@ def test_kmeans_finds_separated_clusters():
 
 
 def test_default_model_ships_and_works():
-    codec = load_codec()  # written before raw codebooks existed: it loads without them
+    codec = load_codec()
     assert len(codec.ks) >= 3 and codec.model.config.ddconfig.downsample_factor == 16
-    assert all(cb.raw is None for cb in codec.codebooks.values())
+    tuned = [K for K, cb in codec.codebooks.items() if cb.finetuned]
+    assert tuned and all(codec.codebooks[K].raw is not None for K in tuned)  # the ablation ships too
+    assert all(cb.prior.context is not None for cb in codec.codebooks.values())
     img = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     idx = codec.encode(img, codec.ks[-1])
     assert idx.shape == (4, 5)
