@@ -81,7 +81,8 @@ def decoder_code_cost(codec: Codec, K: int) -> np.ndarray:
 def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
     """Ours: the bidirectional masked transformer, confidence-ordered passes, each position
     decoded to the code of least expected distance to the truth (on held-out Kodak images
-    kodim09-18 this beat the argmax by 0.014 LPIPS; the argmax lost to ``neighbor``)."""
+    kodim09-18, with the decoder before its LPIPS-VGG fine-tune, this beat the argmax by 0.014
+    LPIPS; the argmax lost to ``neighbor``). Not re-tuned for the current decoder."""
     from vqnet.restore.masked import conceal_masked
 
     model = _concealer("masked", ctx)
