@@ -14,11 +14,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import tiny_model
-from vqnet.classical import ClassicalError, RateError, encode_at_bpp, unavailable_reason
+from vqnet.classical import ClassicalCoder, ClassicalError, RateError, encode_at_bpp, unavailable_reason
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
 from vqnet.entropy import Prior
-from vqnet.evaluate import IMAGE_COLUMNS, RD_COLUMNS, perplexity
+import vqnet.evaluate
+from vqnet.evaluate import IMAGE_COLUMNS, PARTIAL_NAME, RD_COLUMNS, EvalJournal, eval_fingerprint, evaluate, perplexity
+from vqnet.images import load_images
+from vqnet.journal import JournalError
 from vqnet.metrics import ms_ssim
 from vqnet.vqn import encode_vqn, write_vqn
 
@@ -100,6 +103,20 @@ def test_classical_hits_target_bpp(codec: str) -> None:
     assert res.scale in (1.0, 1 / 2, 1 / 3, 1 / 4, 1 / 6, 1 / 8)
     with pytest.raises(RateError, match="cannot reach"):
         encode_at_bpp(img, codec, 0.001)  # less than any container's header
+
+
+def test_one_coder_at_many_rates_gives_the_answers_of_separate_searches() -> None:
+    img = synthetic(96, 128, 5)
+    coder = ClassicalCoder(img)
+    targets = [0.6, 0.45, 0.3, 0.2]
+    shared = [coder.at_bpp("jpeg", t) for t in targets]
+    for t, res in zip(targets, shared):
+        alone = encode_at_bpp(img, "jpeg", t)
+        assert (alone.scale, alone.quality, alone.n_bytes, alone.lpips) == (res.scale, res.quality, res.n_bytes, res.lpips)
+        assert np.array_equal(alone.image, res.image)
+    assert len({(r.scale, r.quality) for r in shared}) > 1  # the rates really differ
+    # each (scale, quality) is coded once, however many searches pass through it
+    assert len(coder._files) < sum(1 for _ in targets) * 6 * 7
 
 
 def test_unknown_classical_codec_is_refused() -> None:
@@ -235,3 +252,59 @@ def test_eval_raw_codebooks_need_a_finetuned_bundle(codec_path: Path, image_dir:
         result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out", str(tmp_path),
                                           "--codebooks", choice, "-q"])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+# --- resuming an evaluation ---------------------------------------------------------------------
+
+
+def test_eval_resumes_from_a_torn_journal_with_the_same_tables(finetuned_path: Path, image_dir: Path,
+                                                                tmp_path: Path, monkeypatch) -> None:
+    codec, images = load_codec(finetuned_path), load_images(str(image_dir))
+    options = dict(with_dists=False, classical=["jpeg"], max_payload=1000, codebooks="both", ks=[32, 8])
+    fp = eval_fingerprint(codec, images, **options)
+    with EvalJournal.open(tmp_path / "a" / PARTIAL_NAME, fp) as journal:
+        full = evaluate(codec, images, journal=journal, **options)
+    lines = (tmp_path / "a" / PARTIAL_NAME).read_bytes().splitlines(keepends=True)
+    assert len(lines) == 1 + 2 * 2 * 3  # fingerprint + images x K x (vqnet, vqnet-raw, jpeg)
+    partial = tmp_path / "b" / PARTIAL_NAME
+    partial.parent.mkdir()
+    partial.write_bytes(b"".join(lines[:6]) + lines[6][:30])  # killed while writing the sixth coding
+    coded = []
+    real = vqnet.evaluate._code_vqnet
+    monkeypatch.setattr(vqnet.evaluate, "_code_vqnet", lambda c, item, *a: coded.append(item.name) or real(c, item, *a))
+    with EvalJournal.open(partial, fp) as journal:
+        assert len(journal.done) == 5
+        resumed = evaluate(codec, images, journal=journal, **options)
+    pd.testing.assert_frame_equal(resumed.per_image, full.per_image)
+    pd.testing.assert_frame_equal(resumed.rd, full.rd)
+    assert set(resumed.examples) == set(full.examples)  # the first image is recoded for the grid
+    for key, ex in full.examples.items():
+        assert np.array_equal(resumed.examples[key].image, ex.image)
+    assert partial.read_bytes().endswith(b"\n") and len(partial.read_bytes().splitlines()) == len(lines)
+    coded.clear()
+    with EvalJournal.open(partial, fp) as journal:  # complete: only the grid's image is coded again
+        again = evaluate(codec, images, journal=journal, **options)
+    assert set(coded) == {images[0].name}
+    pd.testing.assert_frame_equal(again.per_image, full.per_image)
+    other = eval_fingerprint(codec, images, **options | {"ks": [8]})
+    with pytest.raises(JournalError, match="another model, image set or set of options.*--fresh"):
+        EvalJournal.open(partial, other)
+
+
+def test_eval_command_resumes_and_removes_its_journal(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:
+    args = ["eval", str(image_dir), "--model", str(codec_path), "--no-dists", "--classical", "webp", "-q"]
+    clean = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "clean")])
+    assert clean.exit_code == 0, clean.output and not (tmp_path / "clean" / PARTIAL_NAME).exists()
+    codec, images = load_codec(codec_path), load_images(str(image_dir))
+    options = dict(with_dists=False, classical=["webp"], max_payload=1000, codebooks="finetuned", ks=[32, 8])
+    with EvalJournal.open(tmp_path / "killed" / PARTIAL_NAME, eval_fingerprint(codec, images, **options)) as journal:
+        full = evaluate(codec, images, journal=journal, **options)
+    resumed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "killed")])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming: {len(full.per_image)} of 8 codings already done" in resumed.output
+    assert (tmp_path / "killed" / "rd.csv").read_bytes() == (tmp_path / "clean" / "rd.csv").read_bytes()
+    assert not (tmp_path / "killed" / PARTIAL_NAME).exists()
+    (tmp_path / "killed" / PARTIAL_NAME).write_text("not json\n")
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "killed")])
+    assert bad.exit_code == 2 and "is not an eval journal" in bad.output and "--fresh" in bad.output
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "killed"), "--fresh"]).exit_code == 0

@@ -13,9 +13,10 @@ from vqnet.codec.bundle import Codebook, Codec
 from conftest import tiny_model
 from vqnet.entropy import Prior
 from vqnet.images import NamedImage
+from vqnet.journal import JournalError
 from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
 from vqnet.scenario import parse_scenario
-from vqnet.sweep import (PARTIAL_NAME, RESULT_COLUMNS, SweepError, TrialJournal, TrialRecord, run_sweep,
+from vqnet.sweep import (PARTIAL_NAME, RESULT_COLUMNS, TrialJournal, TrialRecord, run_sweep,
                          sweep_fingerprint, trial_seed, write_results)
 
 
@@ -130,7 +131,7 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
     with TrialJournal.open(path, fp) as journal:
         assert journal.done[TrialJournal.key("img0", 32, 0.2, 3.0, 0)].timings == [{"decode_ms": 1.5}]
     other = sweep_fingerprint(parse_scenario(dict(SCENARIO, seed=8)), codec, images)
-    with pytest.raises(SweepError, match="another scenario.*--fresh"):
+    with pytest.raises(JournalError, match="another scenario.*--fresh"):
         TrialJournal.open(path, other)
     with TrialJournal.open(path, other, fresh=True) as journal:
         assert not journal.done
@@ -146,5 +147,5 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
 ])
 def test_damaged_journal_is_an_error(tmp_path, content, needle):
     (tmp_path / PARTIAL_NAME).write_bytes(content)
-    with pytest.raises(SweepError, match=needle):
+    with pytest.raises(JournalError, match=needle):
         TrialJournal.open(tmp_path / PARTIAL_NAME, "f")

@@ -81,63 +81,92 @@ def _spec(codec: str) -> _Format:
         raise ClassicalError(f"unknown classical codec {codec!r}; choose from {', '.join(CODECS)}") from None
 
 
-def code_image(img: np.ndarray, codec: str, scale: float, quality: int) -> tuple[int, np.ndarray]:
-    """Downscale ``img`` by ``scale`` (Lanczos), code it at ``quality``, decode, upscale back.
-
-    Returns the file size in bytes and the reconstruction at the original size.
-    """
-    spec = _spec(codec)
-    h, w = img.shape[:2]
-    small = Image.fromarray(img)
-    if scale != 1.0:
-        small = small.resize(_scaled_size(h, w, scale), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    small.save(buf, spec.pil_format, quality=quality, **spec.options)
-    data = buf.getvalue()
-    with Image.open(io.BytesIO(data)) as decoded:
-        out = decoded.convert("RGB")
-    if out.size != (w, h):
-        out = out.resize((w, h), Image.Resampling.LANCZOS)
-    return len(data), np.array(out, dtype=np.uint8)
-
-
 def _scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
     """PIL ``(width, height)`` of the downscaled copy."""
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def encode_at_bpp(img: np.ndarray, codec: str, target_bpp: float) -> ClassicalResult:
-    """The lowest-LPIPS coding of ``img`` with ``codec`` whose whole file is at most ``target_bpp``.
+    """The lowest-LPIPS coding of ``img`` with ``codec`` whose whole file is at most ``target_bpp``
+    (:meth:`ClassicalCoder.at_bpp`; use a :class:`ClassicalCoder` to code one image at several rates)."""
+    return ClassicalCoder(img).at_bpp(codec, target_bpp)
 
-    For each scale in :data:`SCALES` the highest quality that fits the budget is found by
-    bisection (file size grows with quality; where it does not quite, bisection may settle a
-    little low, but never over budget, because only measured sizes are accepted), then the
-    scale whose fitting coding has the lowest LPIPS-alex wins. Raises :class:`RateError` if no
-    scale fits even at the lowest quality (e.g. the codec's headers alone exceed the budget).
+
+class ClassicalCoder:
+    """Codes one image with the classical codecs at any number of target rates.
+
+    Why a class: an evaluation codes each image at one rate per K, and the searches for nearby
+    rates visit the same (codec, scale, quality) settings. File sizes and the LPIPS of decoded
+    settings are remembered, so each setting is encoded at most once and scored at most once;
+    the answers are exactly those of separate searches.
     """
-    if (reason := unavailable_reason(codec)) is not None:
-        raise ClassicalError(reason)
-    h, w = img.shape[:2]
-    qualities = CODECS[codec].qualities
-    best: ClassicalResult | None = None
-    for scale in SCALES:
-        if min(_scaled_size(h, w, scale)) < MIN_SIDE:
-            continue
-        fit = code_image(img, codec, scale, qualities[0])
-        if bpp(fit[0], h, w) > target_bpp:
-            continue
-        # Invariant: qualities[lo] fits (coded as ``fit``); qualities[hi] does not, or is past the end.
-        lo, hi = 0, len(qualities)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            coded = code_image(img, codec, scale, qualities[mid])
-            if bpp(coded[0], h, w) <= target_bpp:
-                lo, fit = mid, coded
-            else:
-                hi = mid
-        d = lpips_distance(img, fit[1])
-        if best is None or d < best.lpips:
-            best = ClassicalResult(codec, fit[1], fit[0], bpp(fit[0], h, w), scale, qualities[lo], d)
-    if best is None:
-        raise RateError(f"{codec} cannot reach {target_bpp:.4f} bpp on a {w}x{h} image at any scale")
-    return best
+
+    def __init__(self, img: np.ndarray):
+        self.img = img
+        self.h, self.w = img.shape[:2]
+        self._small: dict[float, Image.Image] = {}
+        self._files: dict[tuple[str, float, int], bytes] = {}
+        self._scored: dict[tuple[str, float, int], tuple[float, np.ndarray]] = {}
+
+    def file(self, codec: str, scale: float, quality: int) -> bytes:
+        """The coded file of the image downscaled by ``scale`` (Lanczos) at ``quality``."""
+        key = (codec, scale, quality)
+        if key not in self._files:
+            if scale not in self._small:
+                small = Image.fromarray(self.img)
+                if scale != 1.0:
+                    small = small.resize(_scaled_size(self.h, self.w, scale), Image.Resampling.LANCZOS)
+                self._small[scale] = small
+            spec = _spec(codec)
+            buf = io.BytesIO()
+            self._small[scale].save(buf, spec.pil_format, quality=quality, **spec.options)
+            self._files[key] = buf.getvalue()
+        return self._files[key]
+
+    def scored(self, codec: str, scale: float, quality: int) -> tuple[float, np.ndarray]:
+        """(LPIPS-alex, reconstruction): the file decoded and upscaled back to the original size."""
+        key = (codec, scale, quality)
+        if key not in self._scored:
+            with Image.open(io.BytesIO(self.file(codec, scale, quality))) as decoded:
+                out = decoded.convert("RGB")
+            if out.size != (self.w, self.h):
+                out = out.resize((self.w, self.h), Image.Resampling.LANCZOS)
+            recon = np.array(out, dtype=np.uint8)
+            self._scored[key] = (lpips_distance(self.img, recon), recon)
+        return self._scored[key]
+
+    def at_bpp(self, codec: str, target_bpp: float) -> ClassicalResult:
+        """The lowest-LPIPS coding with ``codec`` whose whole file is at most ``target_bpp``.
+
+        For each scale in :data:`SCALES` the highest quality that fits the budget is found by
+        bisection on file sizes alone (size grows with quality; where it does not quite,
+        bisection may settle a little low, but never over budget, because only measured sizes are
+        accepted), then the scale whose fitting coding has the lowest LPIPS-alex wins. Raises
+        :class:`RateError` if no scale fits even at the lowest quality (e.g. the codec's headers
+        alone exceed the budget).
+        """
+        if (reason := unavailable_reason(codec)) is not None:
+            raise ClassicalError(reason)
+        h, w = self.h, self.w
+        qualities = CODECS[codec].qualities
+        best: ClassicalResult | None = None
+        for scale in SCALES:
+            if min(_scaled_size(h, w, scale)) < MIN_SIDE:
+                continue
+            if bpp(len(self.file(codec, scale, qualities[0])), h, w) > target_bpp:
+                continue
+            # Invariant: qualities[lo] fits; qualities[hi] does not, or is past the end.
+            lo, hi = 0, len(qualities)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if bpp(len(self.file(codec, scale, qualities[mid])), h, w) <= target_bpp:
+                    lo = mid
+                else:
+                    hi = mid
+            d, recon = self.scored(codec, scale, qualities[lo])
+            if best is None or d < best.lpips:
+                n_bytes = len(self.file(codec, scale, qualities[lo]))
+                best = ClassicalResult(codec, recon, n_bytes, bpp(n_bytes, h, w), scale, qualities[lo], d)
+        if best is None:
+            raise RateError(f"{codec} cannot reach {target_bpp:.4f} bpp on a {w}x{h} image at any scale")
+        return best

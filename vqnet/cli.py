@@ -44,11 +44,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.images import ImageError
     from vqnet.packets import PacketError
     from vqnet.scenario import ScenarioError
-    from vqnet.sweep import SweepError
+    from vqnet.journal import JournalError
     from vqnet.vqn import VqnError
     from vqnet.weights import WeightsError
 
-    return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, SweepError,
+    return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, JournalError,
             ClassicalError, FileExistsError, FileNotFoundError)
 
 
@@ -203,12 +203,18 @@ def eval_cmd(
                                                 "ablation) | both.")] = "finetuned",
     ks: Annotated[str | None, typer.Option(help="Comma-separated K to evaluate (default: the whole ladder).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/partial.jsonl of an interrupted run instead "
+                                                        "of resuming from it.")] = False,
 ) -> None:
     """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
-    MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates."""
+    MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates.
+
+    Each finished coding is journalled to OUT/partial.jsonl; running the same command after an
+    interruption skips those and writes the tables an uninterrupted run would."""
     with user_errors():
         from vqnet.codec.bundle import load_codec
-        from vqnet.evaluate import CODEBOOK_SETS, count_steps, eval_ladder, evaluate
+        from vqnet.evaluate import (CODEBOOK_SETS, PARTIAL_NAME, EvalJournal, count_steps, eval_fingerprint,
+                                    eval_ladder, evaluate)
         from vqnet.images import load_images
         from vqnet.plots import plot_codec_grid, plot_rd
 
@@ -219,13 +225,17 @@ def eval_cmd(
         k_list = eval_ladder(codec, _k_list(ks) if ks else None)
         pixels = load_images(str(images))
         label = images.resolve().name
-        with progress_bar(count_steps(len(pixels), len(k_list), names, codebooks), f"eval {label}", quiet) as advance:
-            result = evaluate(codec, pixels, with_dists=dists, classical=names, max_payload=max_payload,
-                              codebooks=codebooks, ks=k_list, advance=advance)
-        out.mkdir(parents=True, exist_ok=True)
+        total = count_steps(len(pixels), len(k_list), names, codebooks)
+        options = dict(with_dists=dists, classical=names, max_payload=max_payload, codebooks=codebooks, ks=k_list)
+        with EvalJournal.open(out / PARTIAL_NAME, eval_fingerprint(codec, pixels, **options), fresh) as journal:
+            if journal.done:
+                typer.echo(f"resuming: {len(journal.done)} of {total} codings already done ({journal.path})")
+            with progress_bar(total, f"eval {label}", quiet) as advance:
+                result = evaluate(codec, pixels, advance=advance, journal=journal, **options)
         paths = [out / "rd.csv", out / "rd_images.csv"]
         result.rd.to_csv(paths[0], index=False)
         result.per_image.to_csv(paths[1], index=False)
+        journal.discard()
         paths += [plot_rd(result.rd, out / "rd.png", f"{label}: {len(pixels)} images, model {codec.model_id}"),
                   plot_codec_grid(result, out / "grid.png")]
         shown = result.rd.drop(columns=["target_bpp"] + ([] if dists else ["dists"]))

@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vqnet.classical import RateError, encode_at_bpp, unavailable_reason
+from vqnet.classical import ClassicalCoder, RateError, unavailable_reason
 from vqnet.codec.bundle import Codec
 from vqnet.dists import DISTS, dists_input, get_dists
 from vqnet.images import NamedImage
+from vqnet.journal import Journal, fingerprint
 from vqnet.metrics import MS_SSIM_MIN_SIDE, bpp, lpips_distance, ms_ssim, psnr
 from vqnet.packets import Layout
 from vqnet.vqn import decode_vqn, encode_vqn, read_vqn, write_vqn
@@ -122,6 +123,47 @@ def eval_ladder(codec: Codec, ks: Sequence[int] | None) -> list[int]:
     return sorted({codec.codebook(K).K for K in ks}, reverse=True) if ks else codec.ks
 
 
+#: The resume journal's file name inside the output folder; deleted once the tables are written.
+PARTIAL_NAME = "partial.jsonl"
+# Bumped when what a journal line holds changes, so an old journal is not reused.
+_JOURNAL_FORMAT = 1
+
+#: One coded (image, codec, K): its per-image row (None: the codec could not reach the rate) and,
+#: for vqnet rows, how often each code was used.
+Unit = tuple[dict | None, list[int] | None]
+
+
+class EvalJournal(Journal[Unit]):
+    """The finished codings of one evaluation (:mod:`vqnet.journal`), one line per (image, codec, K),
+    so a killed ``vqnet eval`` (an hour with DISTS on Kodak) resumes instead of starting over."""
+
+    kind = "an eval"
+    origin = "another model, image set or set of options"
+
+    @staticmethod
+    def dump(unit: Unit) -> dict:
+        return {"row": unit[0], "counts": unit[1]}
+
+    @staticmethod
+    def parse(entry: dict) -> Unit:
+        row, counts = entry["row"], entry["counts"]
+        if not (row is None or isinstance(row, dict)) or not (counts is None or isinstance(counts, list)):
+            raise TypeError("a row must be an object and counts a list")
+        return row, counts
+
+    @staticmethod
+    def key(image: str, codec: str, K: int) -> str:  # type: ignore[override]
+        return Journal.key(image, codec, K)
+
+
+def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: bool, classical: Sequence[str],
+                     max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved") -> str:
+    """sha256 of everything an evaluation's rows depend on: the model, the options and the images."""
+    return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
+                        "classical": list(classical), "max_payload": max_payload, "layout": layout,
+                        "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS}, images)
+
+
 def evaluate(
     codec: Codec,
     images: Sequence[NamedImage],
@@ -133,40 +175,59 @@ def evaluate(
     codebooks: str = "finetuned",
     ks: Sequence[int] | None = None,
     advance: Callable[[int, str], None] = lambda n, label: None,
+    journal: EvalJournal | None = None,
 ) -> EvalOutput:
     """Evaluate ``codec`` at each of its K on ``images``, then each classical codec at vqnet's rates.
 
     ``codebooks`` (a :data:`CODEBOOK_SETS` key) picks the stored codebooks, their K-means
     ancestors, or both; raises ``CodecError`` when raw ones are asked for and the bundle has none.
-    ``ks`` restricts the ladder (a whole Kodak ladder with DISTS takes about 20 min on 2 cores).
-    ``advance(1, label)`` is called after each coded (image, codec, K). Classical codecs this
-    Pillow lacks are skipped, and images a codec cannot code within the budget are left out
-    of its means; both are listed in ``notes``.
+    ``ks`` restricts the ladder (a whole Kodak ladder with DISTS and classical codecs takes about
+    an hour on 2 cores). ``advance(1, label)`` is called after each coded (image, codec, K).
+    Classical codecs this Pillow lacks are skipped, and images a codec cannot code within the
+    budget are left out of its means; both are listed in ``notes``.
+
+    With a ``journal`` (opened with :func:`eval_fingerprint` of the same arguments), codings it
+    holds are not redone and each new one is appended to it; the first image's codings are
+    redone for the grid's pictures, keeping the journal's rows. Every step is deterministic, so
+    a resumed evaluation gives the tables an uninterrupted one gives.
     """
     if not images:
         raise ValueError("no images to evaluate")
     usable, notes = usable_codecs(classical)  # before the slow part, so a typo fails at once
     ladder = eval_ladder(codec, ks)
     variants = {label: codec.raw_codec() if label == VQNET_RAW else codec for label in CODEBOOK_SETS[codebooks]}
+    done: dict[str, Unit] = journal.done if journal else {}
     rows: list[dict] = []
     examples: dict[tuple[str, int], Example] = {}
     counts = {(label, K): np.zeros(K, dtype=np.int64) for label in variants for K in ladder}
+
+    def record(key: str, unit: Unit) -> None:
+        if journal:
+            journal.append(key, unit)
+        else:
+            done[key] = unit
+
     for n, item in enumerate(images):
-        score = _Scorer(item.pixels, with_dists)
-        stored: dict[int, tuple[dict, np.ndarray, np.ndarray]] = {}  # K -> its result with VQNET
+        score: _Scorer | None = None  # built when a coding of this image has to be scored
         for label, variant in variants.items():
             for K in ladder:
-                if label == VQNET_RAW and codec.codebook(K).raw is None and K in stored:
-                    result = stored[K]  # a rung never fine-tuned is its own raw codebook: same numbers
-                else:
-                    result = _code_vqnet(variant, item, K, score, max_payload, layout)
-                    if label == VQNET:
-                        stored[K] = result
-                row, used, image = result
+                key = EvalJournal.key(item.name, label, K)
+                if label == VQNET_RAW and VQNET in variants and codec.codebook(K).raw is None:
+                    # a rung never fine-tuned is its own raw codebook: same numbers, same picture
+                    if key not in done:
+                        record(key, done[EvalJournal.key(item.name, VQNET, K)])
+                    if n == 0:
+                        examples[(label, K)] = examples[(VQNET, K)]
+                elif key not in done or n == 0:
+                    score = score or _Scorer(item.pixels, with_dists)
+                    row, used, image = _code_vqnet(variant, item, K, score, max_payload, layout)
+                    if key not in done:
+                        record(key, (row, used.tolist()))
+                    if n == 0:
+                        examples[(label, K)] = Example(image, done[key][0]["bpp"], done[key][0]["lpips"])
+                row, used = done[key]
                 rows.append(row | {"codec": label})
-                counts[(label, K)] += used
-                if n == 0:
-                    examples[(label, K)] = Example(image, row["bpp"], row["lpips"])
+                counts[(label, K)] += np.asarray(used, dtype=np.int64)
                 advance(1, f"{item.name} {label} K={K}")
     vq = pd.DataFrame(rows)
     targets = vq[vq["codec"] == CODEBOOK_SETS[codebooks][0]].groupby("K")["bpp"].mean().to_dict()
@@ -175,19 +236,30 @@ def evaluate(
     for n, item in enumerate(images):
         # Scoring the original again costs one VGG16 pass; keeping every image's features from
         # the first loop instead would hold ~200 MB per Kodak image.
-        score = _Scorer(item.pixels, with_dists)
+        score = None
+        coder = ClassicalCoder(item.pixels)
         for name in usable:
             for K in ladder:
-                try:
-                    res = encode_at_bpp(item.pixels, name, targets[K])
-                except RateError:
+                key = EvalJournal.key(item.name, name, K)
+                if key not in done or n == 0:
+                    try:
+                        res = coder.at_bpp(name, targets[K])
+                    except RateError:
+                        res = None
+                    if key not in done:
+                        row = None
+                        if res is not None:
+                            score = score or _Scorer(item.pixels, with_dists)
+                            row = ({"image": item.name, "codec": name, "K": K, "target_bpp": targets[K],
+                                    "bytes": res.n_bytes, "bpp": res.bpp, "scale": res.scale, "quality": res.quality}
+                                   | score(res.image, lpips=res.lpips))
+                        record(key, (row, None))
+                    if n == 0 and res is not None:
+                        examples[(name, K)] = Example(res.image, res.bpp, res.lpips)
+                if (row := done[key][0]) is None:
                     missed[(name, K)] = missed.get((name, K), 0) + 1
                 else:
-                    rows.append({"image": item.name, "codec": name, "K": K, "target_bpp": targets[K],
-                                 "bytes": res.n_bytes, "bpp": res.bpp, "scale": res.scale, "quality": res.quality}
-                                | score(res.image, lpips=res.lpips))
-                    if n == 0:
-                        examples[(name, K)] = Example(res.image, res.bpp, res.lpips)
+                    rows.append(row)
                 advance(1, f"{item.name} {name} K={K}")
     notes += [f"{name} could not reach {targets[K]:.4f} bpp (K={K}) on {m} of {len(images)} images; "
               f"its means leave them out" for (name, K), m in missed.items()]

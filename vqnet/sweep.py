@@ -13,13 +13,10 @@ uninterrupted run writes, byte for byte.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +26,7 @@ from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
+from vqnet.journal import Journal, fingerprint
 from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
 from vqnet.restore import TRANSFORMER_METHODS, RestoreContext, restore
@@ -49,10 +47,6 @@ RESULT_COLUMNS = [
 PARTIAL_NAME = "partial.jsonl"
 # Bumped when the journal lines or what a row holds change, so an old journal is not reused.
 _JOURNAL_FORMAT = 1
-
-
-class SweepError(ValueError):
-    """A sweep that cannot resume from its partial file; the message is one line for the user."""
 
 
 def trial_seed(root: int, *key: object) -> int:
@@ -112,111 +106,31 @@ def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> s
     no single run could produce."""
     concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
                   for m in sorted(set(sc.methods) & set(TRANSFORMER_METHODS)) for K in sc.K}
-    h = hashlib.sha256(json.dumps({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"),
-                                   "model": codec.model_id, "concealers": concealers, "columns": RESULT_COLUMNS},
-                                  sort_keys=True).encode())
-    for image in images:
-        h.update(json.dumps([image.name, list(image.pixels.shape)]).encode())
-        h.update(np.ascontiguousarray(image.pixels).tobytes())
-    return h.hexdigest()
+    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
+                        "concealers": concealers, "columns": RESULT_COLUMNS}, images)
 
 
-def _json_default(value: Any) -> Any:
-    """numpy scalars -> Python scalars; JSON floats are shortest round-trip reprs, so exact."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in the sweep journal")
+class TrialJournal(Journal[TrialRecord]):
+    """The finished trials of one sweep (:mod:`vqnet.journal`), one line per trial. Why per trial
+    and not per row: a trial's rows (one per method) then reach the disk together."""
 
-
-class TrialJournal:
-    """The finished trials of one sweep, kept in a JSON-lines file so a killed sweep can resume.
-
-    Line 1 is ``{"fingerprint": ...}`` (:func:`sweep_fingerprint`); every further line is one
-    trial, ``{"key": [...], "rows": [...], "timings": [...]}``. Why one line per trial and not per
-    row: a trial's rows (one per method) then go to disk in one ``write`` + ``fsync``, so a kill
-    leaves each trial either wholly recorded or as a torn last line, which :meth:`open` cuts off.
-    """
-
-    def __init__(self, path: Path, fh: IO[bytes], done: dict[str, TrialRecord]):
-        self.path, self._fh, self.done = path, fh, done
-
-    @classmethod
-    def open(cls, path: Path, fingerprint: str, fresh: bool = False) -> TrialJournal:
-        """Open (or start) the journal at ``path``; ``fresh`` discards an existing one.
-
-        Raises :class:`SweepError` when the file belongs to another scenario, model or image
-        set, or a complete line in it is unreadable.
-        """
-        if fresh:
-            path.unlink(missing_ok=True)
-        done: dict[str, TrialRecord] = {}
-        data = path.read_bytes() if path.is_file() else b""
-        keep = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
-        lines = data[:keep].splitlines()
-        if lines:
-            try:
-                found = json.loads(lines[0])["fingerprint"]
-            except (ValueError, TypeError, KeyError):
-                raise SweepError(f"{path} is not a sweep journal; rerun with --fresh to discard it") from None
-            if found != fingerprint:
-                raise SweepError(f"{path} was written for another scenario, model or image set (fingerprint "
-                                 f"{str(found)[:12]}, now {fingerprint[:12]}); rerun with --fresh to discard it")
-            for n, line in enumerate(lines[1:], start=2):
-                try:
-                    entry = json.loads(line)
-                    record = TrialRecord(entry["rows"], entry["timings"])
-                    if not all(isinstance(r, dict) for r in (*record.rows, *record.timings)):
-                        raise TypeError("rows must be objects")
-                    done.setdefault(json.dumps(entry["key"]), record)
-                except (ValueError, TypeError, KeyError):
-                    raise SweepError(f"{path}: line {n} is damaged; rerun with --fresh to start over") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if lines:
-            fh = open(path, "r+b")
-            fh.truncate(keep)
-            fh.seek(keep)
-            return cls(path, fh, done)
-        journal = cls(path, open(path, "wb"), done)
-        journal._write_line({"fingerprint": fingerprint})
-        _fsync_dir(path.parent)  # the new file's name must survive a crash too
-        return journal
+    kind = "a sweep"
+    origin = "another scenario, model or image set"
 
     @staticmethod
-    def key(image: str, K: int, target_loss: float | None, burst: float | None, trial: int) -> str:
-        """The trial key as stored (JSON, so a float key reads back equal)."""
-        return json.dumps([image, K, target_loss, burst, trial])
+    def dump(unit: TrialRecord) -> dict:
+        return {"rows": unit.rows, "timings": unit.timings}
 
-    def append(self, key: str, record: TrialRecord) -> None:
-        """Record a finished trial durably before the sweep moves on."""
-        self._write_line({"key": json.loads(key), "rows": record.rows, "timings": record.timings})
-        self.done[key] = record
+    @staticmethod
+    def parse(entry: dict) -> TrialRecord:
+        record = TrialRecord(entry["rows"], entry["timings"])
+        if not all(isinstance(r, dict) for r in (*record.rows, *record.timings)):
+            raise TypeError("rows must be objects")
+        return record
 
-    def _write_line(self, obj: dict) -> None:
-        self._fh.write(json.dumps(obj, default=_json_default).encode() + b"\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def discard(self) -> None:
-        """Close and delete: the sweep's tables are written, so the journal has served."""
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> TrialJournal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    @staticmethod
+    def key(image: str, K: int, target_loss: float | None, burst: float | None, trial: int) -> str:  # type: ignore[override]
+        return Journal.key(image, K, target_loss, burst, trial)
 
 
 def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage] | None = None,
