@@ -39,15 +39,14 @@ def bench_ar(model: GPT, items: Items, K: int) -> None:
 
 def bench_masked(model: GPT, items: Items, K: int) -> None:
     """Confidence-ordered masked concealment (default passes) of every grid in one batched call,
-    with the minimum-expected-distance choice ``vqnet`` uses (costs from random code vectors)."""
-    conceal_masked(model, items, K=K, code_cost=random_code_cost(K))
+    with the neighbour-context evidence ``vqnet`` adds (a random table of the real shape)."""
+    conceal_masked(model, items, K=K, neighbour_log_ratios=random_log_ratios(K))
 
 
 @functools.cache
-def random_code_cost(K: int, dim: int = 64) -> np.ndarray:
-    """(K, K) squared distances between K random code vectors: the shape of the real cost matrix."""
-    vectors = torch.randn(K, dim, generator=torch.Generator().manual_seed(0))
-    return (torch.cdist(vectors, vectors) ** 2).numpy()
+def random_log_ratios(K: int) -> np.ndarray:
+    """(K, K) random neighbour log-ratios: the shape and cost of the real table."""
+    return np.random.default_rng(0).normal(0.0, 1.0, (K, K))
 
 
 METHODS: dict[str, Callable[[GPT, Items, int], None]] = {"ar": bench_ar, "masked": bench_masked}

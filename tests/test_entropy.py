@@ -279,6 +279,18 @@ def test_with_context_shrinks_towards_the_marginal_and_stays_codable() -> None:
         Prior(prior.probs, np.zeros((8, 8), dtype=np.uint16))  # a zero weight could not be coded
 
 
+def test_neighbour_log_ratios_say_what_a_neighbour_adds_to_the_marginal() -> None:
+    prior = Prior.from_counts(np.arange(1, 9))
+    pairs = np.zeros((8, 8))
+    pairs[0, 3] = 10_000
+    ratios = prior.with_context(pairs).neighbour_log_ratios()
+    assert ratios.shape == (8, 8) and ratios[0, 3] == pytest.approx(np.log(0.99 / prior.probs[3]), abs=0.02)
+    assert ratios[0, 5] < -3  # after code 0, code 5 is far rarer than its marginal
+    np.testing.assert_allclose(ratios[5], 0, atol=1e-3)  # a context never seen says nothing
+    with pytest.raises(ValueError, match="no context table"):
+        prior.neighbour_log_ratios()
+
+
 def test_context_table_round_trip_gives_identical_coding() -> None:
     prior = markov_prior(512, seed=9)
     loaded = Prior.from_array(prior.to_array(), prior.context.copy())

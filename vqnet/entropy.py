@@ -214,6 +214,15 @@ class Prior:
             return -np.log2(self.probs.astype(np.float64)[s])
         return -np.log2(self._table.astype(np.float64)[_contexts(s, np.asarray(refs), self.K), s])
 
+    def neighbour_log_ratios(self) -> np.ndarray:
+        """(K, K) float64: row c is ``log p(x | neighbour c) - log p(x)``, how much seeing code c
+        next to a position raises or lowers each code there. Concealment adds these to a model's
+        log-probabilities (:func:`vqnet.restore.masked.conceal_masked`). Needs a context table."""
+        if self.context is None:
+            raise ValueError("this prior has no context table")
+        t = np.log(self._table.astype(np.float64))
+        return t[: self.K] - t[self.K]
+
     def most_frequent(self) -> int:
         """Index of the most probable code (a natural fill for lost indices)."""
         return int(np.argmax(self.probs))

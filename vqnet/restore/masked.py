@@ -100,18 +100,32 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
     return result
 
 
+def _neighbour_evidence(g: _Grid, r: np.ndarray, c: np.ndarray, log_ratios: np.ndarray) -> np.ndarray:
+    """(len(r), K): the sum of ``log_ratios[code]`` over each position's known 4-neighbours
+    (received, or filled in an earlier pass)."""
+    H, W = g.codes.shape
+    out = np.zeros((len(r), log_ratios.shape[1]))
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        a, b = r + dr, c + dc
+        ok = (a >= 0) & (a < H) & (b >= 0) & (b < W)
+        ok[ok] &= ~g.missing[a[ok], b[ok]]
+        out[ok] += log_ratios[g.codes[a[ok], b[ok]]]
+    return out
+
+
 def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: int, passes: int = 8,
                    temperature: float | None = None, seed: int = 0,
-                   code_cost: np.ndarray | None = None) -> list[np.ndarray]:
+                   neighbour_log_ratios: np.ndarray | None = None) -> list[np.ndarray]:
     """Fill the lost positions of every ``(grid, lost)`` pair; received positions are untouched.
 
     Greedy (argmax, confidence = its probability) unless ``temperature`` is given, in which case
     codes are sampled from the tempered distribution with a generator seeded by ``seed``.
-    With ``code_cost`` (K x K, ``[i, j]`` = cost of writing code j where the truth is i) each
-    position instead takes the code of least expected cost under the predicted distribution
-    (minimum Bayes risk): when the model is unsure between several textures, that is the code
-    closest to all of them rather than the single most likely one. Confidence stays the top
-    probability.
+    With ``neighbour_log_ratios`` (K x K, row c = log p(x | neighbour c) - log p(x), e.g.
+    :meth:`vqnet.entropy.Prior.neighbour_log_ratios` scaled by a weight) the transformer's
+    log-probabilities get that row added for every known 4-neighbour (a product of experts,
+    naive-Bayes style) before the choice and the confidence are taken. Why: the pair statistics
+    come from every adjacent pair of the training set, which a small transformer trained for an
+    hour on a CPU has not absorbed; it is the same table the entropy coder uses.
     All grids advance together, one batched forward per pass.
     """
     if passes < 1:
@@ -124,13 +138,17 @@ def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: in
         for g, (r, c, probs) in zip(grids, _pass_logits(model, grids, K)):
             if not len(r):
                 continue
+            if neighbour_log_ratios is not None:
+                score = np.log(np.maximum(probs, 1e-30)) + _neighbour_evidence(g, r, c, neighbour_log_ratios)
+                probs = np.exp(score - score.max(axis=1, keepdims=True))
+                probs /= probs.sum(axis=1, keepdims=True)
             if temperature:
                 p = probs ** (1.0 / temperature)
                 p /= p.sum(axis=1, keepdims=True)
                 pred = np.array([rng.choice(K, p=row) for row in p])
                 conf = probs[np.arange(len(pred)), pred]
             else:
-                pred = probs.argmax(axis=1) if code_cost is None else (probs @ code_cost).argmin(axis=1)
+                pred = probs.argmax(axis=1)
                 conf = probs.max(axis=1)
             keep_masked = int(math.floor(g.lost_total * math.cos(math.pi / 2 * t / passes)))
             n_commit = max(1, len(r) - keep_masked) if t < passes else len(r)
