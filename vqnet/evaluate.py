@@ -135,7 +135,7 @@ Unit = tuple[dict | None, list[int] | None]
 
 class EvalJournal(Journal[Unit]):
     """The finished codings of one evaluation (:mod:`vqnet.journal`), one line per (image, codec, K),
-    so a killed ``vqnet eval`` (an hour with DISTS on Kodak) resumes instead of starting over."""
+    so a killed ``vqnet eval`` (over an hour with DISTS on Kodak) resumes instead of starting over."""
 
     kind = "an eval"
     origin = "another model, image set or set of options"
@@ -181,8 +181,8 @@ def evaluate(
 
     ``codebooks`` (a :data:`CODEBOOK_SETS` key) picks the stored codebooks, their K-means
     ancestors, or both; raises ``CodecError`` when raw ones are asked for and the bundle has none.
-    ``ks`` restricts the ladder (a whole Kodak ladder with DISTS and classical codecs takes about
-    an hour on 2 cores). ``advance(1, label)`` is called after each coded (image, codec, K).
+    ``ks`` restricts the ladder (the whole Kodak ladder with DISTS, classical codecs and both
+    codebook sets took 96 min on 2 cores). ``advance(1, label)`` is called after each coded (image, codec, K).
     Classical codecs this Pillow lacks are skipped, and images a codec cannot code within the
     budget are left out of its means; both are listed in ``notes``.
 
