@@ -19,9 +19,9 @@ from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
 from vqnet.entropy import Prior
 import vqnet.evaluate
-from vqnet.evaluate import IMAGE_COLUMNS, PARTIAL_NAME, RD_COLUMNS, EvalJournal, eval_fingerprint, evaluate, perplexity
+from vqnet.evaluate import IMAGE_COLUMNS, RD_COLUMNS, EvalJournal, eval_fingerprint, evaluate, perplexity
 from vqnet.images import load_images
-from vqnet.journal import JournalError
+from vqnet.journal import PARTIAL_NAME, JournalError
 from vqnet.metrics import ms_ssim
 from vqnet.vqn import encode_vqn, write_vqn
 

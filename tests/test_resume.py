@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, save_codec
 from vqnet.entropy import Prior
-from vqnet.sweep import PARTIAL_NAME
+from vqnet.journal import PARTIAL_NAME
 
 SCENARIO = """\
 name: resume

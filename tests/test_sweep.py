@@ -13,10 +13,10 @@ from vqnet.codec.bundle import Codebook, Codec
 from conftest import tiny_model
 from vqnet.entropy import Prior
 from vqnet.images import NamedImage
-from vqnet.journal import JournalError
+from vqnet.journal import PARTIAL_NAME, JournalError
 from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
 from vqnet.scenario import parse_scenario
-from vqnet.sweep import (PARTIAL_NAME, RESULT_COLUMNS, TrialJournal, TrialRecord, run_sweep,
+from vqnet.sweep import (RESULT_COLUMNS, TrialJournal, TrialRecord, run_sweep,
                          sweep_fingerprint, trial_seed, write_results)
 
 

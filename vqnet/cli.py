@@ -99,7 +99,8 @@ def run(
         from vqnet.images import load_images
         from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss, summarize
         from vqnet.scenario import load_scenario
-        from vqnet.sweep import PARTIAL_NAME, TrialJournal, count_trials, run_sweep, sweep_fingerprint, write_results
+        from vqnet.journal import PARTIAL_NAME
+        from vqnet.sweep import TrialJournal, count_trials, run_sweep, sweep_fingerprint, write_results
 
         sc = load_scenario(scenario)
         codec = load_codec(model or sc.model)
@@ -213,9 +214,9 @@ def eval_cmd(
     interruption skips those and writes the tables an uninterrupted run would."""
     with user_errors():
         from vqnet.codec.bundle import load_codec
-        from vqnet.evaluate import (CODEBOOK_SETS, PARTIAL_NAME, EvalJournal, count_steps, eval_fingerprint,
-                                    eval_ladder, evaluate)
+        from vqnet.evaluate import CODEBOOK_SETS, EvalJournal, count_steps, eval_fingerprint, eval_ladder, evaluate
         from vqnet.images import load_images
+        from vqnet.journal import PARTIAL_NAME
         from vqnet.plots import plot_codec_grid, plot_rd
 
         if codebooks not in CODEBOOK_SETS:

@@ -123,8 +123,6 @@ def eval_ladder(codec: Codec, ks: Sequence[int] | None) -> list[int]:
     return sorted({codec.codebook(K).K for K in ks}, reverse=True) if ks else codec.ks
 
 
-#: The resume journal's file name inside the output folder; deleted once the tables are written.
-PARTIAL_NAME = "partial.jsonl"
 # Bumped when what a journal line holds changes, so an old journal is not reused.
 _JOURNAL_FORMAT = 1
 

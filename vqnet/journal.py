@@ -24,6 +24,9 @@ import numpy as np
 
 T = TypeVar("T")
 
+#: A journal's file name inside a job's output folder; deleted once the job's tables are written.
+PARTIAL_NAME = "partial.jsonl"
+
 
 def fingerprint(spec: dict, images: Sequence) -> str:
     """sha256 of a job's settings (``spec``, JSON-able) and its images' names, shapes and pixels

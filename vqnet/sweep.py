@@ -43,8 +43,6 @@ RESULT_COLUMNS = [
 ]
 
 
-#: The resume journal's file name inside ``OUT/<name>/``; deleted once the tables are written.
-PARTIAL_NAME = "partial.jsonl"
 # Bumped when the journal lines or what a row holds change, so an old journal is not reused.
 _JOURNAL_FORMAT = 1
 
