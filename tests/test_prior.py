@@ -12,7 +12,8 @@ from tests.conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
 from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
-from vqnet.restore.data import WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps, sample_mask
+from vqnet.restore.data import (WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps, load_maps,
+                                sample_mask, save_maps)
 from vqnet.restore.gpt import GPT
 from vqnet.restore.masked import conceal_masked, nearest_window, window_starts
 from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer
@@ -223,6 +224,43 @@ def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path,
     assert again.exit_code == 2 and "Error:" in again.output and "Traceback" not in again.output
     bad = CliRunner().invoke(app, args[:3] + ["wrong"] + args[4:])
     assert bad.exit_code == 2 and "--kind must be one of" in bad.output
+    # --maps: written after encoding, then enough without any photo folder (a GPU machine's case)
+    maps = tmp_path / "maps.safetensors"
+    first = CliRunner().invoke(app, args[:-1] + ["run-a", "--maps", str(maps)])
+    assert first.exit_code == 0, first.output
+    no_photos = [a if a != str(photos) else str(tmp_path / "absent") for a in args[:-1]]
+    second = CliRunner().invoke(app, no_photos + ["run-b", "--maps", str(maps)])
+    assert second.exit_code == 0, second.output
+    grids, n = load_maps(maps, index_fingerprint(codec, 32))
+    assert n == 2 and len(grids) == 4  # two photos and their mirrors
+    save_maps(maps, grids, "another-fingerprint", n)
+    foreign = CliRunner().invoke(app, no_photos + ["run-c", "--maps", str(maps)])
+    assert foreign.exit_code == 2 and "another codebook" in foreign.output and "Traceback" not in foreign.output
+
+
+def test_index_map_files_round_trip_and_name_their_codebook(tmp_path: Path) -> None:
+    maps = pattern_maps()
+    save_maps(tmp_path / "small.safetensors", maps, "abc", 2)
+    wide = maps + [np.full((16, 17), 300, dtype=np.int16)]  # a code above 255 needs int16
+    save_maps(tmp_path / "wide.safetensors", wide, "abc", 3)
+    for path, expected, photos in ((tmp_path / "small.safetensors", maps, 2), (tmp_path / "wide.safetensors", wide, 3)):
+        got, n = load_maps(path, "abc")
+        assert n == photos and len(got) == len(expected)
+        assert all(g.dtype == np.int16 and np.array_equal(g, e) for g, e in zip(got, expected))
+    assert (tmp_path / "small.safetensors").stat().st_size < (tmp_path / "wide.safetensors").stat().st_size / 1.5
+    with pytest.raises(CodecError, match="another codebook"):
+        load_maps(tmp_path / "small.safetensors", "xyz")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(CodecError, match="cannot read index maps"):
+        load_maps(tmp_path / "junk.safetensors", "abc")
+
+
+def test_autoregressive_batches_skip_the_masks() -> None:
+    sampler = WindowSampler(pattern_maps())
+    codes, masks = sampler.batch(np.random.default_rng(0), 6, with_masks=False)
+    assert codes.shape == masks.shape == (6, 256) and bool(masks.all())
+    _, drawn = sampler.batch(np.random.default_rng(0), 6)
+    assert not bool(drawn.all())
 
 
 def test_transformer_methods_need_the_codec() -> None:

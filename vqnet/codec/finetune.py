@@ -13,6 +13,7 @@ changes which codes the encoder's outputs pick.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -63,12 +64,15 @@ class _Rung(nn.Module):
         return self.post_quant_conv(quant), emb_loss, idx
 
     def codebook(self, raw: Codebook) -> Codebook:
-        """The trained rung as a fine-tuned Codebook that remembers ``raw`` (prior still raw's)."""
-        return replace(raw, embedding=self.quantize.embedding.weight.detach().clone(),
-                       quant_conv_weight=self.quant_conv.weight.detach().clone(),
-                       quant_conv_bias=self.quant_conv.bias.detach().clone(),
-                       post_quant_conv_weight=self.post_quant_conv.weight.detach().clone(),
-                       post_quant_conv_bias=self.post_quant_conv.bias.detach().clone(), finetuned=True, raw=raw)
+        """The trained rung as a fine-tuned Codebook (on the CPU, as every Codebook) that remembers
+        ``raw`` (prior still raw's)."""
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().cpu().clone()
+
+        return replace(raw, embedding=take(self.quantize.embedding.weight),
+                       quant_conv_weight=take(self.quant_conv.weight), quant_conv_bias=take(self.quant_conv.bias),
+                       post_quant_conv_weight=take(self.post_quant_conv.weight),
+                       post_quant_conv_bias=take(self.post_quant_conv.bias), finetuned=True, raw=raw)
 
 
 @contextmanager
@@ -106,25 +110,29 @@ def finetune_ladder(
     cfg: FinetuneConfig,
     ks: Sequence[int] | None = None,
     on_step: Callable[[int, dict[int, dict[str, float]]], None] | None = None,
+    minutes: float | None = None,
 ) -> Codec:
     """Return a new Codec whose rungs ``ks`` (default: all below the base) are fine-tuned.
 
     Each fine-tuned rung keeps its K-means codebook as ``raw``, and its prior is refit on
     ``prior_latents`` (encoder outputs of whole photos, :func:`~vqnet.codec.ladder.sample_latents`).
     ``on_step(step, {K: {"loss", "l1", "p_loss", "emb_loss", "perplexity"}})`` follows each step.
-    Crops are drawn from ``cfg.seed``.
+    Crops are drawn from ``cfg.seed`` on the CPU; training runs where ``codec.model`` sits.
+    ``minutes`` ends training early (a lent GPU's budget is fixed); ``on_step`` sees how far it got.
     """
     if dataset.crop != cfg.crop:
         raise ValueError(f"the dataset makes {dataset.crop}-px crops but the config says {cfg.crop}")
     targets = finetune_targets(codec, ks)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    rungs = {K: _Rung(codec.codebook(K)) for K in targets}
-    opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in rungs.items()}
     model = codec.model
+    device = model.quant_conv.weight.device
+    rungs = {K: _Rung(codec.codebook(K)).to(device) for K in targets}
+    opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in rungs.items()}
+    stop_at = None if minutes is None else time.monotonic() + 60 * minutes
     with _frozen(model):
         for step in range(1, cfg.steps + 1):
-            x = dataset.batch(rng, cfg.batch)
+            x = dataset.batch(rng, cfg.batch).to(device)
             with torch.no_grad():
                 z = model.encoder(x)
             logs = {}
@@ -136,9 +144,11 @@ def finetune_ladder(
                 loss.backward()
                 opts[K].step()
                 logs[K] = {"loss": loss.item(), "l1": rec["l1"].item(), "p_loss": rec["p_loss"].item(),
-                           "emb_loss": emb_loss.item(), "perplexity": perplexity(torch.bincount(idx.flatten()).float())}
+                           "emb_loss": emb_loss.item(), "perplexity": perplexity(torch.bincount(idx.flatten().cpu()).float())}
             if on_step:
                 on_step(step, logs)
+            if stop_at is not None and time.monotonic() > stop_at:
+                break
     codebooks = dict(codec.codebooks)
     for K, rung in rungs.items():
         tuned = rung.codebook(codec.codebook(K))

@@ -82,7 +82,7 @@ def adaptive_weight(nll_grad: torch.Tensor, g_grad: torch.Tensor) -> torch.Tenso
 @functools.cache
 def lpips_vgg() -> nn.Module:
     """The process-wide frozen LPIPS-VGG (building it reads ~60 MB of checked weights)."""
-    return load_lpips("vgg")
+    return load_lpips("vgg", fp16_ok=True)
 
 
 def reconstruction_loss(x: torch.Tensor, xrec: torch.Tensor, perceptual_weight: float) -> dict[str, torch.Tensor]:
@@ -93,7 +93,7 @@ def reconstruction_loss(x: torch.Tensor, xrec: torch.Tensor, perceptual_weight: 
     l1 = torch.mean(torch.abs(x - xrec))
     if perceptual_weight <= 0:
         return {"nll": l1, "l1": l1, "p_loss": torch.tensor(math.nan)}
-    p_loss = torch.mean(lpips_vgg()(x.contiguous(), xrec.contiguous()))
+    p_loss = torch.mean(lpips_vgg().to(x.device)(x.contiguous(), xrec.contiguous()))
     return {"nll": l1 + perceptual_weight * p_loss, "l1": l1, "p_loss": p_loss}
 
 

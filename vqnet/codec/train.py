@@ -58,10 +58,12 @@ class TrainConfig:
     # Train only post_quant_conv + decoder (+ discriminator): every index map stays valid.
     freeze_encoder: bool = False
     init: str | None = None  # codec bundle or training checkpoint the weights start from
+    device: str = "cpu"  # "cuda" where a GPU is lent: the same recipe, minutes instead of days
 
 
-#: Fields a resumed run may change: they do not alter the loss curve up to the saved step.
-_RESUMABLE_CHANGES = ("steps", "checkpoint_minutes", "init")
+#: Fields a resumed run may change: they do not alter the loss curve up to the saved step (a
+#: device only changes the last bits of the arithmetic).
+_RESUMABLE_CHANGES = ("steps", "checkpoint_minutes", "init", "device")
 LOG_COLUMNS = ["step", "loss", "l1", "p_loss", "emb_loss", "g_loss", "d_weight", "d_loss", "logits_real",
                "logits_fake", "perplexity", "restarted", "seconds"]
 
@@ -123,10 +125,11 @@ def restart_dead_codes(model: VQModel, usage: torch.Tensor, h: torch.Tensor, thr
     if dead.numel() == 0:
         return 0
     z = h.detach().permute(0, 2, 3, 1).reshape(-1, h.shape[1]).float()
-    pick = torch.randint(0, z.shape[0], (dead.numel(),), generator=gen)
-    noise = 0.01 * z.std() * torch.randn(dead.numel(), z.shape[1], generator=gen)
+    # Draws come from the CPU generator whatever the device, so a seed means the same restarts.
+    pick = torch.randint(0, z.shape[0], (dead.numel(),), generator=gen).to(z.device)
+    noise = torch.randn(dead.numel(), z.shape[1], generator=gen).to(z.device)
     with torch.no_grad():
-        model.quantize.embedding.weight[dead] = z[pick] + noise
+        model.quantize.embedding.weight[dead.to(z.device)] = z[pick] + 0.01 * z.std() * noise
     usage[dead] = 2 * threshold  # a short grace period: a re-seeded code must win positions soon
     return int(dead.numel())
 
@@ -219,6 +222,7 @@ def train_vqgan(
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_load: Callable[[int, int], None] | None = None,
+    minutes: float | None = None,
 ) -> Path:
     """Train (or resume) with taming's recipe and return the checkpoint path. Logs every step to
     ``out/log.csv`` (:data:`LOG_COLUMNS`; GAN columns are NaN before ``disc_start``).
@@ -227,6 +231,10 @@ def train_vqgan(
     checkpoint. A step is taming's two optimiser steps, except that the discriminator scores the
     generator step's reconstruction instead of a second encoder+decoder pass with the updated
     weights (which Lightning's per-optimiser ``training_step`` does): one less forward pass.
+
+    ``minutes`` stops the run early, with a checkpoint, once that much wall time has passed: a
+    lent GPU comes with a fixed budget, and ``--resume`` continues from there towards ``steps``.
+    Batches and restarts are drawn on the CPU, so ``cfg.device`` changes speed, not the data.
     """
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
@@ -241,12 +249,12 @@ def train_vqgan(
     init = load_init_model(cfg.init) if cfg.init and state is None else None
     if init is not None and model_cfg is not None and init.config != model_cfg:
         raise CodecError(f"--init {cfg.init} has a different model config than the one asked for")
-    model = init or VQModel(model_cfg or small_config())
+    model = (init or VQModel(model_cfg or small_config())).to(cfg.device)
     n_embed = model.config.n_embed
     opt = torch.optim.Adam(_trainable(model, cfg.freeze_encoder), lr=cfg.lr, betas=(0.5, 0.9))
     loss_fn = VQGANLoss(perceptual_weight=cfg.perceptual_weight, codebook_weight=cfg.codebook_weight,
                         disc_weight=cfg.disc_weight, disc_start=cfg.disc_start, disc_layers=cfg.disc_layers,
-                        disc_ndf=cfg.disc_ndf)
+                        disc_ndf=cfg.disc_ndf).to(cfg.device)
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -269,6 +277,8 @@ def train_vqgan(
     else:
         log_path.unlink(missing_ok=True)
     dataset = CropDataset(data, cfg.crop, progress=on_load)
+    stop_at = None if minutes is None else time.monotonic() + 60 * minutes
+    dev_type = torch.device(cfg.device).type
     model.train()
     loss_fn.train()
     last_save = time.monotonic()
@@ -280,14 +290,14 @@ def train_vqgan(
             writer.writerow(LOG_COLUMNS)
         while step < cfg.steps:
             t0 = time.perf_counter()
-            x = dataset.batch(rng, cfg.batch)
+            x = dataset.batch(rng, cfg.batch).to(cfg.device)
             # A frozen encoder needs no graph: its outputs (and the indices) are constants.
             with torch.set_grad_enabled(not cfg.freeze_encoder), \
-                    torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 h = model.quant_conv(model.encoder(x))
             # The nearest-code search runs in float32: bf16 distances would pick wrong codes.
             quant, emb_loss, idx = model.quantize(h.float())
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 xrec = model.decode(quant).float()
             surrogate, row = loss_fn.generator_loss(x, xrec, emb_loss, model.decoder.conv_out.weight, step)
             opt.zero_grad(set_to_none=True)
@@ -300,7 +310,7 @@ def train_vqgan(
                 d_loss.backward()
                 opt_d.step()
             step += 1
-            counts = torch.bincount(idx.flatten(), minlength=n_embed).float()
+            counts = torch.bincount(idx.flatten().cpu(), minlength=n_embed).float()
             usage.mul_(0.99).add_(0.01 * counts)
             restarted = 0
             if cfg.restart_every and not cfg.freeze_encoder and (step == 1 or step % cfg.restart_every == 0):
@@ -310,8 +320,11 @@ def train_vqgan(
             writer.writerow([step] + [f"{row[c]:.6g}" for c in LOG_COLUMNS[1:]])
             if on_step:
                 on_step(step, row)
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps:
+            out_of_time = stop_at is not None and time.monotonic() > stop_at
+            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time:
                 fh.flush()
                 save_checkpoint(ckpt_path, model, opt, loss_fn, opt_d, step, cfg, rng, gen, usage)
                 last_save = time.monotonic()
+            if out_of_time:
+                break
     return ckpt_path

@@ -39,10 +39,16 @@ def train_prior_cmd(
     init: Annotated[str, typer.Option(help="codes: 2-D sin-cos positions, code embeddings from the codebook, "
                                            "head tied to them (learns faster); taming: upstream's init.")] = "codes",
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
+    device: Annotated[str, typer.Option(help="Where to train and encode: cpu, or cuda where a GPU is lent.")] = "cpu",
+    minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop after this many minutes of training, with a "
+                                                             "checkpoint (for a fixed GPU budget).")] = None,
+    maps: Annotated[Path | None, typer.Option(help="Index-map file: read when it exists (it must come from this "
+                                                   "codec's K), else written after encoding --data. Lets a GPU "
+                                                   "machine train on maps encoded elsewhere.")] = None,
 ) -> None:
     """Train a concealment transformer for one K, checkpointing every 3 minutes, then write it in fp16
     beside the codec as <codec>.KIND.K<K>.safetensors (the bundled model's manifest is updated)."""
-    from vqnet.cli import _COLUMNS, user_errors
+    from vqnet.cli import _COLUMNS, check_device, user_errors
 
     with user_errors():
         from vqnet.restore import TRANSFORMER_METHODS
@@ -57,33 +63,43 @@ def train_prior_cmd(
         from rich.progress import Progress
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, load_codec
-        from vqnet.restore.data import choose_photos, encode_photos, index_maps
+        from vqnet.restore.data import choose_photos, encode_photos, index_maps, load_maps, save_maps
         from vqnet.restore.store import concealer_path, encoder_fingerprint, export_concealer, index_fingerprint
         from vqnet.restore.train import PriorTrainConfig, train_prior
 
         codec = load_codec(model)
         codec.codebook(K)
-        if not data.is_dir():
+        check_device(device)
+        if not (maps and maps.is_file()) and not data.is_dir():
             raise FileNotFoundError(f"training photo folder not found: {data}")
         out = out or Path(f"runs/prior-{kind}-K{K}")
         cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
                                lr=lr, seed=seed, init=init)
-        files = choose_photos(data, photos, seed)
-        cache = latent_cache(encoder_fingerprint(codec), files)
         fingerprint = index_fingerprint(codec, K)
         with Progress(*_COLUMNS) as bar:
             encoding = bar.add_task("encoding photos (cached)", total=None, label="")
-            latents = encode_photos(codec, files, cache, progress=lambda i, n: bar.update(encoding, total=n, completed=i))
-            maps = index_maps(codec, latents, K)
-            bar.update(encoding, label=f"{len(maps)} index maps")
+            if maps and maps.is_file():
+                grids, n_photos = load_maps(maps, fingerprint)
+            else:
+                files = choose_photos(data, photos, seed)
+                cache = latent_cache(encoder_fingerprint(codec), files)
+                codec.model.to(device)
+                latents = encode_photos(codec, files, cache,
+                                        progress=lambda i, n: bar.update(encoding, total=n, completed=i))
+                codec.model.cpu()  # index maps quantise on the CPU, where the codebooks live
+                grids, n_photos = index_maps(codec, latents, K), len(files)
+                if maps:
+                    save_maps(maps, grids, fingerprint, n_photos)
+            bar.update(encoding, label=f"{len(grids)} index maps")
             training = bar.add_task(f"training {kind} K={K}", total=steps, label="")
 
             def on_step(step: int, row: dict[str, float]) -> None:
                 bar.update(training, completed=step, label=f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
 
             try:
-                ckpt = train_prior(maps, out, cfg, resume=resume, extra={"fingerprint": fingerprint},
-                                   code_vectors=codec.codebook(K).embedding, on_step=on_step)
+                ckpt = train_prior(grids, out, cfg, resume=resume, extra={"fingerprint": fingerprint},
+                                   code_vectors=codec.codebook(K).embedding, on_step=on_step, device=device,
+                                   minutes=minutes)
             except ValueError as exc:
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(2) from None
@@ -94,8 +110,8 @@ def train_prior_cmd(
         gpt.load_state_dict(state["model"])
         dest = concealer_path(codec, kind, K)
         sha = export_concealer(gpt, kind, K, fingerprint, dest,
-                               {"train": json.dumps(state["train_config"]), "data": str(data), "photos": len(files),
-                                "maps": len(maps)})
+                               {"train": json.dumps(state["train_config"]), "data": str(maps or data),
+                                "photos": n_photos, "maps": len(grids)})
         if dest.parent == DEFAULT_MODEL.parent:
             entries = json.loads(MANIFEST.read_text())
             entries[dest.name] = sha

@@ -80,7 +80,8 @@ def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> 
 
 
 def loss_and_accuracy(model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, float]:
-    inputs, targets, counted = make_batch(kind, K, codes, masks)
+    device = model.pos_emb.device
+    inputs, targets, counted = (t.to(device) for t in make_batch(kind, K, codes, masks))
     logits = model(inputs)[..., :K]
     sel_logits, sel_targets = logits[counted], targets[counted]
     loss = F.cross_entropy(sel_logits, sel_targets)
@@ -131,12 +132,15 @@ def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor
 
 def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume: bool = False,
                 extra: dict | None = None, code_vectors: torch.Tensor | None = None,
-                on_step: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+                on_step: Callable[[int, dict[str, float]], None] | None = None, device: str = "cpu",
+                minutes: float | None = None) -> Path:
     """Train (or resume) a concealment transformer; returns the checkpoint path.
 
     ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
     and must match on resume, so a run is never continued on other data. ``code_vectors`` (K x d,
-    the codebook) seeds the token embeddings (:func:`init_for_codes`).
+    the codebook) seeds the token embeddings (:func:`init_for_codes`). Windows and masks are drawn
+    on the CPU, so ``device`` changes speed, not the data. ``minutes`` stops early with a
+    checkpoint (a lent GPU's budget is fixed); the learning-rate schedule still follows ``steps``.
     """
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
@@ -145,6 +149,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
     model = GPT(cfg.gpt_config())
     if cfg.init == "codes":
         init_for_codes(model, cfg, code_vectors)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -169,6 +174,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
     sampler = WindowSampler(maps)
     new_log = not log_path.is_file()
     last_save = time.monotonic()
+    stop_at = None if minutes is None else last_save + 60 * minutes
     model.train()
     with log_path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
@@ -179,7 +185,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            codes, masks = sampler.batch(rng, cfg.batch)
+            codes, masks = sampler.batch(rng, cfg.batch, with_masks=cfg.kind == "masked")
             loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -191,8 +197,11 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             fh.flush()
             if on_step:
                 on_step(step, row)
-            if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps:
+            out_of_time = stop_at is not None and time.monotonic() > stop_at
+            if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps or out_of_time:
                 _save(ckpt_path, model, opt, step, cfg, rng, extra)
                 last_save = time.monotonic()
+            if out_of_time:
+                break
     return ckpt_path
 
