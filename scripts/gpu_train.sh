@@ -4,16 +4,18 @@
 #
 # The encoder stays frozen, so every index map, each K-means codebook and its prior, and the maps
 # in .gpu/ stay valid; only what the small CPU runs left undertrained is trained again:
-#   1. decoder + post_quant_conv with taming's loss (L1 + LPIPS-VGG + PatchGAN), from the bundle;
-#   2. swapped into the K-means ladder; K <= 64 fine-tuned again for the new decoder;
+#   1. decoder + post_quant_conv with L1 + LPIPS-VGG (taming's warm-up), from the bundle; then the
+#      PatchGAN (hinge loss, adaptive weight) from there. The warm-up decoder is kept as
+#      nogan.safetensors, so what the GAN stage does to the metrics can be measured;
+#   2. the GAN decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps.
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu-out}
-DEC_MIN=${DEC_MIN:-3.8} FT_MIN=${FT_MIN:-1.3} PRIOR_MIN=${PRIOR_MIN:-1.2}
-AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2200} PRIOR_BATCH=${PRIOR_BATCH:-128}
+WARM_MIN=${WARM_MIN:-2.2} GAN_MIN=${GAN_MIN:-1.5} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=${PRIOR_MIN:-1.1}
+AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
 DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors}
 mkdir -p "$OUT"
@@ -31,12 +33,20 @@ RUN=runs/gpu
 rm -rf "$RUN" && mkdir -p "$RUN"
 t0=$SECONDS
 
-vq train vqgan --data .gpu/train --out "$RUN/dec" --init vqnet/models/default.safetensors --freeze encoder \
-  --steps 1000000 --batch "$DEC_BATCH" --crop "$CROP" --lr 1.5e-4 --disc-start 0 --bf16 --device "$DEVICE" --minutes "$DEC_MIN"
-echo "stage 1 done at $((SECONDS - t0)) s"; cp "$RUN/dec/log.csv" "$OUT/dec-log.csv"
-
-vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$RUN/dec/checkpoint.pt" \
-  --out "$RUN/swapped.safetensors" --images 0 --kmeans-start
+train_decoder() {  # OUT_DIR INIT MINUTES DISC_START
+  vq train vqgan --data .gpu/train --out "$1" --init "$2" --freeze encoder --steps 1000000 --batch "$DEC_BATCH" \
+    --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --bf16 --device "$DEVICE" --minutes "$3"
+}
+swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, priors kept (maps unchanged)
+  vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
+}
+train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
+swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/nogan.safetensors"
+cp "$RUN/nogan.safetensors" "$OUT/"
+echo "stage 1a done at $((SECONDS - t0)) s"
+train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
+swap_in "$RUN/dec-gan/checkpoint.pt" "$RUN/swapped.safetensors"
+echo "stage 1b done at $((SECONDS - t0)) s"
 vq codebook finetune --model "$RUN/swapped.safetensors" --out "$RUN/default.safetensors" --data .gpu/train \
   --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
 cp "$RUN/default.safetensors" "$OUT/"
@@ -47,6 +57,7 @@ for kind in ar masked; do
   vq train prior --kind "$kind" --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" \
     --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr 1e-3 \
     --init "$init" --device "$DEVICE" --minutes "$PRIOR_MIN"
-  cp "$RUN/default.$kind.K256.safetensors" "$OUT/"; cp "$RUN/prior-$kind/log.csv" "$OUT/$kind-log.csv"
+  cp "$RUN/default.$kind.K256.safetensors" "$OUT/"
   echo "$kind done at $((SECONDS - t0)) s"
 done
+tar czf "$OUT/logs.tgz" "$RUN"/*/log.csv
