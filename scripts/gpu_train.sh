@@ -4,17 +4,18 @@
 #
 # The encoder stays frozen, so every index map, each K-means codebook and its prior, and the maps
 # in .gpu/ stay valid; only what the small CPU runs left undertrained is trained again:
-#   1. decoder + post_quant_conv with L1 + LPIPS-VGG (taming's warm-up), from the bundle; then the
-#      PatchGAN (hinge loss, adaptive weight) from there. The warm-up decoder is kept as
-#      nogan.safetensors, so what the GAN stage does to the metrics can be measured;
-#   2. the GAN decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
+#   1. decoder + post_quant_conv with L1 + LPIPS-VGG, from the bundle. With GAN_MIN > 0 the
+#      PatchGAN stage (hinge loss, adaptive weight) follows and its decoder comes back as
+#      gan.safetensors for measurement only: 1.5 min of it raised Kodak LPIPS-alex from 0.644 to
+#      0.686 (README), so the shipped decoder is the one without it;
+#   2. that decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps.
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu-out}
-WARM_MIN=${WARM_MIN:-2.2} GAN_MIN=${GAN_MIN:-1.5} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=${PRIOR_MIN:-1.1}
+WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=${PRIOR_MIN:-1.1}
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
 DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors}
@@ -41,14 +42,15 @@ swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, pri
   vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
 }
 train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
-swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/nogan.safetensors"
-cp "$RUN/nogan.safetensors" "$OUT/"
-echo "stage 1a done at $((SECONDS - t0)) s"
-train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
-swap_in "$RUN/dec-gan/checkpoint.pt" "$RUN/swapped.safetensors"
-echo "stage 1b done at $((SECONDS - t0)) s"
+swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/swapped.safetensors"
+echo "stage 1 done at $((SECONDS - t0)) s"
+if [ "$GAN_MIN" != 0 ]; then
+  train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
+  swap_in "$RUN/dec-gan/checkpoint.pt" "$OUT/gan.safetensors"
+  echo "GAN stage done at $((SECONDS - t0)) s"
+fi
 vq codebook finetune --model "$RUN/swapped.safetensors" --out "$RUN/default.safetensors" --data .gpu/train \
-  --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
+  --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
 cp "$RUN/default.safetensors" "$OUT/"
 echo "stage 2 done at $((SECONDS - t0)) s"
 
