@@ -118,7 +118,10 @@ def gilbert_losses(rng: np.random.Generator, n: int, loss: float, burst: float) 
     return out
 
 
-_MASK_KIND_CDF = np.array([0.2, 0.3, 0.35, 0.15]).cumsum() / np.array([0.2, 0.3, 0.35, 0.15]).cumsum()[-1]
+# Mask kinds (i.i.d., raster runs, interleaved bursts, blocks) and their CDF, normalised as numpy's
+# ``Generator.choice`` normalises it, so the draws below equal ``rng.choice(4, p=...)``.
+_MASK_KIND_CDF = np.array([0.2, 0.3, 0.35, 0.15]).cumsum()
+_MASK_KIND_CDF /= _MASK_KIND_CDF[-1]
 
 
 def sample_mask(rng: np.random.Generator, h: int, w: int, max_ratio: float = 0.85) -> np.ndarray:
