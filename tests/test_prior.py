@@ -14,6 +14,7 @@ from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
 from vqnet.restore.data import (WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps, load_maps,
                                 sample_mask, save_maps)
+from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT
 from vqnet.restore.masked import conceal_masked, nearest_window, window_starts
 from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer
@@ -136,6 +137,14 @@ def test_masked_concealment_learns_structure_and_keeps_received(tmp_path: Path) 
         received_next |= shifted
     assert (fused[lost & received_next] == 0).all() and np.array_equal(fused[~lost], grid[~lost])
     assert not (out[0][lost & received_next] == 0).all()
+    # minimum Bayes risk: under 0-1 loss it is the argmax (same codes, same commit order); with a
+    # distance that puts code 3 at the centre of all others, every lost position hedges to 3
+    assert np.array_equal(conceal_masked(model, [(grid, lost)], K=8, code_distances=1 - np.eye(8))[0], out[0])
+    star = np.full((8, 8), 1e3)
+    star[3, :] = star[:, 3] = 1.0
+    np.fill_diagonal(star, 0.0)
+    hedged = conceal_masked(model, [(grid, lost)], K=8, code_distances=star)[0]
+    assert (hedged[lost] == 3).all() and np.array_equal(hedged[~lost], grid[~lost])
 
 
 def _tiny_codec(tmp_path: Path) -> Codec:
@@ -165,6 +174,8 @@ def test_concealer_files_are_checked_against_the_index_maps(tmp_path: Path) -> N
         assert all(torch.equal(v.half(), loaded.state_dict()[k].half()) for k, v in gpt.state_dict().items())
         out = restore(kind, grid, lost, ctx)
         assert np.array_equal(out[~lost], grid[~lost])
+    out = restore("ar-mbr", grid, lost, ctx)  # the ar file, another decision rule
+    assert np.array_equal(out[~lost], grid[~lost])
     sc = parse_scenario({"name": "t", "K": [32], "methods": ["neighbor", "masked"]})
     before = sweep_fingerprint(sc, codec, [])
     stale = tmp_path / "stale.safetensors"
@@ -174,7 +185,7 @@ def test_concealer_files_are_checked_against_the_index_maps(tmp_path: Path) -> N
         load_concealer(codec, "masked", 32)
     # a journal of trials concealed with the old model is not resumed with the new one
     assert sweep_fingerprint(sc, codec, []) != before
-    assert set(METHODS) == {"none", "neighbor", "ar", "masked"}
+    assert set(METHODS) == {"none", "neighbor", "ar", "ar-mbr", "masked"}
 
 
 def test_index_maps_from_cached_photo_latents(tmp_path: Path) -> None:
@@ -309,12 +320,16 @@ def test_shipped_models_are_in_the_manifest_and_conceal_a_photo() -> None:
     lost = np.zeros(grid.shape, dtype=bool)
     lost[np.arange(grid.size).reshape(grid.shape) % 7 < 3] = True
     ctx = RestoreContext(256, codec.codebook(256).prior, 0, codec)
-    hits = {m: (restore(m, grid, lost, ctx)[lost] == grid[lost]).mean() for m in ("none", "ar", "masked")}
+    out = {m: restore(m, grid, lost, ctx) for m in ("none", "ar", "ar-mbr", "masked")}
+    hits = {m: (o[lost] == grid[lost]).mean() for m, o in out.items()}
     for kind in ("ar", "masked"):
-        out = restore(kind, grid, lost, ctx)
-        assert np.array_equal(out[~lost], grid[~lost]) and out.max() < 256
+        assert np.array_equal(out[kind][~lost], grid[~lost]) and out[kind].max() < 256
         # the exact code, well above chance (1/256) and above the prior's most frequent code
         assert hits[kind] > 0.03 and hits[kind] > hits["none"]
+    # ar-mbr bets less on the exact code and lands closer to it, as the decoder sees codes
+    dist = code_distances(codec.codebook(256))
+    miss = {m: dist[o[lost], grid[lost]].mean() for m, o in out.items()}
+    assert np.array_equal(out["ar-mbr"][~lost], grid[~lost]) and miss["ar-mbr"] < miss["ar"] < miss["none"]
 
 
 def test_sweep_refuses_a_missing_transformer_before_any_trial(tmp_path: Path) -> None:

@@ -44,8 +44,10 @@ def random_gpt(seed: int = 0, dtype: torch.dtype = torch.float64) -> GPT:
     return model.to(dtype).eval()
 
 
-def reference_ar(model: GPT, grid: np.ndarray, lost: np.ndarray, K: int, sos: int) -> np.ndarray:
-    """The procedure literally: raster order, full window crop, one forward per lost position."""
+def reference_ar(model: GPT, grid: np.ndarray, lost: np.ndarray, K: int, sos: int,
+                 choose=lambda row: int(row.argmax())) -> np.ndarray:
+    """The procedure literally: raster order, full window crop, one forward per lost position;
+    ``choose`` maps the K code logits to the code written (greedy unless told otherwise)."""
     out = np.array(grid, dtype=np.int64, copy=True)
     H, W = out.shape
     h, w = min(H, WINDOW), min(W, WINDOW)
@@ -55,7 +57,7 @@ def reference_ar(model: GPT, grid: np.ndarray, lost: np.ndarray, K: int, sos: in
             (i0, li), (j0, lj) = window_start(int(i), H), window_start(int(j), W)
             crop = torch.from_numpy(out[i0:i0 + h, j0:j0 + w].reshape(-1))
             seq = torch.cat([torch.tensor([sos]), crop])[:-1]
-            out[i, j] = int(model(seq[None], positions[None])[0, li * w + lj, :K].argmax())
+            out[i, j] = choose(model(seq[None], positions[None])[0, li * w + lj, :K])
     return out
 
 
@@ -203,6 +205,30 @@ def test_float32_matches_reference():
     grid, lost = random_case((20, 24), 0.5, seed=3)
     (out,) = conceal_ar(model, [(grid, lost)], K=K, sos=SOS)
     assert np.array_equal(out, reference_ar(model, grid, lost, K, SOS))
+
+
+def test_bayes_choice_matches_one_at_a_time_reference():
+    """Minimum-Bayes-risk choice keeps the window procedure: each lost position, in raster order,
+    takes argmin_j sum_i p(i) d(i, j) from the current grid, batched or not."""
+    model = random_gpt(4)
+    e = np.random.default_rng(4).normal(size=(K, 3))
+    dist = ((e[:, None] - e[None]) ** 2).sum(-1)
+    cases = [random_case((20, 24), 0.5, seed=5), random_case((7, 30), 0.8, seed=6)]
+    out = conceal_ar(model, cases, K=K, sos=SOS, code_distances=dist)
+
+    def mbr(row: torch.Tensor) -> int:
+        return int((row.double().softmax(-1).numpy() @ dist).argmin())
+
+    for (grid, lost), got in zip(cases, out):
+        assert np.array_equal(got, reference_ar(model, grid, lost, K, SOS, choose=mbr))
+    greedy = conceal_ar(model, cases, K=K, sos=SOS)
+    assert any(not np.array_equal(a, b) for a, b in zip(out, greedy))  # the rule does change answers
+    zero_one = 1.0 - np.eye(K)  # under 0-1 loss the Bayes choice is the argmax
+    assert all(np.array_equal(a, b) for a, b in zip(conceal_ar(model, cases, K=K, sos=SOS, code_distances=zero_one), greedy))
+    with pytest.raises(ValueError, match="deterministically"):
+        conceal_ar(model, cases, K=K, sos=SOS, code_distances=dist, temperature=1.0)
+    with pytest.raises(ValueError, match="must be 16 x 16"):
+        conceal_ar(model, cases, K=K, sos=SOS, code_distances=dist[:4, :4])
 
 
 # --- the wavefront schedule --------------------------------------------------------------------

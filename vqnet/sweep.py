@@ -29,7 +29,7 @@ from vqnet.images import NamedImage, load_images
 from vqnet.journal import Journal, fingerprint
 from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
-from vqnet.restore import TRANSFORMER_METHODS, RestoreContext, restore
+from vqnet.restore import MODEL_KIND, RestoreContext, restore
 from vqnet.restore.store import concealer_path, load_concealer
 from vqnet.scenario import Scenario
 from vqnet.weights import sha256_of
@@ -97,13 +97,18 @@ class TrialRecord:
     timings: list[dict]
 
 
+def _model_kinds(sc: Scenario) -> list[str]:
+    """The concealment transformers the scenario's methods load (``ar-mbr`` uses the ``ar`` file)."""
+    return sorted({MODEL_KIND[m] for m in sc.methods if m in MODEL_KIND})
+
+
 def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
     """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id),
     the concealment models the scenario uses and the images' names and pixels. A journal written
     under another fingerprint is refused, because mixing its rows with new ones would give a table
     no single run could produce."""
     concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
-                  for m in sorted(set(sc.methods) & set(TRANSFORMER_METHODS)) for K in sc.K}
+                  for m in _model_kinds(sc) for K in sc.K}
     return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
                         "concealers": concealers, "columns": RESULT_COLUMNS}, images)
 
@@ -144,8 +149,8 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
     images = images if images is not None else load_images(sc.images.source, sc.images.names, sc.images.limit)
     for K in sc.K:
         codec.codebook(K)  # fail before any work if a K is missing, or a transformer for it
-        for method in sorted(set(sc.methods) & set(TRANSFORMER_METHODS)):
-            load_concealer(codec, method, K)
+        for kind in _model_kinds(sc):
+            load_concealer(codec, kind, K)
     link = LinkConfig(**sc.link.model_dump())
     example_image = sc.examples.image or images[0].name
     points = sc.channel.points()

@@ -60,11 +60,28 @@ def _concealer(kind: str, ctx: RestoreContext):  # noqa: ANN202 - GPT, imported 
     return load_concealer(ctx.codec, kind, ctx.K)
 
 
+def _code_distances(ctx: RestoreContext) -> np.ndarray:
+    from vqnet.restore.decision import code_distances
+
+    assert ctx.codec is not None  # _concealer has refused a context without one
+    return code_distances(ctx.codec.codebook(ctx.K))
+
+
 def restore_ar(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
     """The paper's method: taming's sliding-window GPT, lost positions in raster order, greedy."""
     from vqnet.restore.sliding import conceal_ar
 
     return conceal_ar(_concealer("ar", ctx), [(indices, lost)], ctx.K, sos=ctx.K, seed=ctx.seed)[0]
+
+
+def restore_ar_mbr(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
+    """The paper's GPT and window procedure with our decision rule: each lost position takes the
+    minimum-Bayes-risk code (:mod:`vqnet.restore.decision`) instead of the argmax. Kept apart
+    from ``ar`` so that ``ar`` stays the paper's method exactly."""
+    from vqnet.restore.sliding import conceal_ar
+
+    model = _concealer("ar", ctx)
+    return conceal_ar(model, [(indices, lost)], ctx.K, sos=ctx.K, code_distances=_code_distances(ctx))[0]
 
 
 #: Weight of the neighbour-context evidence in ``masked`` (:func:`restore_masked`).
@@ -74,7 +91,11 @@ NEIGHBOUR_WEIGHT = 1.0
 def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
     """Ours: the bidirectional masked transformer in confidence-ordered passes, its predictions
     combined with the entropy prior's neighbour-context table (weight :data:`NEIGHBOUR_WEIGHT`)
-    when the prior has one.
+    when the prior has one, each position taking the minimum-Bayes-risk code
+    (:mod:`vqnet.restore.decision`), lowest risk committed first.
+
+    Measured on kodim09-14 as below, with the decision rule: mean LPIPS 0.6615 (below ``neighbor``
+    on 15 of 18 trials) against 0.6706 for the argmax; weight 2.0 gave 0.6642.
 
     Measured on held-out Kodak images (kodim09-14, bursty channel at loss 0.1/0.3/0.5, 18 trials,
     the GPU-trained decoder and transformer): mean LPIPS 0.6706 at weight 1.0 (below ``neighbor``
@@ -85,13 +106,16 @@ def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -
 
     model = _concealer("masked", ctx)
     ratios = None if ctx.prior.context is None else NEIGHBOUR_WEIGHT * ctx.prior.neighbour_log_ratios()
-    return conceal_masked(model, [(indices, lost)], ctx.K, seed=ctx.seed, neighbour_log_ratios=ratios)[0]
+    return conceal_masked(model, [(indices, lost)], ctx.K, seed=ctx.seed, neighbour_log_ratios=ratios,
+                          code_distances=_code_distances(ctx))[0]
 
 
 METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor, "ar": restore_ar,
-                                "masked": restore_masked}
-#: Methods that need a trained model file beside the codec (one per K).
+                                "ar-mbr": restore_ar_mbr, "masked": restore_masked}
+#: The kinds of concealment transformer (``vqnet train prior --kind``), one file per K beside the codec.
 TRANSFORMER_METHODS = ("ar", "masked")
+#: The transformer kind each method loads.
+MODEL_KIND = {"ar": "ar", "ar-mbr": "ar", "masked": "masked"}
 
 
 def get_restorer(name: str) -> Restorer:

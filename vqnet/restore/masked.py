@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vqnet.restore.decision import bayes_choice
 from vqnet.restore.gpt import GPT
 
 WINDOW = 16
@@ -115,11 +116,15 @@ def _neighbour_evidence(g: _Grid, r: np.ndarray, c: np.ndarray, log_ratios: np.n
 
 def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: int, passes: int = 8,
                    temperature: float | None = None, seed: int = 0,
-                   neighbour_log_ratios: np.ndarray | None = None) -> list[np.ndarray]:
+                   neighbour_log_ratios: np.ndarray | None = None,
+                   code_distances: np.ndarray | None = None) -> list[np.ndarray]:
     """Fill the lost positions of every ``(grid, lost)`` pair; received positions are untouched.
 
     Greedy (argmax, confidence = its probability) unless ``temperature`` is given, in which case
     codes are sampled from the tempered distribution with a generator seeded by ``seed``.
+    With ``code_distances`` (K x K, :func:`vqnet.restore.decision.code_distances`) and no
+    temperature, each position takes the minimum-Bayes-risk code instead of the argmax, and the
+    positions with the lowest risk are committed first.
     With ``neighbour_log_ratios`` (K x K, row c = log p(x | neighbour c) - log p(x), e.g.
     :meth:`vqnet.entropy.Prior.neighbour_log_ratios` scaled by a weight) the transformer's
     log-probabilities get that row added for every known 4-neighbour (a product of experts,
@@ -147,6 +152,9 @@ def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: in
                 p /= p.sum(axis=1, keepdims=True)
                 pred = np.array([rng.choice(K, p=row) for row in p])
                 conf = probs[np.arange(len(pred)), pred]
+            elif code_distances is not None:
+                pred, risk = bayes_choice(probs, code_distances)
+                conf = -risk
             else:
                 pred = probs.argmax(axis=1)
                 conf = probs.max(axis=1)

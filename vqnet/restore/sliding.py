@@ -259,13 +259,17 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
     return model.head(model.ln_f(x))
 
 
-def _pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float | None, top_k: int | None) -> torch.Tensor:
-    """Code choice from (B, K) code logits: argmax, or one draw per row by inverse CDF at ``u``.
+def _pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float | None, top_k: int | None,
+          distances: torch.Tensor | None = None) -> torch.Tensor:
+    """Code choice from (B, K) code logits: argmax (or, with ``distances``, the minimum-Bayes-risk
+    code of :mod:`vqnet.restore.decision`), or one draw per row by inverse CDF at ``u``.
 
     Drawing from pre-assigned uniforms, rather than from a shared generator stream, makes a
     position's draw independent of the batch and of the schedule it ran in.
     """
     if u is None:
+        if distances is not None:
+            return (torch.softmax(logits.double(), dim=-1) @ distances).argmin(dim=-1)
         return logits.argmax(dim=-1)
     if temperature is not None:
         logits = logits / temperature
@@ -314,11 +318,14 @@ def conceal_ar(
     top_k: int | None = None,
     seed: int | Sequence[int] = 0,
     on_step: Callable[[ArStep], None] | None = None,
+    code_distances: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Fill the lost positions of every ``(grid, lost)`` pair with the sliding-window GPT.
 
     The method is greedy (argmax over the first ``K`` logits) unless ``temperature`` or ``top_k``
     is given; then it samples, deterministically for a given ``seed`` (see :func:`_uniforms`).
+    ``code_distances`` (K x K) replaces the argmax with the minimum-Bayes-risk choice
+    (:mod:`vqnet.restore.decision`): our decision rule on the paper's model and window procedure.
     Lost positions may hold any placeholder, because they are never read before they are
     predicted. ``on_step`` sees every prediction, in schedule order rather than raster order.
     Returns new int64 grids, and the received positions are unchanged.
@@ -327,6 +334,11 @@ def conceal_ar(
     grids = [_Grid(g, m, K, sos) for g, m in items]
     sampling = temperature is not None or top_k is not None
     uniforms = _uniforms([len(g.lost_flat) for g in grids], seed) if sampling else None
+    if code_distances is not None and sampling:
+        raise ValueError("code_distances chooses deterministically; drop temperature/top_k to use it")
+    distances = None if code_distances is None else torch.as_tensor(code_distances, dtype=torch.float64)
+    if distances is not None and distances.shape != (K, K):
+        raise ValueError(f"code_distances must be {K} x {K}, got {tuple(distances.shape)}")
 
     # Every lost position as (grid, n-th lost), grouped by wavefront level: one forward per level.
     todo = [(k, n) for k, g in enumerate(grids) for n in range(len(g.lost_flat))]
@@ -341,7 +353,7 @@ def conceal_ar(
             inputs = [grids[k].inputs(n, store.length) for (k, n), store in zip(rows, row_stores)]
             logits = _extend(model, [t for t, _ in inputs], [p for _, p in inputs], row_stores)
             u = None if uniforms is None else torch.stack([uniforms[k][n] for k, n in rows])
-            preds = _pick(logits[:, :K], u, temperature, top_k).cpu().numpy()
+            preds = _pick(logits[:, :K], u, temperature, top_k, distances).cpu().numpy()
             for b, (k, n) in enumerate(rows):
                 g = grids[k]
                 g.grid.flat[g.lost_flat[n]] = preds[b]

@@ -1,0 +1,43 @@
+"""Which code to write at a lost position, given the transformer's distribution over codes.
+
+The argmax is the code most likely to be *exactly* right, but at these losses a small transformer
+is exactly right only 10-25 % of the time, and a wrong code is not equally wrong everywhere: the
+decoder turns a code near the true one into a patch near the true patch. Minimum Bayes risk
+(MBR) picks the code whose expected distance to the truth is smallest,
+
+    choice = argmin_j  sum_i p(i) * d(i, j),
+
+with ``d`` the squared distance between the two codes *as the decoder receives them* (after
+``post_quant_conv``; its bias cancels). It hedges between likely codes instead of betting on one,
+which is what copying a neighbour does by accident, and it still picks a real code, so the grid
+stays a valid index grid.
+
+Measured on held-out Kodak images (kodim09-14, bursty channel, loss 0.1/0.3/0.5, K=256, 18
+trials, ``masked`` with the neighbour table): mean LPIPS 0.6706 with the argmax, lower with MBR
+(see ``restore_masked`` for the table); the distance in pre-conv codebook space did about as well.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqnet.codec.bundle import Codebook
+
+
+def code_distances(codebook: Codebook) -> np.ndarray:
+    """(K, K) float64: squared Euclidean distance between every two codes after ``post_quant_conv``
+    (the 1x1 conv the decoder applies first; its bias is common to both and cancels)."""
+    with torch.no_grad():
+        e = F.conv2d(codebook.embedding[:, :, None, None].float(), codebook.post_quant_conv_weight.float())
+    e = e.flatten(1).double().numpy()
+    sq = (e * e).sum(axis=1)
+    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * e @ e.T, 0.0)
+
+
+def bayes_choice(probs: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (n, K) probabilities: the minimum-risk code per row and that risk (its expected
+    distance to the truth; lower means surer, which is how ``masked`` orders its commits)."""
+    risk = np.asarray(probs, dtype=np.float64) @ distances
+    choice = risk.argmin(axis=1)
+    return choice, risk[np.arange(len(choice)), choice]
