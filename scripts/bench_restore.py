@@ -39,13 +39,15 @@ def bench_ar(model: GPT, items: Items, K: int) -> None:
 
 def bench_masked(model: GPT, items: Items, K: int) -> None:
     """Confidence-ordered masked concealment (default passes) of every grid in one batched call,
-    with the neighbour-context evidence ``vqnet`` adds (a random table of the real shape)."""
-    conceal_masked(model, items, K=K, neighbour_log_ratios=random_log_ratios(K))
+    with the neighbour-context evidence and minimum-Bayes-risk choice ``vqnet`` adds (random
+    tables of the real shapes)."""
+    conceal_masked(model, items, K=K, neighbour_log_ratios=random_log_ratios(K),
+                   code_distances=np.abs(random_log_ratios(K)))
 
 
 @functools.cache
 def random_log_ratios(K: int) -> np.ndarray:
-    """(K, K) random neighbour log-ratios: the shape and cost of the real table."""
+    """(K, K) random numbers: the shape and cost of the real tables."""
     return np.random.default_rng(0).normal(0.0, 1.0, (K, K))
 
 

@@ -184,7 +184,9 @@ def encode(
 def decode(
     vqn_file: Annotated[Path, typer.Argument(metavar="FILE.vqn", help="A .vqn file, possibly missing packets.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Image to write (format from the suffix).")],
-    method: Annotated[str, typer.Option(help="Concealment for missing indices: none | neighbor.")] = "neighbor",
+    method: Annotated[str, typer.Option(help="Concealment for missing indices: none | neighbor | ar | ar-mbr | masked "
+                                                 "(the last three need that K's transformer beside the codec; "
+                                                 "the bundled model has them for K=256).")] = "neighbor",
     model: Annotated[Path | None, typer.Option(help="Codec bundle the file was made with (default: bundled).")] = None,
 ) -> None:
     """Decode a .vqn file, concealing what missing or damaged packets held; print what was lost."""
