@@ -94,13 +94,11 @@ def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -
     when the prior has one, each position taking the minimum-Bayes-risk code
     (:mod:`vqnet.restore.decision`), lowest risk committed first.
 
-    Measured on kodim09-14 as below, with the decision rule: mean LPIPS 0.6615 (below ``neighbor``
-    on 15 of 18 trials) against 0.6706 for the argmax; weight 2.0 gave 0.6642.
-
-    Measured on held-out Kodak images (kodim09-14, bursty channel at loss 0.1/0.3/0.5, 18 trials,
-    the GPU-trained decoder and transformer): mean LPIPS 0.6706 at weight 1.0 (below ``neighbor``
-    on 14 of 18 trials), 0.6711 at 0.5, 0.6693 at 2.0 (12 of 18), 0.6761 for the transformer's
-    argmax alone, against ``neighbor`` 0.6727. Weight 0.5 had been best for the CPU-trained models.
+    The weight was chosen on Kodak kodim09-14 (bursty channel at loss 0.1/0.3/0.5, 18 trials, the
+    GPU-trained decoder and transformer), still with the argmax: mean LPIPS 0.6706 at weight 1.0
+    (below ``neighbor`` on 14 of 18 trials), 0.6711 at 0.5, 0.6693 at 2.0 (12 of 18), 0.6761 for
+    the transformer alone, against ``neighbor`` 0.6727. Weight 0.5 had been best for the
+    CPU-trained models. With the decision rule: 0.6615 at weight 1.0 (15 of 18), 0.6642 at 2.0.
     """
     from vqnet.restore.masked import conceal_masked
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqnet.restore.decision import bayes_choice
 from vqnet.restore.gpt import GPT
 
 WINDOW = 16
@@ -260,7 +261,7 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
 
 
 def _pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float | None, top_k: int | None,
-          distances: torch.Tensor | None = None) -> torch.Tensor:
+          distances: np.ndarray | None = None) -> torch.Tensor:
     """Code choice from (B, K) code logits: argmax (or, with ``distances``, the minimum-Bayes-risk
     code of :mod:`vqnet.restore.decision`), or one draw per row by inverse CDF at ``u``.
 
@@ -269,7 +270,7 @@ def _pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float | Non
     """
     if u is None:
         if distances is not None:
-            return (torch.softmax(logits.double(), dim=-1) @ distances).argmin(dim=-1)
+            return torch.from_numpy(bayes_choice(torch.softmax(logits.double(), dim=-1).cpu().numpy(), distances)[0])
         return logits.argmax(dim=-1)
     if temperature is not None:
         logits = logits / temperature
@@ -336,9 +337,8 @@ def conceal_ar(
     uniforms = _uniforms([len(g.lost_flat) for g in grids], seed) if sampling else None
     if code_distances is not None and sampling:
         raise ValueError("code_distances chooses deterministically; drop temperature/top_k to use it")
-    distances = None if code_distances is None else torch.as_tensor(code_distances, dtype=torch.float64)
-    if distances is not None and distances.shape != (K, K):
-        raise ValueError(f"code_distances must be {K} x {K}, got {tuple(distances.shape)}")
+    if code_distances is not None and np.shape(code_distances) != (K, K):
+        raise ValueError(f"code_distances must be {K} x {K}, got {np.shape(code_distances)}")
 
     # Every lost position as (grid, n-th lost), grouped by wavefront level: one forward per level.
     todo = [(k, n) for k, g in enumerate(grids) for n in range(len(g.lost_flat))]
@@ -353,7 +353,7 @@ def conceal_ar(
             inputs = [grids[k].inputs(n, store.length) for (k, n), store in zip(rows, row_stores)]
             logits = _extend(model, [t for t, _ in inputs], [p for _, p in inputs], row_stores)
             u = None if uniforms is None else torch.stack([uniforms[k][n] for k, n in rows])
-            preds = _pick(logits[:, :K], u, temperature, top_k, distances).cpu().numpy()
+            preds = _pick(logits[:, :K], u, temperature, top_k, code_distances).cpu().numpy()
             for b, (k, n) in enumerate(rows):
                 g = grids[k]
                 g.grid.flat[g.lost_flat[n]] = preds[b]
