@@ -110,10 +110,10 @@ def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -
 
 METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor, "ar": restore_ar,
                                 "ar-mbr": restore_ar_mbr, "masked": restore_masked}
-#: The kinds of concealment transformer (``vqnet train prior --kind``), one file per K beside the codec.
-TRANSFORMER_METHODS = ("ar", "masked")
 #: The transformer kind each method loads.
 MODEL_KIND = {"ar": "ar", "ar-mbr": "ar", "masked": "masked"}
+#: The kinds of concealment transformer (``vqnet train prior --kind``), one file per K beside the codec.
+TRANSFORMER_METHODS = tuple(dict.fromkeys(MODEL_KIND.values()))
 
 
 def get_restorer(name: str) -> Restorer:

@@ -295,7 +295,8 @@ def _uniforms(counts: list[int], seed: int | Sequence[int]) -> list[torch.Tensor
             for n, s in zip(counts, seeds)]
 
 
-def _check(model: GPT, K: int, sos: int, temperature: float | None, top_k: int | None) -> None:
+def _check(model: GPT, K: int, sos: int, temperature: float | None, top_k: int | None,
+           code_distances: np.ndarray | None) -> None:
     """Refuse settings under which the result would not be taming's procedure."""
     cfg = model.config
     if not 0 < K <= cfg.vocab_size or not 0 <= sos < cfg.vocab_size:
@@ -308,6 +309,10 @@ def _check(model: GPT, K: int, sos: int, temperature: float | None, top_k: int |
         raise ValueError("put the GPT in eval mode: dropout would make concealment random")
     if temperature is not None and temperature <= 0 or top_k is not None and top_k < 1:
         raise ValueError("temperature must be > 0 and top_k >= 1")
+    if code_distances is not None and (temperature is not None or top_k is not None):
+        raise ValueError("code_distances chooses deterministically; drop temperature/top_k to use it")
+    if code_distances is not None and np.shape(code_distances) != (K, K):
+        raise ValueError(f"code_distances must be {K} x {K}, got {np.shape(code_distances)}")
 
 
 def conceal_ar(
@@ -331,14 +336,10 @@ def conceal_ar(
     predicted. ``on_step`` sees every prediction, in schedule order rather than raster order.
     Returns new int64 grids, and the received positions are unchanged.
     """
-    _check(model, K, sos, temperature, top_k)
+    _check(model, K, sos, temperature, top_k, code_distances)
     grids = [_Grid(g, m, K, sos) for g, m in items]
     sampling = temperature is not None or top_k is not None
     uniforms = _uniforms([len(g.lost_flat) for g in grids], seed) if sampling else None
-    if code_distances is not None and sampling:
-        raise ValueError("code_distances chooses deterministically; drop temperature/top_k to use it")
-    if code_distances is not None and np.shape(code_distances) != (K, K):
-        raise ValueError(f"code_distances must be {K} x {K}, got {np.shape(code_distances)}")
 
     # Every lost position as (grid, n-th lost), grouped by wavefront level: one forward per level.
     todo = [(k, n) for k, g in enumerate(grids) for n in range(len(g.lost_flat))]
