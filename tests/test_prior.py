@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,31 @@ def test_masked_batch_masks_only_lost_positions() -> None:
     assert counted[1].sum() == 1 and (inputs[1] == 5).sum() == 1  # an empty mask still teaches one token
     ar_in, ar_t, ar_c = make_batch("ar", 5, codes, masks)
     assert torch.equal(ar_in[:, 0], torch.tensor([5, 5])) and torch.equal(ar_in[:, 1:], codes[:, :-1]) and ar_c.all()
+
+
+def test_ar_batch_reads_guesses_only_at_lost_positions() -> None:
+    codes = torch.arange(12).view(2, 6) % 5
+    masks = torch.tensor([[False, True, False, False, True, False], [False] * 6])
+    guesses = torch.full_like(codes, 4)
+    inputs, targets, counted = make_batch("ar", 5, codes, masks, guesses)
+    assert torch.equal(inputs[0], torch.tensor([5, 0, 4, 2, 3, 4]))  # SOS, then the window shifted by one
+    assert torch.equal(inputs[1, 1:], codes[1, :-1]) and torch.equal(targets, codes) and counted.all()
+
+
+def test_corrupted_context_training_and_fine_tune_start(tmp_path: Path) -> None:
+    """``corrupt`` trains (its loss falls although its inputs hold guesses); a fine-tune started
+    from those weights starts where they ended, far below a fresh model's first loss."""
+    cfg = dataclasses.replace(tiny_cfg("ar", 80), corrupt=True)
+    ckpt = train_prior(pattern_maps(), tmp_path / "corrupt", cfg)
+    losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "corrupt" / "log.csv").open())]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    weights = torch.load(ckpt, weights_only=True)["model"]
+    tuned = dataclasses.replace(tiny_cfg("ar", 3), lr=1e-6, start="ab" * 32)
+    train_prior(pattern_maps(), tmp_path / "tuned", tuned, start_weights=weights)
+    first = float(next(csv.DictReader((tmp_path / "tuned" / "log.csv").open()))["loss"])
+    assert first < 0.5 * losses[0] and abs(first - np.mean(losses[-5:])) < 0.3 * losses[0]
+    with pytest.raises(ValueError, match="go together"):
+        train_prior(pattern_maps(), tmp_path / "bad", tiny_cfg("ar", 3), start_weights=weights)
 
 
 @pytest.mark.parametrize("kind", ["ar", "masked"])
@@ -235,6 +261,17 @@ def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path,
     assert again.exit_code == 2 and "Error:" in again.output and "Traceback" not in again.output
     bad = CliRunner().invoke(app, args[:3] + ["wrong"] + args[4:])
     assert bad.exit_code == 2 and "--kind must be one of" in bad.output
+    masked_corrupt = CliRunner().invoke(app, args[:-1] + ["run-x", "--corrupt"])
+    assert masked_corrupt.exit_code == 2 and "--kind ar only" in masked_corrupt.output
+    # --start: a fine-tune of the file just written; its layout must match, and it must be one
+    tune = CliRunner().invoke(app, args[:-1] + ["run-t", "--start", str(concealer_path(codec, "masked", 32))])
+    assert tune.exit_code == 0, tune.output
+    wide = [a if a != "16" else "32" for a in args[:-1]]
+    mismatch = CliRunner().invoke(app, wide + ["run-w", "--start", str(concealer_path(codec, "masked", 32))])
+    assert mismatch.exit_code == 2 and "pass the same --layers" in mismatch.output
+    wrong_kind = CliRunner().invoke(app, args[:3] + ["ar"] + args[4:-1] + ["run-k", "--start",
+                                                                          str(concealer_path(codec, "masked", 32))])
+    assert wrong_kind.exit_code == 2 and "is not a ar concealment model" in wrong_kind.output
     # --maps: written after encoding, then enough without any photo folder (a GPU machine's case)
     maps = tmp_path / "maps.safetensors"
     first = CliRunner().invoke(app, args[:-1] + ["run-a", "--maps", str(maps)])

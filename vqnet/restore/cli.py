@@ -38,6 +38,10 @@ def train_prior_cmd(
     seed: Annotated[int, typer.Option(help="Seed for weights, windows and masks.")] = 0,
     init: Annotated[str, typer.Option(help="codes: 2-D sin-cos positions, code embeddings from the codebook, "
                                            "head tied to them (learns faster); taming: upstream's init.")] = "codes",
+    corrupt: Annotated[bool, typer.Option(help="ar: at sampled lost positions the inputs are the model's own greedy "
+                                               "guesses (targets stay true), as in a concealment run.")] = False,
+    start: Annotated[Path | None, typer.Option(help="Start from this concealment file's weights (same kind, K and "
+                                                    "--layers/--heads/--embd): a fine-tune.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
     device: Annotated[str, typer.Option(help="Where to train and encode: cpu, or cuda where a GPU is lent.")] = "cpu",
     minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop after this many minutes of training, with a "
@@ -59,12 +63,15 @@ def train_prior_cmd(
             raise typer.BadParameter("--init must be codes or taming")
         if embd % heads:
             raise typer.BadParameter("--embd must be a multiple of --heads")
+        if corrupt and kind != "ar":
+            raise typer.BadParameter("--corrupt applies to --kind ar only")
         import torch
         from rich.progress import Progress
 
-        from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, load_codec
+        from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
         from vqnet.restore.data import choose_photos, encode_photos, index_maps, load_maps, save_maps
-        from vqnet.restore.store import concealer_path, encoder_fingerprint, export_concealer, index_fingerprint
+        from vqnet.restore.store import (concealer_path, encoder_fingerprint, export_concealer, index_fingerprint,
+                                         load_concealer_file)
         from vqnet.restore.train import PriorTrainConfig, train_prior
 
         codec = load_codec(model)
@@ -73,9 +80,17 @@ def train_prior_cmd(
         if not (maps and maps.is_file()) and not data.is_dir():
             raise FileNotFoundError(f"training photo folder not found: {data}")
         out = out or Path(f"runs/prior-{kind}-K{K}")
-        cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
-                               lr=lr, seed=seed, init=init)
         fingerprint = index_fingerprint(codec, K)
+        start_weights, start_sha = None, ""
+        if start is not None:
+            start_model, start_sha = load_concealer_file(start, kind, K, fingerprint)
+            start_weights = start_model.state_dict()
+        cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
+                               lr=lr, seed=seed, init=init, corrupt=corrupt, start=start_sha)
+        if start is not None and start_model.config != cfg.gpt_config():
+            c = start_model.config
+            raise CodecError(f"--start {start} has {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}; "
+                             "pass the same --layers/--heads/--embd")
         with Progress(*_COLUMNS) as bar:
             encoding = bar.add_task("encoding photos (cached)", total=None, label="")
             if maps and maps.is_file():
@@ -99,7 +114,7 @@ def train_prior_cmd(
             try:
                 ckpt = train_prior(grids, out, cfg, resume=resume, extra={"fingerprint": fingerprint},
                                    code_vectors=codec.codebook(K).embedding, on_step=on_step, device=device,
-                                   minutes=minutes)
+                                   minutes=minutes, start_weights=start_weights)
             except ValueError as exc:
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(2) from None

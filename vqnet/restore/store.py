@@ -72,6 +72,14 @@ def load_concealer(codec: Codec, kind: str, K: int) -> GPT:
     return _load(path, sha, kind, K, index_fingerprint(codec, K))
 
 
+def load_concealer_file(path: Path, kind: str, K: int, fingerprint: str) -> tuple[GPT, str]:
+    """(model, sha256) of a concealment file anywhere (a fine-tune's start), with the same checks."""
+    if not path.is_file():
+        raise CodecError(f"concealment model not found: {path}")
+    sha = sha256_of(path)
+    return _load(path, sha, kind, K, fingerprint), sha
+
+
 @lru_cache(maxsize=16)
 def _load(path: Path, sha: str, kind: str, K: int, fingerprint: str) -> GPT:
     """Cached by content (``sha``), so a replaced file is read again and an unchanged one is not."""

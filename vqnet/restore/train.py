@@ -3,7 +3,9 @@
 Both kinds see 16x16 windows of the training photos' index maps at one K:
 
 - ``ar`` (the paper's): taming's unconditional GPT. The window in raster order, prefixed by an SOS
-  id (K), is predicted token by token (next-token cross-entropy on all 256 positions).
+  id (K), is predicted token by token (next-token cross-entropy on all 256 positions). With
+  ``corrupt`` the inputs at sampled lost positions are the model's own guesses (see
+  :func:`make_batch`), as they are when the sliding window conceals a grid.
 - ``masked`` (ours): the same blocks with full attention (``n_unmasked = block_size``). Lost
   positions, drawn by :func:`vqnet.restore.data.sample_mask` (i.i.d., raster runs, interleaved
   packets in bursts, blocks), are replaced by the mask id (K); cross-entropy on those positions.
@@ -50,6 +52,8 @@ class PriorTrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 3.0
     init: Literal["taming", "codes"] = "codes"  # upstream's init, or :func:`init_for_codes`
+    corrupt: bool = False  # ``ar``: read own guesses at sampled lost positions (:func:`make_batch`)
+    start: str = ""  # sha256 of the concealment file the weights started from ("" = ``init``)
 
     def gpt_config(self) -> GPTConfig:
         """Vocabulary K+1: the extra id is SOS for ``ar`` and the mask token for ``masked``."""
@@ -68,20 +72,42 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
     return torch.nn.functional.pad(out, (0, dim - out.shape[1]))
 
 
-def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs, targets, which positions count) for one batch of windows."""
+def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor,
+               guesses: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, targets, which positions count) for one batch of windows.
+
+    ``guesses`` (``ar`` only) replace the codes at the masked positions in the inputs, never in
+    the targets. Why: at concealment every lost position before the current one holds the model's
+    own earlier guess, while clean teacher forcing only ever shows it true codes; the more is lost,
+    the more its context is its own (often wrong) guesses.
+    """
     if kind == "ar":
         sos = torch.full((codes.shape[0], 1), K, dtype=torch.long)
-        return torch.cat([sos, codes[:, :-1]], 1), codes, torch.ones_like(masks)
+        seen = codes if guesses is None else torch.where(masks, guesses, codes)
+        return torch.cat([sos, seen[:, :-1]], 1), codes, torch.ones_like(masks)
     masks = masks.clone()
     empty = ~masks.any(1)
     masks[empty, torch.randint(0, masks.shape[1], (int(empty.sum()),))] = True  # every window teaches something
     return codes.masked_fill(masks, K), codes, masks
 
 
-def loss_and_accuracy(model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, float]:
+def own_guesses(model: GPT, K: int, codes: torch.Tensor) -> torch.Tensor:
+    """The ``ar`` model's greedy code at every position of clean windows (teacher-forced, one
+    batched pass, no gradient): a cheap stand-in for the guesses a concealment run would make."""
+    inputs, _, _ = make_batch("ar", K, codes, torch.zeros_like(codes, dtype=torch.bool))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        guesses = model(inputs.to(model.pos_emb.device))[..., :K].argmax(-1).cpu()
+    model.train(was_training)
+    return guesses
+
+
+def loss_and_accuracy(model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor,
+                      corrupt: bool = False) -> tuple[torch.Tensor, float]:
     device = model.pos_emb.device
-    inputs, targets, counted = (t.to(device) for t in make_batch(kind, K, codes, masks))
+    guesses = own_guesses(model, K, codes) if corrupt and kind == "ar" else None
+    inputs, targets, counted = (t.to(device) for t in make_batch(kind, K, codes, masks, guesses))
     logits = model(inputs)[..., :K]
     sel_logits, sel_targets = logits[counted], targets[counted]
     loss = F.cross_entropy(sel_logits, sel_targets)
@@ -133,7 +159,7 @@ def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor
 def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume: bool = False,
                 extra: dict | None = None, code_vectors: torch.Tensor | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None, device: str = "cpu",
-                minutes: float | None = None) -> Path:
+                minutes: float | None = None, start_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Train (or resume) a concealment transformer; returns the checkpoint path.
 
     ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
@@ -141,13 +167,19 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
     the codebook) seeds the token embeddings (:func:`init_for_codes`). Windows and masks are drawn
     on the CPU, so ``device`` changes speed, not the data. ``minutes`` stops early with a
     checkpoint (a lent GPU's budget is fixed); the learning-rate schedule still follows ``steps``.
+    ``start_weights`` (a trained model's state_dict, whose file's sha256 is ``cfg.start``) replace
+    the initial weights: a fine-tune.
     """
+    if (start_weights is None) != (not cfg.start):
+        raise ValueError("start_weights and cfg.start (their file's sha256) go together")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
     extra = extra or {}
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.gpt_config())
-    if cfg.init == "codes":
+    if start_weights is not None:  # untied: a head tied to the embedding would take only one of the two
+        model.load_state_dict(start_weights)
+    elif cfg.init == "codes":
         init_for_codes(model, cfg, code_vectors)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -157,7 +189,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = {"init": "taming"} | state["train_config"]  # checkpoints from before ``init`` existed
+        saved = {"init": "taming", "corrupt": False, "start": ""} | state["train_config"]  # older checkpoints
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
         for key, value in extra.items():
@@ -185,8 +217,8 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            codes, masks = sampler.batch(rng, cfg.batch, with_masks=cfg.kind == "masked")
-            loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks)
+            codes, masks = sampler.batch(rng, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt)
+            loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks, corrupt=cfg.corrupt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
