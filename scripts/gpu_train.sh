@@ -9,7 +9,9 @@
 #      gan.safetensors for measurement only: 1.5 min of it raised Kodak LPIPS-alex from 0.644 to
 #      0.686 (README), so the shipped decoder is the one without it;
 #   2. that decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
-#   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps.
+#   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps; `ar`
+#      then fine-tuned reading its own guesses at sampled lost positions (--corrupt; CORRUPT_MIN=0
+#      skips it).
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
@@ -17,6 +19,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-runs/gpu-out}
 WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=${PRIOR_MIN:-1.1}
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
+CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
 DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors}
 mkdir -p "$OUT"
@@ -59,6 +62,11 @@ for kind in ar masked; do
   vq train prior --kind "$kind" --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" \
     --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr 1e-3 \
     --init "$init" --device "$DEVICE" --minutes "$PRIOR_MIN"
+  if [ "$kind" = ar ] && [ "$CORRUPT_MIN" != 0 ]; then  # overwrites the file it starts from, after reading it
+    vq train prior --kind ar --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" --out "$RUN/prior-ar-corrupt" \
+      --start "$RUN/default.ar.K256.safetensors" --corrupt --steps "$CORRUPT_STEPS" --batch "$PRIOR_BATCH" \
+      --layers 4 --heads 4 --embd 128 --lr 2e-4 --init taming --device "$DEVICE" --minutes "$CORRUPT_MIN"
+  fi
   cp "$RUN/default.$kind.K256.safetensors" "$OUT/"
   echo "$kind done at $((SECONDS - t0)) s"
 done
