@@ -363,10 +363,12 @@ def test_shipped_models_are_in_the_manifest_and_conceal_a_photo() -> None:
         assert np.array_equal(out[kind][~lost], grid[~lost]) and out[kind].max() < 256
         # the exact code, well above chance (1/256) and above the prior's most frequent code
         assert hits[kind] > 0.03 and hits[kind] > hits["none"]
-    # ar-mbr bets less on the exact code and lands closer to it, as the decoder sees codes
+    # both decision rules land closer to the true codes, as the decoder sees them, than the prior's
+    # most frequent code. (ar-mbr was also closer than ar until ar was fine-tuned on its own
+    # argmax guesses, --corrupt: MBR's hedged codes are not what that model learnt to read.)
     dist = code_distances(codec.codebook(256))
     miss = {m: dist[o[lost], grid[lost]].mean() for m, o in out.items()}
-    assert np.array_equal(out["ar-mbr"][~lost], grid[~lost]) and miss["ar-mbr"] < miss["ar"] < miss["none"]
+    assert np.array_equal(out["ar-mbr"][~lost], grid[~lost]) and max(miss["ar-mbr"], miss["ar"]) < miss["none"]
 
 
 def test_sweep_refuses_a_missing_transformer_before_any_trial(tmp_path: Path) -> None:
