@@ -12,6 +12,9 @@
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps; `ar`
 #      then fine-tuned reading its own guesses at sampled lost positions (--corrupt; CORRUPT_MIN=0
 #      skips it).
+# PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec, so only
+# .gpu/maps-K256.safetensors and .whl need carrying; `ar` also comes back before its --corrupt
+# fine-tune (ar-clean.K256.safetensors) so the two can be compared on the tuning images.
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
@@ -29,7 +32,6 @@ exec > >(tee "$OUT/console.log") 2>&1
 [ -n "${NO_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD"
-python3 -c "import lzma, pathlib; pathlib.Path('/tmp/vgg16-fp16.safetensors').write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes()))"
 export VQNET_VGG16_FP16=/tmp/vgg16-fp16.safetensors VQNET_CACHE_DIR=/tmp/vqnet-cache
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 vq() { python3 -m vqnet "$@"; }
@@ -44,18 +46,23 @@ train_decoder() {  # OUT_DIR INIT MINUTES DISC_START
 swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, priors kept (maps unchanged)
   vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
 }
-train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
-swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/swapped.safetensors"
-echo "stage 1 done at $((SECONDS - t0)) s"
-if [ "$GAN_MIN" != 0 ]; then
-  train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
-  swap_in "$RUN/dec-gan/checkpoint.pt" "$OUT/gan.safetensors"
-  echo "GAN stage done at $((SECONDS - t0)) s"
+if [ -n "${PRIORS_ONLY:-}" ]; then
+  cp vqnet/models/default.safetensors "$RUN/default.safetensors"
+else
+  python3 -c "import lzma, pathlib; pathlib.Path('$VQNET_VGG16_FP16').write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes()))"
+  train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
+  swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/swapped.safetensors"
+  echo "stage 1 done at $((SECONDS - t0)) s"
+  if [ "$GAN_MIN" != 0 ]; then
+    train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
+    swap_in "$RUN/dec-gan/checkpoint.pt" "$OUT/gan.safetensors"
+    echo "GAN stage done at $((SECONDS - t0)) s"
+  fi
+  vq codebook finetune --model "$RUN/swapped.safetensors" --out "$RUN/default.safetensors" --data .gpu/train \
+    --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
+  cp "$RUN/default.safetensors" "$OUT/"
+  echo "stage 2 done at $((SECONDS - t0)) s"
 fi
-vq codebook finetune --model "$RUN/swapped.safetensors" --out "$RUN/default.safetensors" --data .gpu/train \
-  --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
-cp "$RUN/default.safetensors" "$OUT/"
-echo "stage 2 done at $((SECONDS - t0)) s"
 
 for kind in ar masked; do
   steps=$AR_STEPS init=taming; [ "$kind" = masked ] && steps=$MASKED_STEPS init=codes
@@ -63,6 +70,7 @@ for kind in ar masked; do
     --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr 1e-3 \
     --init "$init" --device "$DEVICE" --minutes "$PRIOR_MIN"
   if [ "$kind" = ar ] && [ "$CORRUPT_MIN" != 0 ]; then  # overwrites the file it starts from, after reading it
+    [ -z "${PRIORS_ONLY:-}" ] || cp "$RUN/default.ar.K256.safetensors" "$OUT/ar-clean.K256.safetensors"
     vq train prior --kind ar --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" --out "$RUN/prior-ar-corrupt" \
       --start "$RUN/default.ar.K256.safetensors" --corrupt --steps "$CORRUPT_STEPS" --batch "$PRIOR_BATCH" \
       --layers 4 --heads 4 --embd 128 --lr 2e-4 --init taming --device "$DEVICE" --minutes "$CORRUPT_MIN"
