@@ -66,15 +66,23 @@ def main() -> None:
     ap.add_argument("--budget-mb", type=float, default=19.0, help="Size limit of the packed photos.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--maps-k", type=int, nargs="*", default=[256], help="K whose index maps to pack.")
+    ap.add_argument("--shifts", type=int, nargs="*", default=[0],
+                    help="Pixel shifts to encode every photo at (0 8: twice the maps, grid moved half a token).")
+    ap.add_argument("--maps-only", action="store_true", help="Write only the index maps.")
     args = ap.parse_args()
     codec = load_codec(None)
     files = choose_photos(args.data, None)
-    latents = encode_photos(codec, files, latent_cache(encoder_fingerprint(codec), files))
+    latents = []
+    for shift in args.shifts:
+        key = encoder_fingerprint(codec) + (f"-shift{shift}" if shift else "")
+        latents += encode_photos(codec, files, latent_cache(key, files), shift=shift)
     args.out.mkdir(parents=True, exist_ok=True)
     for K in args.maps_k:
         maps = index_maps(codec, latents, K)
         save_maps(args.out / f"maps-K{K}.safetensors", maps, index_fingerprint(codec, K), len(files))
-        print(f"K={K}: {len(maps)} index maps of {len(files)} photos and their mirrors")
+        print(f"K={K}: {len(maps)} index maps of {len(files)} photos and their mirrors, shifts {args.shifts}")
+    if args.maps_only:
+        return
     images = crops(args.data, args.side, args.seed)
     for quality in range(90, 49, -2):
         files = encode_all(images, quality)

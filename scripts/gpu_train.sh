@@ -24,7 +24,7 @@ WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
-DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors}
+DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
@@ -64,16 +64,17 @@ else
   echo "stage 2 done at $((SECONDS - t0)) s"
 fi
 
-for kind in ar masked; do
+for kind in $KINDS; do
   steps=$AR_STEPS init=taming; [ "$kind" = masked ] && steps=$MASKED_STEPS init=codes
   vq train prior --kind "$kind" --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" \
     --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr 1e-3 \
-    --init "$init" --device "$DEVICE" --minutes "$PRIOR_MIN"
+    --init "$init" --dropout "$DROPOUT" --device "$DEVICE" --minutes "$PRIOR_MIN"
   if [ "$kind" = ar ] && [ "$CORRUPT_MIN" != 0 ]; then  # overwrites the file it starts from, after reading it
     [ -z "${PRIORS_ONLY:-}" ] || cp "$RUN/default.ar.K256.safetensors" "$OUT/ar-clean.K256.safetensors"
     vq train prior --kind ar --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" --out "$RUN/prior-ar-corrupt" \
       --start "$RUN/default.ar.K256.safetensors" --corrupt --steps "$CORRUPT_STEPS" --batch "$PRIOR_BATCH" \
-      --layers 4 --heads 4 --embd 128 --lr 2e-4 --init taming --device "$DEVICE" --minutes "$CORRUPT_MIN"
+      --layers 4 --heads 4 --embd 128 --lr 2e-4 --init taming --dropout "$DROPOUT" --device "$DEVICE" \
+      --minutes "$CORRUPT_MIN"
   fi
   cp "$RUN/default.$kind.K256.safetensors" "$OUT/"
   echo "$kind done at $((SECONDS - t0)) s"

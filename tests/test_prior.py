@@ -29,8 +29,9 @@ def pattern_maps(n: int = 4, h: int = 20, w: int = 24, K: int = 8) -> list[np.nd
     return [((np.add.outer(np.arange(h) // 3, np.arange(w) // 3) + s) % K).astype(np.int16) for s in range(n)]
 
 
-def tiny_cfg(kind: str, steps: int, K: int = 8) -> PriorTrainConfig:
-    return PriorTrainConfig(kind=kind, K=K, n_layer=2, n_head=2, n_embd=32, steps=steps, batch=8, lr=3e-3, warmup=5)
+def tiny_cfg(kind: str, steps: int, K: int = 8, dropout: float = 0.0) -> PriorTrainConfig:
+    return PriorTrainConfig(kind=kind, K=K, n_layer=2, n_head=2, n_embd=32, steps=steps, batch=8, lr=3e-3, warmup=5,
+                            dropout=dropout)
 
 
 @pytest.mark.parametrize("L", [1, 7, 16, 17, 24, 31, 48])
@@ -105,20 +106,26 @@ def test_training_loss_falls(tmp_path: Path, kind: str) -> None:
     assert len(rows) == 80 and last < (0.7 if kind == "ar" else 0.9) * first
 
 
-def test_resume_continues_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # dropout draws from the RNG state the checkpoint keeps
+def test_resume_continues_exactly(tmp_path: Path, dropout: float) -> None:
     maps = pattern_maps()
-    train_prior(maps, tmp_path / "straight", tiny_cfg("masked", 8))
-    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 4), extra={"fingerprint": "x"})
-    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 8), resume=True, extra={"fingerprint": "x"})
+    train_prior(maps, tmp_path / "straight", tiny_cfg("masked", 8, dropout=dropout))
+    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 4, dropout=dropout), extra={"fingerprint": "x"})
+    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 8, dropout=dropout), resume=True,
+                extra={"fingerprint": "x"})
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [list(csv.DictReader((tmp_path / d / "log.csv").open())) for d in ("straight", "split")]
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
     with pytest.raises(ValueError, match="other index maps"):
-        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9), resume=True, extra={"fingerprint": "y"})
+        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True,
+                    extra={"fingerprint": "y"})
     with pytest.raises(ValueError, match="different configuration"):
         train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, K=16), resume=True, extra={"fingerprint": "x"})
+    with pytest.raises(ValueError, match="different configuration"):
+        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout + 0.1), resume=True,
+                    extra={"fingerprint": "x"})
     with pytest.raises(FileExistsError):
         train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9))
 
@@ -232,8 +239,11 @@ def test_index_maps_from_cached_photo_latents(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(latents, again))
     maps = index_maps(codec, latents, 32)
     assert [m.shape for m in maps] == [(18, 20), (18, 20)]  # the 10x10 grids are below one window
-    mirrored = codec.encode(np.asarray(Image.open(photos / "0.png"))[:, ::-1].copy(), 32)
-    assert np.array_equal(maps[1], mirrored)
+    photo = np.asarray(Image.open(photos / "0.png"))
+    assert np.array_equal(maps[1], codec.encode(photo[:, ::-1].copy(), 32))
+    shifted = index_maps(codec, encode_photos(codec, files, tmp_path / "cache-shift", shift=2), 32)
+    assert np.array_equal(shifted[1], codec.encode(photo[:, ::-1][2:, 2:].copy(), 32))
+    assert not np.array_equal(shifted[0][:17, :19], maps[0][:17, :19])  # the grid moved: new codes
     codes, masks = WindowSampler(maps).batch(np.random.default_rng(0), 3)
     assert codes.shape == (3, 256) and masks.dtype == torch.bool
 

@@ -36,6 +36,9 @@ def train_prior_cmd(
     embd: Annotated[int, typer.Option(min=8, help="Width (multiple of --heads).")] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights, windows and masks.")] = 0,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout on the embeddings and residual "
+                                                                 "branches while training (upstream's embd_pdrop, "
+                                                                 "resid_pdrop).")] = 0.0,
     init: Annotated[str, typer.Option(help="codes: 2-D sin-cos positions, code embeddings from the codebook, "
                                            "head tied to them (learns faster); taming: upstream's init.")] = "codes",
     corrupt: Annotated[bool, typer.Option(help="ar: at sampled lost positions the inputs are the model's own greedy "
@@ -86,8 +89,9 @@ def train_prior_cmd(
             start_model, start_sha = load_concealer_file(start, kind, K, fingerprint)
             start_weights = start_model.state_dict()
         cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
-                               lr=lr, seed=seed, init=init, corrupt=corrupt, start=start_sha)
-        if start is not None and start_model.config != cfg.gpt_config():
+                               lr=lr, seed=seed, init=init, corrupt=corrupt, start=start_sha, dropout=dropout)
+        layout = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_unmasked")
+        if start is not None and any(getattr(start_model.config, f) != getattr(cfg.gpt_config(), f) for f in layout):
             c = start_model.config
             raise CodecError(f"--start {start} has {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}; "
                              "pass the same --layers/--heads/--embd")

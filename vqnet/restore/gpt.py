@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Upstream's GPTConfig fields; dropouts default to 0 because we only train small models briefly."""
+    """Upstream's GPTConfig fields; dropouts default to 0 (``vqnet train prior --dropout`` sets two)."""
 
     vocab_size: int
     block_size: int

@@ -49,6 +49,7 @@ class PriorTrainConfig:
     lr: float = 5e-4
     warmup: int = 100
     weight_decay: float = 0.01
+    dropout: float = 0.0  # upstream's embd_pdrop and resid_pdrop: the priors overfit 1,500 photos
     seed: int = 0
     checkpoint_minutes: float = 3.0
     init: Literal["taming", "codes"] = "codes"  # upstream's init, or :func:`init_for_codes`
@@ -59,7 +60,8 @@ class PriorTrainConfig:
         """Vocabulary K+1: the extra id is SOS for ``ar`` and the mask token for ``masked``."""
         block = WINDOW * WINDOW
         return GPTConfig(vocab_size=self.K + 1, block_size=block, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, n_unmasked=block if self.kind == "masked" else 0)
+                         n_embd=self.n_embd, n_unmasked=block if self.kind == "masked" else 0,
+                         embd_pdrop=self.dropout, resid_pdrop=self.dropout)  # attention keeps its fused path
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
@@ -189,7 +191,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = {"init": "taming", "corrupt": False, "start": ""} | state["train_config"]  # older checkpoints
+        saved = {"init": "taming", "corrupt": False, "start": "", "dropout": 0.0} | state["train_config"]  # older checkpoints
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
         for key, value in extra.items():
