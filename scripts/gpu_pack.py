@@ -74,8 +74,7 @@ def main() -> None:
     files = choose_photos(args.data, None)
     latents = []
     for shift in args.shifts:
-        key = encoder_fingerprint(codec) + (f"-shift{shift}" if shift else "")
-        latents += encode_photos(codec, files, latent_cache(key, files), shift=shift)
+        latents += encode_photos(codec, files, latent_cache(encoder_fingerprint(codec), files, shift), shift=shift)
     args.out.mkdir(parents=True, exist_ok=True)
     for K in args.maps_k:
         maps = index_maps(codec, latents, K)

@@ -13,6 +13,7 @@ from tests.conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
 from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
+from vqnet.restore.cli import latent_cache
 from vqnet.restore.data import (WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps, load_maps,
                                 sample_mask, save_maps)
 from vqnet.restore.decision import code_distances
@@ -241,6 +242,7 @@ def test_index_maps_from_cached_photo_latents(tmp_path: Path) -> None:
     assert [m.shape for m in maps] == [(18, 20), (18, 20)]  # the 10x10 grids are below one window
     photo = np.asarray(Image.open(photos / "0.png"))
     assert np.array_equal(maps[1], codec.encode(photo[:, ::-1].copy(), 32))
+    assert latent_cache("enc", files, 2) != latent_cache("enc", files)  # shifted latents never share a cache
     shifted = index_maps(codec, encode_photos(codec, files, tmp_path / "cache-shift", shift=2), 32)
     assert np.array_equal(shifted[1], codec.encode(photo[:, ::-1][2:, 2:].copy(), 32))
     assert not np.array_equal(shifted[0][:17, :19], maps[0][:17, :19])  # the grid moved: new codes

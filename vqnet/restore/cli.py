@@ -14,12 +14,13 @@ import typer
 
 
 
-def latent_cache(encoder_key: str, files: list[Path]) -> Path:
-    """Cache folder for one encoder and one photo list (names and sizes), under runs/prior-data."""
+def latent_cache(encoder_key: str, files: list[Path], shift: int = 0) -> Path:
+    """Cache folder for one encoder, one photo list (names and sizes) and one ``encode_photos``
+    shift, under runs/prior-data."""
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.name}:{f.stat().st_size}\n".encode())
-    return Path("runs/prior-data") / f"{encoder_key}-{h.hexdigest()[:12]}"
+    return Path("runs/prior-data") / f"{encoder_key}{f'-shift{shift}' if shift else ''}-{h.hexdigest()[:12]}"
 
 
 def train_prior_cmd(
