@@ -15,6 +15,9 @@
 # PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec, so only
 # .gpu/maps-K256.safetensors and .whl need carrying; `ar` also comes back before its --corrupt
 # fine-tune (ar-clean.K256.safetensors) so the two can be compared on the tuning images.
+# AR_START / MASKED_START=FILE continue that kind from a concealment file (at START_LR) instead of
+# initialising it. Runs can share one call (say KINDS=ar and KINDS=masked, in the background) when
+# each has its own RUN and OUT folders and all but the first set NO_WHEELS=1.
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
@@ -35,7 +38,7 @@ export PYTHONPATH="/tmp/site:$PWD"
 export VQNET_VGG16_FP16=/tmp/vgg16-fp16.safetensors VQNET_CACHE_DIR=/tmp/vqnet-cache
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 vq() { python3 -m vqnet "$@"; }
-RUN=runs/gpu
+RUN=${RUN:-runs/gpu}
 rm -rf "$RUN" && mkdir -p "$RUN"
 t0=$SECONDS
 
@@ -65,10 +68,12 @@ else
 fi
 
 for kind in $KINDS; do
-  steps=$AR_STEPS init=taming; [ "$kind" = masked ] && steps=$MASKED_STEPS init=codes
+  steps=$AR_STEPS init=taming from=${AR_START:-} start=() lr=1e-3
+  [ "$kind" = masked ] && steps=$MASKED_STEPS init=codes from=${MASKED_START:-}
+  [ -z "$from" ] || start=(--start "$from") lr=${START_LR:-5e-4}
   vq train prior --kind "$kind" --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" \
-    --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr 1e-3 \
-    --init "$init" --dropout "$DROPOUT" --device "$DEVICE" --minutes "$PRIOR_MIN"
+    --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr "$lr" \
+    --init "$init" "${start[@]}" --dropout "$DROPOUT" --device "$DEVICE" --minutes "$PRIOR_MIN"
   if [ "$kind" = ar ] && [ "$CORRUPT_MIN" != 0 ]; then  # overwrites the file it starts from, after reading it
     [ -z "${PRIORS_ONLY:-}" ] || cp "$RUN/default.ar.K256.safetensors" "$OUT/ar-clean.K256.safetensors"
     vq train prior --kind ar --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" --out "$RUN/prior-ar-corrupt" \
