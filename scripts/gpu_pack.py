@@ -72,9 +72,10 @@ def main() -> None:
     args = ap.parse_args()
     codec = load_codec(None)
     files = choose_photos(args.data, None)
+    encoder_key = encoder_fingerprint(codec)
     latents = []
     for shift in args.shifts:
-        latents += encode_photos(codec, files, latent_cache(encoder_fingerprint(codec), files, shift), shift=shift)
+        latents += encode_photos(codec, files, latent_cache(encoder_key, files, shift), shift=shift)
     args.out.mkdir(parents=True, exist_ok=True)
     for K in args.maps_k:
         maps = index_maps(codec, latents, K)
