@@ -253,3 +253,32 @@ def test_device_option_is_checked_in_one_line(photos, tmp_path):
         result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"),
                                           "--device", device])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_decoder_ch_widens_the_init_model_and_resumes(photos, tiny_bundle, tmp_path):
+    out = tmp_path / "wide"
+    args = ["train", "vqgan", "--data", str(photos), "--out", str(out), "--batch", "2", "--crop", "32",
+            "--disc-start", "100", "--perceptual-weight", "0", "--init", str(tiny_bundle), "--freeze", "encoder",
+            "--decoder-ch", "64"]
+    result = CliRunner().invoke(app, [*args, "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert VQGANConfig.from_dict(state["model_config"]) == replace(TINY, decoder_ch=64)
+    assert state["model"]["decoder.conv_out.weight"].shape[1] == 64
+    start = load_codec(tiny_bundle).model.state_dict()
+    assert all(torch.equal(start[k], state["model"][k]) for k in start if k.startswith("encoder."))
+    result = CliRunner().invoke(app, [*args, "--steps", "3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in _log(out / "log.csv")] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--decoder-ch", "64"], "--decoder-ch widens the --init model's decoder"),
+    (["--init", "BUNDLE", "--decoder-ch", "80"], "multiple of the current decoder's ch=32"),
+])
+def test_decoder_ch_errors_are_one_line(photos, tiny_bundle, tmp_path, args, message):
+    args = [str(tiny_bundle) if a == "BUNDLE" else a for a in args]
+    result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"),
+                                      "--steps", "1", "--crop", "32", *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output

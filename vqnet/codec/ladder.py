@@ -5,7 +5,6 @@ re-quantises the same latents, so adding rungs costs almost nothing.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -102,15 +101,17 @@ def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] |
     if tuned:
         raise CodecError(f"K={', '.join(map(str, tuned))} were fine-tuned for the old decoder; swap the decoder "
                          f"into a K-means ladder and fine-tune afterwards")
-    if model.config != codec.model.config:
-        raise CodecError("the new decoder's model config differs from the codec's")
+    if replace(model.config, decoder_ch=None) != replace(codec.model.config, decoder_ch=None):
+        raise CodecError("the new decoder's model config differs from the codec's (other than its width)")
     for part in ("encoder", "quant_conv", "quantize"):
         old, new = getattr(codec.model, part).state_dict(), getattr(model, part).state_dict()
         if any(not torch.equal(old[k].half(), new[k].half()) for k in old):
             raise CodecError(f"the new model's {part} differs from the codec's: its index maps would change, "
                              f"so build a new ladder (vqnet codebook kmeans) instead")
-    swapped = copy.deepcopy(codec.model)
-    swapped.decoder.load_state_dict(model.decoder.state_dict())
+    swapped = VQModel(model.config)  # the new decoder may be wider (widen_decoder)
+    swapped.load_state_dict(codec.model.state_dict() | {k: v for k, v in model.state_dict().items()
+                                                        if k.startswith("decoder.")})
+    swapped.to(memory_format=torch.channels_last).eval()
     swapped.post_quant_conv.load_state_dict(model.post_quant_conv.state_dict())
     base = Codebook.from_model(swapped)
     codebooks = {}

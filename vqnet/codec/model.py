@@ -10,7 +10,7 @@ Source: CompVis/taming-transformers @ 3ba01b2, ``taming/modules/diffusionmodules
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -41,14 +41,27 @@ class DDConfig:
 
 @dataclass(frozen=True)
 class VQGANConfig:
-    """A VQModel config as in taming's ``model.params``: ``embed_dim``, ``n_embed``, ``ddconfig``."""
+    """A VQModel config as in taming's ``model.params``: ``embed_dim``, ``n_embed``, ``ddconfig``.
+
+    ``decoder_ch`` is ours, not taming's: a decoder wider than the encoder (see :func:`widen_decoder`).
+    Upstream builds both halves from one ``ddconfig``, so only models without it load there.
+    """
 
     embed_dim: int = 256
     n_embed: int = 1024
     ddconfig: DDConfig = field(default_factory=DDConfig)
+    decoder_ch: int | None = None  # None: ddconfig.ch, as upstream
+
+    @property
+    def decoder_ddconfig(self) -> DDConfig:
+        return self.ddconfig if self.decoder_ch is None else replace(self.ddconfig, ch=self.decoder_ch)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """taming's keys; ``decoder_ch`` only when set, so existing configs (and fingerprints) are unchanged."""
+        d = asdict(self)
+        if self.decoder_ch is None:
+            del d["decoder_ch"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VQGANConfig":
@@ -65,7 +78,9 @@ class VQGANConfig:
         for key in ("ch_mult", "attn_resolutions"):
             if key in dd:
                 dd[key] = tuple(dd[key])
-        return cls(embed_dim=int(d["embed_dim"]), n_embed=int(d["n_embed"]), ddconfig=DDConfig(**dd))
+        dec_ch = d.get("decoder_ch")
+        return cls(embed_dim=int(d["embed_dim"]), n_embed=int(d["n_embed"]), ddconfig=DDConfig(**dd),
+                   decoder_ch=None if dec_ch is None else int(dec_ch))
 
 
 def nonlinearity(x: torch.Tensor) -> torch.Tensor:
@@ -294,7 +309,7 @@ class VQModel(nn.Module):
         self.config = cfg
         dd = cfg.ddconfig
         self.encoder = Encoder(dd)
-        self.decoder = Decoder(dd)
+        self.decoder = Decoder(cfg.decoder_ddconfig)
         self.quantize = VectorQuantizer2(cfg.n_embed, cfg.embed_dim, beta=0.25)
         self.quant_conv = nn.Conv2d(dd.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, dd.z_channels, 1)
@@ -312,3 +327,46 @@ class VQModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         quant, emb_loss, idx = self.encode(x)
         return self.decode(quant), emb_loss, idx
+
+
+def _split_inputs(t: torch.Tensor, factor: int, gen: torch.Generator) -> torch.Tensor:
+    """Conv weights (out, in, ...) reading channels that were repeated ``factor`` times in place:
+    each old weight is split over its copies in random shares summing to 1, so the sum over the
+    copies is unchanged while the copies, whose activations are equal, get different gradients."""
+    shares = 0.5 + torch.rand((t.shape[0], t.shape[1], factor, *t.shape[2:]), generator=gen)
+    shares = shares / shares.sum(dim=2, keepdim=True)
+    return (t.unsqueeze(2) * shares).flatten(1, 2)
+
+
+@torch.no_grad()
+def widen_decoder(model: VQModel, decoder_ch: int, seed: int = 0) -> VQModel:
+    """A copy of ``model`` whose decoder is ``decoder_ch / ch`` times wider and computes the same
+    function (Net2WiderNet, Chen et al. 2016), so training continues from today's quality.
+
+    Why this is exact: every channel is repeated in place, so under GroupNorm(32) each new group
+    holds the copies of one old group's channels and sees the same mean and variance; a conv reading
+    widened channels splits each weight over the copies (random shares summing to 1, which also
+    breaks the copies' symmetry for training); attention logits are scaled by C^-0.5, so q is divided
+    by sqrt(factor) to keep them. The encoder, quantizer and convs around the codebook are untouched:
+    index maps stay exactly as they were.
+    """
+    old = model.config.decoder_ddconfig
+    if decoder_ch % old.ch or decoder_ch <= old.ch:
+        raise ValueError(f"decoder_ch must be a multiple of the current decoder's ch={old.ch}, larger than it")
+    factor = decoder_ch // old.ch
+    wide = VQModel(replace(model.config, decoder_ch=decoder_ch))
+    wide.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}, strict=False)
+    gen = torch.Generator().manual_seed(seed)
+    src = model.decoder.state_dict()
+    out = {}
+    for name, new in wide.decoder.state_dict().items():
+        t = src[name]
+        if t.ndim > 1 and t.shape[1] != new.shape[1]:
+            t = _split_inputs(t, factor, gen)
+        if t.shape[0] != new.shape[0]:  # outputs (and per-channel biases, GroupNorm affines): copies
+            t = torch.repeat_interleave(t, factor, dim=0)
+        if name.split(".")[-2] == "q":  # AttnBlock's query conv
+            t = t / factor**0.5
+        out[name] = t
+    wide.decoder.load_state_dict(out)
+    return wide.train(model.training)
