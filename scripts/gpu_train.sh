@@ -4,14 +4,17 @@
 #
 # The encoder stays frozen, so every index map, each K-means codebook and its prior, and the maps
 # in .gpu/ stay valid; only what the small CPU runs left undertrained is trained again:
-#   1. decoder + post_quant_conv with L1 + LPIPS-VGG, from the bundle. With GAN_MIN > 0 the
+#   1. decoder + post_quant_conv with L1 + LPIPS-VGG, from the bundle (DEC_BLOCKS=3 / DEC_CH=64: the
+#      decoder grown first, exactly: more capacity, same starting quality; README for what fits the
+#      20 MB the default may take). With GAN_MIN > 0 the
 #      PatchGAN stage (hinge loss, adaptive weight) follows and its decoder comes back as
 #      gan.safetensors for measurement only: 1.5 min of it raised Kodak LPIPS-alex from 0.644 to
-#      0.686 (README), so the shipped decoder is the one without it;
+#      0.686 (README), so the shipped decoder is the one without it (DISC_WEIGHT sets its weight);
 #   2. that decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps; `ar`
 #      then fine-tuned reading its own guesses at sampled lost positions (--corrupt; CORRUPT_MIN=0
 #      skips it).
+# KINDS=none skips stage 3: a new decoder leaves every index map, so the transformers, valid.
 # PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec, so only
 # .gpu/maps-K256.safetensors and .whl need carrying; `ar` also comes back before its --corrupt
 # fine-tune (ar-clean.K256.safetensors) so the two can be compared on the tuning images.
@@ -27,7 +30,7 @@ WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
-DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
+DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
@@ -44,7 +47,9 @@ t0=$SECONDS
 
 train_decoder() {  # OUT_DIR INIT MINUTES DISC_START
   vq train vqgan --data .gpu/train --out "$1" --init "$2" --freeze encoder --steps 1000000 --batch "$DEC_BATCH" \
-    --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --bf16 --device "$DEVICE" --minutes "$3"
+    --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" ${DEC_CH:+--decoder-ch "$DEC_CH"} \
+    ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} \
+    --bf16 --device "$DEVICE" --minutes "$3"
 }
 swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, priors kept (maps unchanged)
   vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
@@ -67,6 +72,7 @@ else
   echo "stage 2 done at $((SECONDS - t0)) s"
 fi
 
+[ "$KINDS" != none ] || KINDS=""
 for kind in $KINDS; do
   steps=$AR_STEPS init=taming from=${AR_START:-} start=() lr=1e-3
   [ "$kind" = masked ] && steps=$MASKED_STEPS init=codes from=${MASKED_START:-}

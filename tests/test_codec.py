@@ -230,57 +230,72 @@ def test_swap_decoder_keeps_every_index_map(tmp_path):
         swap_decoder(codec, tuned)
 
 
-def test_widened_decoder_computes_the_same_image_and_breaks_symmetry():
-    from vqnet.codec.model import widen_decoder
-
-    model = tiny_model()  # has attention (q is rescaled) and GroupNorm at every width
-    with torch.no_grad():  # a random init's GroupNorm affines are 1/0: make them matter
+def _exercised_norms(model: VQModel) -> VQModel:
+    """A random init's GroupNorm affines are 1/0: move them so that copying them wrong would show."""
+    with torch.no_grad():
         for name, p in model.decoder.named_parameters():
             if "norm" in name:
                 p.add_(0.3 * torch.randn_like(p))
-    wide = widen_decoder(model, 64)
-    assert wide.config.decoder_ch == 64 and wide.config.decoder_ddconfig.ch == 64
-    assert wide.decoder.conv_out.weight.shape[1] == 2 * model.decoder.conv_out.weight.shape[1]
-    assert sum(p.numel() for p in wide.decoder.parameters()) > 3 * sum(p.numel() for p in model.decoder.parameters())
+    return model
+
+
+@pytest.mark.parametrize(("ch", "blocks"), [(64, None), (None, 3), (64, 2)])
+def test_grown_decoder_computes_the_same_image(ch, blocks):
+    from vqnet.codec.model import grow_decoder
+
+    model = _exercised_norms(tiny_model())  # has attention (q is rescaled, new attn blocks added)
+    big = grow_decoder(model, ch, blocks)
+    assert big.config.decoder_ddconfig.ch == (ch or 32) and big.config.decoder_ddconfig.num_res_blocks == (blocks or 1)
+    assert big.config.encoder_side == model.config
+    assert sum(p.numel() for p in big.decoder.parameters()) > 1.5 * sum(p.numel() for p in model.decoder.parameters())
     z = torch.randn(2, 8, 6, 5)
     with torch.no_grad():
-        torch.testing.assert_close(wide.decode(z), model.decode(z), atol=2e-5, rtol=0)
+        torch.testing.assert_close(big.decode(z), model.decode(z), atol=2e-5, rtol=0)
         for part in ("encoder", "quant_conv", "quantize", "post_quant_conv"):
             for k, v in getattr(model, part).state_dict().items():
-                assert torch.equal(getattr(wide, part).state_dict()[k], v), (part, k)
-    # The two copies of a channel start equal but must not stay equal: their gradients differ.
-    wide.decode(z).square().mean().backward()
-    g = wide.decoder.conv_in.weight.grad
-    assert not torch.allclose(g[0::2], g[1::2])
-    with pytest.raises(ValueError, match="multiple"):
-        widen_decoder(model, 48)
-    with pytest.raises(ValueError, match="multiple"):
-        widen_decoder(wide, 64)
+                assert torch.equal(getattr(big, part).state_dict()[k], v), (part, k)
+    big.decode(z).square().mean().backward()
+    if ch:  # the two copies of a channel start equal but must not stay equal: their gradients differ
+        g = big.decoder.conv_in.weight.grad
+        assert not torch.allclose(g[0::2], g[1::2])
+    if blocks:  # an added block starts as the identity but learns: its zeroed conv gets a gradient
+        added = big.decoder.up[0].block[blocks].conv2.weight
+        assert not added.any() and added.grad.abs().sum() > 0
 
 
-def test_wider_decoder_config_round_trips_and_stays_taming_shaped(tmp_path):
+def test_grow_decoder_refuses_what_it_cannot_do_exactly():
+    from vqnet.codec.model import grow_decoder
+
+    model = tiny_model()
+    with pytest.raises(ValueError, match="multiple"):
+        grow_decoder(model, 48)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        grow_decoder(grow_decoder(model, res_blocks=2), res_blocks=1)
+
+
+def test_grown_decoder_config_round_trips_and_stays_taming_shaped(tmp_path):
     from vqnet.codec.ladder import swap_decoder
-    from vqnet.codec.model import widen_decoder
+    from vqnet.codec.model import grow_decoder
     from vqnet.restore.store import index_fingerprint
 
     cfg = tiny_model().config
-    assert "decoder_ch" not in cfg.to_dict()  # upstream's keys only, so existing fingerprints hold
-    wide_cfg = replace(cfg, decoder_ch=96)
-    assert VQGANConfig.from_dict(json.loads(json.dumps(wide_cfg.to_dict()))) == wide_cfg
+    assert set(cfg.to_dict()) == {"embed_dim", "n_embed", "ddconfig"}  # upstream's keys: fingerprints hold
+    big_cfg = replace(cfg, decoder_ch=96, decoder_res_blocks=2)
+    assert VQGANConfig.from_dict(json.loads(json.dumps(big_cfg.to_dict()))) == big_cfg
     codec = _small_codec()
-    wide = widen_decoder(codec.model, 64)
+    big = grow_decoder(codec.model, 64, 2)
     with torch.no_grad():
-        for p in wide.decoder.parameters():
+        for p in big.decoder.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    swapped = swap_decoder(codec, wide)
+    swapped = swap_decoder(codec, big)
     save_codec(swapped, tmp_path / "w.safetensors")
     loaded = load_codec(tmp_path / "w.safetensors")
-    assert loaded.model.config.decoder_ch == 64
+    assert loaded.model.config == big.config
     img = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     for K in codec.ks:
         idx = codec.encode(img, K)
         assert index_fingerprint(loaded, K) == index_fingerprint(codec, K)
         assert np.array_equal(loaded.encode(img, K), idx)
         np.testing.assert_allclose(loaded.decode(idx, K).astype(int), swapped.decode(idx, K).astype(int), atol=2)
-    with pytest.raises(CodecError, match="other than its width"):
+    with pytest.raises(CodecError, match="other than its decoder's size"):
         swap_decoder(codec, VQModel(replace(cfg, n_embed=16, decoder_ch=64)))

@@ -255,15 +255,15 @@ def test_device_option_is_checked_in_one_line(photos, tmp_path):
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
-def test_decoder_ch_widens_the_init_model_and_resumes(photos, tiny_bundle, tmp_path):
+def test_decoder_growth_options_start_from_the_init_model_and_resume(photos, tiny_bundle, tmp_path):
     out = tmp_path / "wide"
     args = ["train", "vqgan", "--data", str(photos), "--out", str(out), "--batch", "2", "--crop", "32",
             "--disc-start", "100", "--perceptual-weight", "0", "--init", str(tiny_bundle), "--freeze", "encoder",
-            "--decoder-ch", "64"]
+            "--decoder-ch", "64", "--decoder-blocks", "2"]
     result = CliRunner().invoke(app, [*args, "--steps", "2"])
     assert result.exit_code == 0, result.output
     state = load_checkpoint(out / "checkpoint.pt")
-    assert VQGANConfig.from_dict(state["model_config"]) == replace(TINY, decoder_ch=64)
+    assert VQGANConfig.from_dict(state["model_config"]) == replace(TINY, decoder_ch=64, decoder_res_blocks=2)
     assert state["model"]["decoder.conv_out.weight"].shape[1] == 64
     start = load_codec(tiny_bundle).model.state_dict()
     assert all(torch.equal(start[k], state["model"][k]) for k in start if k.startswith("encoder."))
@@ -273,8 +273,8 @@ def test_decoder_ch_widens_the_init_model_and_resumes(photos, tiny_bundle, tmp_p
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--decoder-ch", "64"], "--decoder-ch widens the --init model's decoder"),
-    (["--init", "BUNDLE", "--decoder-ch", "80"], "multiple of the current decoder's ch=32"),
+    (["--decoder-blocks", "2"], "--decoder-ch/--decoder-blocks grow the --init decoder"),
+    (["--init", "BUNDLE", "--decoder-ch", "80"], "a multiple of its current ch=32"),
 ])
 def test_decoder_ch_errors_are_one_line(photos, tiny_bundle, tmp_path, args, message):
     args = [str(tiny_bundle) if a == "BUNDLE" else a for a in args]

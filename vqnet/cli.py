@@ -312,11 +312,13 @@ def train_vqgan_cmd(
     freeze: Annotated[str, typer.Option(help="none | encoder: keep encoder, quant_conv and codebook fixed and "
                                              "train post_quant_conv + decoder (index maps stay valid; needs "
                                              "--init).")] = "none",
-    decoder_ch: Annotated[int | None, typer.Option(min=64, help="Widen the --init model's decoder to this base "
-                                                                "width (a multiple of its own) before training: "
-                                                                "the wider decoder starts out computing the same "
-                                                                "image and index maps stay valid; it decodes "
-                                                                "about 3x slower at 64 than at 32.")] = None,
+    decoder_ch: Annotated[int | None, typer.Option(min=32, help="Widen the --init model's decoder to this base "
+                                                                "width (a multiple of its own) before training.")] = None,
+    decoder_blocks: Annotated[int | None, typer.Option(min=1, help="Deepen the --init model's decoder to this many "
+                                                                   "res blocks per level before training. Grown "
+                                                                   "decoders start out computing the same image and "
+                                                                   "index maps stay valid; they decode slower (2x "
+                                                                   "the width: ~3x the time).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (only faster on CPUs with avx512_bf16).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
@@ -333,8 +335,8 @@ def train_vqgan_cmd(
             raise typer.BadParameter("--ch and --n-embed come from the --init model; leave them out")
         if freeze not in ("none", "encoder"):
             raise typer.BadParameter(f"--freeze must be none or encoder, got {freeze!r}")
-        if decoder_ch is not None and not init:
-            raise typer.BadParameter("--decoder-ch widens the --init model's decoder; give --init")
+        if (decoder_ch or decoder_blocks) and not init:
+            raise typer.BadParameter("--decoder-ch/--decoder-blocks grow the --init decoder")
         if freeze == "encoder" and not (init or resume):
             raise typer.BadParameter("--freeze encoder needs --init: a random encoder would stay random")
         from vqnet.codec.train import TrainConfig, small_config, train_vqgan
@@ -342,7 +344,8 @@ def train_vqgan_cmd(
         cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16,
                           perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start,
                           disc_lr=disc_lr, disc_layers=disc_layers, freeze_encoder=freeze == "encoder",
-                          init=str(init) if init else None, decoder_ch=decoder_ch, device=check_device(device))
+                          init=str(init) if init else None, decoder_ch=decoder_ch,
+                          decoder_res_blocks=decoder_blocks, device=check_device(device))
         with Progress(*_COLUMNS) as bar:
             loading = bar.add_task("loading photos", total=None, label="")
             training = bar.add_task("training", total=steps, label="")

@@ -101,14 +101,14 @@ def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] |
     if tuned:
         raise CodecError(f"K={', '.join(map(str, tuned))} were fine-tuned for the old decoder; swap the decoder "
                          f"into a K-means ladder and fine-tune afterwards")
-    if replace(model.config, decoder_ch=None) != replace(codec.model.config, decoder_ch=None):
-        raise CodecError("the new decoder's model config differs from the codec's (other than its width)")
+    if model.config.encoder_side != codec.model.config.encoder_side:
+        raise CodecError("the new model's config differs from the codec's (other than its decoder's size)")
     for part in ("encoder", "quant_conv", "quantize"):
         old, new = getattr(codec.model, part).state_dict(), getattr(model, part).state_dict()
         if any(not torch.equal(old[k].half(), new[k].half()) for k in old):
             raise CodecError(f"the new model's {part} differs from the codec's: its index maps would change, "
                              f"so build a new ladder (vqnet codebook kmeans) instead")
-    swapped = VQModel(model.config)  # the new decoder may be wider (widen_decoder)
+    swapped = VQModel(model.config)  # the new decoder may be larger (grow_decoder)
     swapped.load_state_dict(codec.model.state_dict() | {k: v for k, v in model.state_dict().items()
                                                         if k.startswith("decoder.")})
     swapped.to(memory_format=torch.channels_last).eval()

@@ -43,24 +43,33 @@ class DDConfig:
 class VQGANConfig:
     """A VQModel config as in taming's ``model.params``: ``embed_dim``, ``n_embed``, ``ddconfig``.
 
-    ``decoder_ch`` is ours, not taming's: a decoder wider than the encoder (see :func:`widen_decoder`).
-    Upstream builds both halves from one ``ddconfig``, so only models without it load there.
+    ``decoder_ch`` and ``decoder_res_blocks`` are ours, not taming's: a decoder wider or deeper than
+    the encoder (see :func:`grow_decoder`). Upstream builds both halves from one ``ddconfig``, so
+    only models without them load there.
     """
 
     embed_dim: int = 256
     n_embed: int = 1024
     ddconfig: DDConfig = field(default_factory=DDConfig)
     decoder_ch: int | None = None  # None: ddconfig.ch, as upstream
+    decoder_res_blocks: int | None = None  # None: ddconfig.num_res_blocks, as upstream
 
     @property
     def decoder_ddconfig(self) -> DDConfig:
-        return self.ddconfig if self.decoder_ch is None else replace(self.ddconfig, ch=self.decoder_ch)
+        dd = self.ddconfig
+        return replace(dd, ch=self.decoder_ch or dd.ch, num_res_blocks=self.decoder_res_blocks or dd.num_res_blocks)
+
+    @property
+    def encoder_side(self) -> "VQGANConfig":
+        """This config with upstream's decoder: equal for two models whose index maps can agree."""
+        return replace(self, decoder_ch=None, decoder_res_blocks=None)
 
     def to_dict(self) -> dict[str, Any]:
-        """taming's keys; ``decoder_ch`` only when set, so existing configs (and fingerprints) are unchanged."""
+        """taming's keys, plus the decoder overrides only when set (existing configs stay as they were)."""
         d = asdict(self)
-        if self.decoder_ch is None:
-            del d["decoder_ch"]
+        for key in ("decoder_ch", "decoder_res_blocks"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -78,9 +87,8 @@ class VQGANConfig:
         for key in ("ch_mult", "attn_resolutions"):
             if key in dd:
                 dd[key] = tuple(dd[key])
-        dec_ch = d.get("decoder_ch")
-        return cls(embed_dim=int(d["embed_dim"]), n_embed=int(d["n_embed"]), ddconfig=DDConfig(**dd),
-                   decoder_ch=None if dec_ch is None else int(dec_ch))
+        grown = {key: int(d[key]) for key in ("decoder_ch", "decoder_res_blocks") if d.get(key) is not None}
+        return cls(embed_dim=int(d["embed_dim"]), n_embed=int(d["n_embed"]), ddconfig=DDConfig(**dd), **grown)
 
 
 def nonlinearity(x: torch.Tensor) -> torch.Tensor:
@@ -339,27 +347,40 @@ def _split_inputs(t: torch.Tensor, factor: int, gen: torch.Generator) -> torch.T
 
 
 @torch.no_grad()
-def widen_decoder(model: VQModel, decoder_ch: int, seed: int = 0) -> VQModel:
-    """A copy of ``model`` whose decoder is ``decoder_ch / ch`` times wider and computes the same
-    function (Net2WiderNet, Chen et al. 2016), so training continues from today's quality.
+def grow_decoder(model: VQModel, ch: int | None = None, res_blocks: int | None = None, seed: int = 0) -> VQModel:
+    """A copy of ``model`` whose decoder is wider (base width ``ch``, a multiple of today's) and/or
+    deeper (``res_blocks`` per level, upstream's ``num_res_blocks``) but computes the same image, so
+    training continues from today's quality with more capacity (Net2WiderNet/Net2DeeperNet, Chen et
+    al. 2016). The encoder, quantizer and the convs around the codebook are copied untouched, so
+    every index map stays exactly as it was.
 
-    Why this is exact: every channel is repeated in place, so under GroupNorm(32) each new group
+    Why widening is exact: every channel is repeated in place, so under GroupNorm(32) each new group
     holds the copies of one old group's channels and sees the same mean and variance; a conv reading
     widened channels splits each weight over the copies (random shares summing to 1, which also
-    breaks the copies' symmetry for training); attention logits are scaled by C^-0.5, so q is divided
-    by sqrt(factor) to keep them. The encoder, quantizer and convs around the codebook are untouched:
-    index maps stay exactly as they were.
+    breaks the copies' symmetry for training); attention logits are scaled by C^-0.5, so q is
+    divided by sqrt(factor) to keep them. Why deepening is: each added ResnetBlock (and AttnBlock,
+    where the level has attention) is appended to its level with its last conv (proj_out) zeroed,
+    so it starts as the identity, while its other weights are initialised as usual.
     """
     old = model.config.decoder_ddconfig
-    if decoder_ch % old.ch or decoder_ch <= old.ch:
-        raise ValueError(f"decoder_ch must be a multiple of the current decoder's ch={old.ch}, larger than it")
-    factor = decoder_ch // old.ch
-    wide = VQModel(replace(model.config, decoder_ch=decoder_ch))
-    wide.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}, strict=False)
+    ch, res_blocks = ch or old.ch, res_blocks or old.num_res_blocks
+    if ch % old.ch or ch < old.ch:
+        raise ValueError(f"the decoder's width must be a multiple of its current ch={old.ch}")
+    if res_blocks < old.num_res_blocks:
+        raise ValueError(f"the decoder has {old.num_res_blocks} res blocks per level already; it cannot shrink")
+    factor = ch // old.ch
+    big = VQModel(replace(model.config, decoder_ch=None if ch == model.config.ddconfig.ch else ch,
+                          decoder_res_blocks=None if res_blocks == model.config.ddconfig.num_res_blocks
+                          else res_blocks))
+    big.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}, strict=False)
     gen = torch.Generator().manual_seed(seed)
     src = model.decoder.state_dict()
-    out = {}
-    for name, new in wide.decoder.state_dict().items():
+    out = big.decoder.state_dict()
+    for name, new in out.items():
+        if name not in src:  # a block added by deepening: identity at first
+            if name.endswith(("conv2.weight", "conv2.bias", "proj_out.weight", "proj_out.bias")):
+                new.zero_()
+            continue
         t = src[name]
         if t.ndim > 1 and t.shape[1] != new.shape[1]:
             t = _split_inputs(t, factor, gen)
@@ -368,5 +389,5 @@ def widen_decoder(model: VQModel, decoder_ch: int, seed: int = 0) -> VQModel:
         if name.split(".")[-2] == "q":  # AttnBlock's query conv
             t = t / factor**0.5
         out[name] = t
-    wide.decoder.load_state_dict(out)
-    return wide.train(model.training)
+    big.decoder.load_state_dict(out)
+    return big.train(model.training)

@@ -29,7 +29,7 @@ from torch import nn
 
 from vqnet.codec.bundle import CodecError, load_codec
 from vqnet.codec.losses import VQGANLoss
-from vqnet.codec.model import DDConfig, VQGANConfig, VQModel, widen_decoder
+from vqnet.codec.model import DDConfig, VQGANConfig, VQModel, grow_decoder
 from vqnet.images import list_image_files, load_image
 
 
@@ -58,9 +58,10 @@ class TrainConfig:
     # Train only post_quant_conv + decoder (+ discriminator): every index map stays valid.
     freeze_encoder: bool = False
     init: str | None = None  # codec bundle or training checkpoint the weights start from
-    # Widen the --init model's decoder to this base width first (exactly, so training starts from
-    # its quality): more decoder capacity while every index map stays valid.
+    # Grow the --init model's decoder to this base width / res blocks per level first (exactly, so
+    # training starts from its quality): more decoder capacity while every index map stays valid.
     decoder_ch: int | None = None
+    decoder_res_blocks: int | None = None
     device: str = "cpu"  # "cuda" where a GPU is lent: the same recipe, minutes instead of days
 
 
@@ -250,11 +251,11 @@ def train_vqgan(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     init = load_init_model(cfg.init) if cfg.init and state is None else None
-    if init is not None and cfg.decoder_ch and cfg.decoder_ch != init.config.decoder_ddconfig.ch:
+    if init is not None and (cfg.decoder_ch or cfg.decoder_res_blocks):
         try:
-            init = widen_decoder(init, cfg.decoder_ch, seed=cfg.seed)
+            init = grow_decoder(init, cfg.decoder_ch, cfg.decoder_res_blocks, seed=cfg.seed)
         except ValueError as exc:
-            raise CodecError(f"--decoder-ch {cfg.decoder_ch}: {exc}") from None
+            raise CodecError(f"--decoder-ch/--decoder-blocks: {exc}") from None
     if init is not None and model_cfg is not None and init.config != model_cfg:
         raise CodecError(f"--init {cfg.init} has a different model config than the one asked for")
     model = (init or VQModel(model_cfg or small_config())).to(cfg.device)
