@@ -2,7 +2,7 @@
 # One call of a lent GPU (the `device` tool), from the repository root, carrying .gpu and .whl
 # (made here by `python scripts/gpu_pack.py` and `pip download`, see README "Training on a GPU").
 #
-# The encoder stays frozen, so every index map, each K-means codebook and its prior, and the maps
+# The encoder stays frozen (unless JOINT=1), so every index map, each K-means codebook and its prior, and the maps
 # in .gpu/ stay valid; only what the small CPU runs left undertrained is trained again:
 #   1. decoder + post_quant_conv with L1 + LPIPS-VGG, from the bundle (DEC_BLOCKS=3 / DEC_CH=64: the
 #      decoder grown first, exactly: more capacity, same starting quality; README for what fits the
@@ -14,6 +14,9 @@
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps; `ar`
 #      then fine-tuned reading its own guesses at sampled lost positions (--corrupt; CORRUPT_MIN=0
 #      skips it).
+# JOINT=1 trains the encoder too (stage 1 from the bundle, unfrozen) and builds a new K-means ladder
+# with priors on the packed crops instead of swapping a decoder in: the index maps change, so it
+# needs KINDS=none here, and new maps (gpu_pack.py --maps-only, after the call) for the transformers.
 # KINDS=none skips stage 3: a new decoder leaves every index map, so the transformers, valid.
 # PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec, so only
 # .gpu/maps-K256.safetensors and .whl need carrying; `ar` also comes back before its --corrupt
@@ -45,14 +48,25 @@ RUN=${RUN:-runs/gpu}
 rm -rf "$RUN" && mkdir -p "$RUN"
 t0=$SECONDS
 
-train_decoder() {  # OUT_DIR INIT MINUTES DISC_START
-  vq train vqgan --data .gpu/train --out "$1" --init "$2" --freeze encoder --steps 1000000 --batch "$DEC_BATCH" \
+if [ -n "${JOINT:-}" ] && [ "$KINDS" != none ]; then
+  echo "JOINT=1 changes every index map, so the transformers cannot train on the packed maps: set KINDS=none" >&2
+  exit 2
+fi
+freeze=(--freeze encoder)
+[ -z "${JOINT:-}" ] || freeze=()
+train_decoder() {  # OUT_DIR INIT MINUTES DISC_START (the encoder trains too with JOINT=1)
+  vq train vqgan --data .gpu/train --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \
     --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" ${DEC_CH:+--decoder-ch "$DEC_CH"} \
     ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} \
     --bf16 --device "$DEVICE" --minutes "$3"
 }
 swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, priors kept (maps unchanged)
-  vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
+  if [ -n "${JOINT:-}" ]; then  # new encoder: a new ladder, priors fitted on the packed crops
+    vq codebook kmeans --checkpoint "$1" --out "$2" --data .gpu/train --ks 1024,512,256,128,64,32,16 \
+      --images "$FT_IMAGES" --device "$DEVICE"
+  else
+    vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
+  fi
 }
 if [ -n "${PRIORS_ONLY:-}" ]; then
   cp vqnet/models/default.safetensors "$RUN/default.safetensors"
