@@ -2,8 +2,9 @@
 # One call of a lent GPU (the `device` tool), from the repository root, carrying .gpu and .whl
 # (made here by `python scripts/gpu_pack.py` and `pip download`, see README "Training on a GPU").
 #
-# The encoder stays frozen (unless JOINT=1), so every index map, each K-means codebook and its prior, and the maps
-# in .gpu/ stay valid; only what the small CPU runs left undertrained is trained again:
+# The encoder stays frozen (unless JOINT=1), so every index map, each K-means codebook and its
+# prior, and the maps in .gpu/ stay valid; only what the small CPU runs left undertrained is
+# trained again:
 #   1. decoder + post_quant_conv with L1 + LPIPS-VGG, from the bundle (DEC_BLOCKS=3 / DEC_CH=64: the
 #      decoder grown first, exactly: more capacity, same starting quality; README for what fits the
 #      20 MB the default may take). With GAN_MIN > 0 the

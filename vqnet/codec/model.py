@@ -359,8 +359,9 @@ def grow_decoder(model: VQModel, ch: int | None = None, res_blocks: int | None =
     widened channels splits each weight over the copies (random shares summing to 1, which also
     breaks the copies' symmetry for training); attention logits are scaled by C^-0.5, so q is
     divided by sqrt(factor) to keep them. Why deepening is: each added ResnetBlock (and AttnBlock,
-    where the level has attention) is appended to its level with its last conv (proj_out) zeroed,
-    so it starts as the identity, while its other weights are initialised as usual.
+    where the level has attention) is appended to its level with the conv that ends its residual
+    branch (conv2, proj_out) zeroed, so it starts as the identity; its other weights are
+    initialised as usual, so that conv gets a gradient at once.
     """
     old = model.config.decoder_ddconfig
     ch, res_blocks = ch or old.ch, res_blocks or old.num_res_blocks
