@@ -48,11 +48,6 @@ def nearest(h: torch.Tensor, codebook: torch.Tensor, project: torch.Tensor | Non
     return nearest_code(flat, book).view(gh, gw).numpy()
 
 
-def decode_latent(codec: Codec, z: torch.Tensor, K: int) -> torch.Tensor:
-    cb = codec.codebook(K)
-    return codec.model.decoder(F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias))
-
-
 def refine(codec: Codec, img: np.ndarray, K: int, steps: int, lr: float) -> np.ndarray:
     """Codes after ``steps`` Adam steps on the pre-quantisation latent (straight-through)."""
     cb = codec.codebook(K)
@@ -63,7 +58,7 @@ def refine(codec: Codec, img: np.ndarray, K: int, steps: int, lr: float) -> np.n
     opt = torch.optim.Adam([h], lr=lr)
     for _ in range(steps):
         zq = cb.embedding[torch.as_tensor(nearest(h, cb.embedding))].permute(2, 0, 1).unsqueeze(0)
-        loss = reconstruction_loss(x, decode_latent(codec, h + (zq - h).detach(), K), 1.0)["nll"]
+        loss = reconstruction_loss(x, codec.decode_vectors(h + (zq - h).detach(), K), 1.0)["nll"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -75,7 +70,7 @@ def probe(codec: Codec, name: str, img: np.ndarray, K: int, args: argparse.Names
     h, w = img.shape[:2]
     if name == "continuous":
         with torch.no_grad():
-            out = to_uint8(decode_latent(codec, pre_quant(codec, img, K), K))[:h, :w]
+            out = to_uint8(codec.decode_vectors(pre_quant(codec, img, K), K))[:h, :w]
         return lpips_distance(img, out), psnr(img, out), float("nan")
     if name == "codes":
         idx = codec.encode(img, K)

@@ -130,6 +130,14 @@ class Codec:
     def encode(self, img: np.ndarray, K: int) -> np.ndarray:
         return self.quantize(self.encode_latent(img), K)
 
+    def decode_vectors(self, z: torch.Tensor, K: int) -> torch.Tensor:
+        """Codebook-space vectors (1, embed_dim, h, w) -> image in [-1, 1] through K's post_quant_conv.
+
+        Not in inference mode, so that tools can differentiate through the decoder (or probe it
+        with vectors that are not codes)."""
+        cb = self.codebook(K)
+        return self.model.decoder(F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias))
+
     @torch.inference_mode()
     def decode(self, indices: np.ndarray, K: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """Index grid -> uint8 image, cropped to ``size`` (H, W) when the original was padded."""
@@ -137,8 +145,7 @@ class Codec:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         if idx.ndim != 2 or int(idx.min()) < 0 or int(idx.max()) >= K:
             raise CodecError(f"indices must be a 2-D grid of values in [0, {K})")
-        z = cb.embedding[idx].permute(2, 0, 1).unsqueeze(0)
-        out = to_uint8(self.model.decoder(F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias)))
+        out = to_uint8(self.decode_vectors(cb.embedding[idx].permute(2, 0, 1).unsqueeze(0), K))
         if size is not None:
             out = out[: size[0], : size[1]]
         return np.ascontiguousarray(out)
