@@ -8,9 +8,10 @@
 #   1. decoder + post_quant_conv with L1 + LPIPS-VGG, from the bundle (DEC_BLOCKS=3 / DEC_CH=64: the
 #      decoder grown first, exactly: more capacity, same starting quality; README for what fits the
 #      20 MB the default may take). With GAN_MIN > 0 the
-#      PatchGAN stage (hinge loss, adaptive weight) follows and its decoder comes back as
-#      gan.safetensors for measurement only: 1.5 min of it raised Kodak LPIPS-alex from 0.644 to
-#      0.686 (README), so the shipped decoder is the one without it (DISC_WEIGHT sets its weight);
+#      PatchGAN stage (hinge loss, adaptive weight) follows from that decoder and comes back as
+#      gan.safetensors, its own K <= 64 fine-tuned: 1.5 min of it raised Kodak LPIPS-alex from 0.644 to
+#      0.686 (README), so it is measured before anything ships (DISC_WEIGHT sets its weight,
+#      DISC_WARMUP the steps in which only the discriminator learns);
 #   2. that decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps; `ar`
 #      then fine-tuned reading its own guesses at sampled lost positions (--corrupt; CORRUPT_MIN=0
@@ -34,7 +35,7 @@ WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
-DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
+DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
@@ -57,7 +58,8 @@ freeze=(--freeze encoder)
 [ -z "${JOINT:-}" ] || freeze=()
 train_decoder() {  # OUT_DIR INIT MINUTES DISC_START (the encoder trains too with JOINT=1)
   vq train vqgan --data .gpu/train --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \
-    --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" ${DEC_CH:+--decoder-ch "$DEC_CH"} \
+    --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" --disc-warmup "$DISC_WARMUP" \
+    ${DEC_CH:+--decoder-ch "$DEC_CH"} \
     ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} \
     --bf16 --device "$DEVICE" --minutes "$3"
 }
@@ -69,20 +71,25 @@ swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, pri
     vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
   fi
 }
+finetune() {  # BUNDLE OUT_BUNDLE: the paper's codebook fine-tuning of K <= 64 for that bundle's decoder
+  vq codebook finetune --model "$1" --out "$2" --data .gpu/train --ks 64,32,16 --steps 1000000 \
+    --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
+}
 if [ -n "${PRIORS_ONLY:-}" ]; then
   cp vqnet/models/default.safetensors "$RUN/default.safetensors"
 else
-  python3 -c "import lzma, pathlib; pathlib.Path('$VQNET_VGG16_FP16').write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes()))"
+  # Written under a private name, then renamed: runs sharing a call may unpack it at the same time.
+  python3 -c "import lzma, os, pathlib; t = pathlib.Path('$VQNET_VGG16_FP16.' + str(os.getpid())); t.write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes())); os.replace(t, '$VQNET_VGG16_FP16')"
   train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
   swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/swapped.safetensors"
   echo "stage 1 done at $((SECONDS - t0)) s"
   if [ "$GAN_MIN" != 0 ]; then
     train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
-    swap_in "$RUN/dec-gan/checkpoint.pt" "$OUT/gan.safetensors"
+    swap_in "$RUN/dec-gan/checkpoint.pt" "$RUN/gan-swapped.safetensors"
+    finetune "$RUN/gan-swapped.safetensors" "$OUT/gan.safetensors"
     echo "GAN stage done at $((SECONDS - t0)) s"
   fi
-  vq codebook finetune --model "$RUN/swapped.safetensors" --out "$RUN/default.safetensors" --data .gpu/train \
-    --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
+  finetune "$RUN/swapped.safetensors" "$RUN/default.safetensors"
   cp "$RUN/default.safetensors" "$OUT/"
   echo "stage 2 done at $((SECONDS - t0)) s"
 fi

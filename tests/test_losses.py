@@ -109,6 +109,17 @@ def test_before_disc_start_only_the_reconstruction_counts() -> None:
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
+def test_disc_warmup_trains_the_discriminator_before_the_generator_sees_it() -> None:
+    toy, _, z, x = _setup(disc_start=0)
+    loss_fn = VQGANLoss(disc_start=2, disc_warmup=3, disc_layers=2, disc_ndf=8)
+    assert [loss_fn.disc_active(s) for s in range(6)] == [False, False, True, True, True, True]
+    assert [loss_fn.adversarial_active(s) for s in range(6)] == [False] * 5 + [True]
+    _, warm = loss_fn.generator_loss(x, toy(z), torch.tensor(0.0), toy.last.weight, step=4)
+    _, adv = loss_fn.generator_loss(x, toy(z), torch.tensor(0.0), toy.last.weight, step=5)
+    assert math.isnan(warm["g_loss"]) and warm["d_weight"] == 0.0
+    assert not math.isnan(adv["g_loss"]) and adv["d_weight"] > 0.0
+
+
 def test_reconstruction_loss_is_l1_plus_weighted_lpips_vgg() -> None:
     torch.manual_seed(1)
     x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1

@@ -111,6 +111,15 @@ def test_freeze_encoder_keeps_every_index_map(photos, tiny_bundle, tmp_path):
     assert all(r["restarted"] == "0" for r in _log(tmp_path / "run" / "log.csv"))
 
 
+def test_disc_warmup_logs_the_discriminator_before_the_generator_term(photos, tiny_bundle, tmp_path):
+    cfg = TrainConfig(steps=5, batch=2, crop=32, disc_start=1, disc_warmup=2, checkpoint_minutes=60,
+                      perceptual_weight=0.0, freeze_encoder=True, init=str(tiny_bundle))
+    rows = _log(train_vqgan(photos, tmp_path / "run", cfg).parent / "log.csv")
+    d_on = [r["d_loss"] != "nan" for r in rows]
+    g_on = [r["g_loss"] != "nan" for r in rows]
+    assert d_on == [False, True, True, True, True] and g_on == [False, False, False, True, True]
+
+
 def test_init_from_a_training_checkpoint(photos, tiny_bundle, tmp_path):
     model = load_init_model(tiny_bundle)
     ckpt = tmp_path / "run" / "checkpoint.pt"

@@ -305,6 +305,9 @@ def train_vqgan_cmd(
     disc_weight: Annotated[float, typer.Option(min=0.0, help="GAN weight on top of the adaptive weight "
                                                              "(taming: 0.8).")] = 0.8,
     disc_start: Annotated[int, typer.Option(min=0, help="Step the PatchGAN starts at (0 suits --init runs).")] = 2000,
+    disc_warmup: Annotated[int, typer.Option(min=0, help="Steps from --disc-start in which only the "
+                                                       "discriminator learns, so the decoder's first GAN "
+                                                       "gradients come from a trained one (taming: 0).")] = 0,
     disc_lr: Annotated[float | None, typer.Option(min=0.0, help="Discriminator learning rate (default: --lr).")] = None,
     disc_layers: Annotated[int, typer.Option(min=1, help="PatchGAN depth (taming: 3, or 2 for f16-16384).")] = 3,
     init: Annotated[Path | None, typer.Option(help="Start from this codec bundle (.safetensors) or training "
@@ -343,7 +346,8 @@ def train_vqgan_cmd(
 
         cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16,
                           perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start,
-                          disc_lr=disc_lr, disc_layers=disc_layers, freeze_encoder=freeze == "encoder",
+                          disc_warmup=disc_warmup, disc_lr=disc_lr, disc_layers=disc_layers,
+                          freeze_encoder=freeze == "encoder",
                           init=str(init) if init else None, decoder_ch=decoder_ch,
                           decoder_res_blocks=decoder_blocks, device=check_device(device))
         with Progress(*_COLUMNS) as bar:

@@ -7,6 +7,10 @@ perceptual_weight * mean(LPIPS-VGG(x, x̂)); generator loss = nll + d_weight * g
 codebook_weight * codebook_loss with g_loss = -mean(D(x̂)) and
 d_weight = disc_weight * clamp(‖∇_W nll‖ / (‖∇_W g_loss‖ + 1e-4), 0, 1e4) on the decoder's last
 layer W; the discriminator takes the hinge loss. Before ``disc_start`` both GAN terms are zero.
+One addition, off by default: ``disc_warmup`` steps in which only the discriminator trains, so that
+the generator's first adversarial gradients come from a discriminator that already tells its
+reconstructions from photos instead of from random weights (an untrained PatchGAN started against
+a converged decoder only adds noise: README, "The PatchGAN, measured").
 
 What differs is only the cost, which matters on a CPU: upstream differentiates nll and g_loss with
 respect to W separately and then back-propagates the total loss, so LPIPS-VGG and the
@@ -105,17 +109,23 @@ class VQGANLoss(nn.Module):
     """
 
     def __init__(self, *, perceptual_weight: float = 1.0, codebook_weight: float = 1.0, disc_weight: float = 0.8,
-                 disc_start: int = 0, disc_layers: int = 3, disc_ndf: int = 64):
+                 disc_start: int = 0, disc_warmup: int = 0, disc_layers: int = 3, disc_ndf: int = 64):
         super().__init__()
         self.perceptual_weight = perceptual_weight
         self.codebook_weight = codebook_weight
         self.disc_weight = disc_weight
         self.disc_start = disc_start
+        self.disc_warmup = disc_warmup
         self.discriminator = NLayerDiscriminator(3, disc_ndf, disc_layers).apply(weights_init)
 
     def disc_active(self, step: int) -> bool:
-        """Whether the GAN terms count at ``step`` (0-based, taming's ``global_step``)."""
+        """Whether the discriminator trains at ``step`` (0-based, taming's ``global_step``)."""
         return step >= self.disc_start
+
+    def adversarial_active(self, step: int) -> bool:
+        """Whether the generator's loss has its GAN term at ``step``: ``disc_warmup`` steps after the
+        discriminator starts (taming: at once)."""
+        return step >= self.disc_start + self.disc_warmup
 
     def generator_loss(self, x: torch.Tensor, xrec: torch.Tensor, codebook_loss: torch.Tensor,
                        last_layer: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -132,7 +142,7 @@ class VQGANLoss(nn.Module):
                "g_loss": math.nan, "d_weight": 0.0}
         total = rec["nll"].item() + self.codebook_weight * codebook_loss.item()
         grad = nll_grad
-        if self.disc_active(step):
+        if self.adversarial_active(step):
             g_loss = -torch.mean(self.discriminator(xrec))
             g_grad = torch.autograd.grad(g_loss, xrec)[0]
             nll_w, g_w = (torch.autograd.grad(xrec, last_layer, grad_outputs=g, retain_graph=True)[0]

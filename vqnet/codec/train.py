@@ -52,6 +52,8 @@ class TrainConfig:
     # The GAN starts at this step (0-based), after the L1+LPIPS warm-up: taming's f16-1024 run
     # waits 250k steps, the 16384 one none. Half the default run here; 0 suits --init runs.
     disc_start: int = 2000
+    # Steps after disc_start in which only the discriminator learns (0: taming, both at once).
+    disc_warmup: int = 0
     disc_lr: float | None = None  # None: ``lr``, as taming (one base rate for both optimisers)
     disc_layers: int = 3
     disc_ndf: int = 64
@@ -262,8 +264,8 @@ def train_vqgan(
     n_embed = model.config.n_embed
     opt = torch.optim.Adam(_trainable(model, cfg.freeze_encoder), lr=cfg.lr, betas=(0.5, 0.9))
     loss_fn = VQGANLoss(perceptual_weight=cfg.perceptual_weight, codebook_weight=cfg.codebook_weight,
-                        disc_weight=cfg.disc_weight, disc_start=cfg.disc_start, disc_layers=cfg.disc_layers,
-                        disc_ndf=cfg.disc_ndf).to(cfg.device)
+                        disc_weight=cfg.disc_weight, disc_start=cfg.disc_start, disc_warmup=cfg.disc_warmup,
+                        disc_layers=cfg.disc_layers, disc_ndf=cfg.disc_ndf).to(cfg.device)
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
