@@ -9,8 +9,8 @@ are 146 MB and the verified VGG16 trunk of the perceptual loss is 59 MB, so this
 - ``.gpu/vgg16-fp16.safetensors.xz``: the fp16 rounding of the VGG16 trunk
   (:func:`vqnet.weights.export_vgg16_fp16`; loaded through ``$VQNET_VGG16_FP16``);
 - ``.gpu/maps-K<K>.safetensors``: index maps of every whole training photo and its mirror at each
-  ``--maps-k`` (``vqnet train prior --maps``), encoded here with the bundled model, whose encoder
-  the GPU run keeps frozen (so the maps stay valid for the model it writes).
+  ``--maps-k`` (``vqnet train prior --maps``), encoded here with the bundled model (or ``--model``),
+  whose encoder the GPU run keeps frozen (so the maps stay valid for the model it writes).
 
 Usage: ``python scripts/gpu_pack.py`` then run ``scripts/gpu_train.sh`` on the device (see README).
 """
@@ -69,8 +69,9 @@ def main() -> None:
     ap.add_argument("--shifts", type=int, nargs="*", default=[0],
                     help="Pixel shifts to encode every photo at (0 8: twice the maps, grid moved half a token).")
     ap.add_argument("--maps-only", action="store_true", help="Write only the index maps.")
+    ap.add_argument("--model", type=Path, help="Codec bundle whose maps to pack (default: the bundled one).")
     args = ap.parse_args()
-    codec = load_codec(None)
+    codec = load_codec(args.model)
     files = choose_photos(args.data, None)
     encoder_key = encoder_fingerprint(codec)
     latents = []

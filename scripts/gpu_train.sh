@@ -9,8 +9,8 @@
 #      decoder grown first, exactly: more capacity, same starting quality; README for what fits the
 #      20 MB the default may take). With GAN_MIN > 0 the
 #      PatchGAN stage (hinge loss, adaptive weight) follows from that decoder and comes back as
-#      gan.safetensors, its own K <= 64 fine-tuned: 1.5 min of it raised Kodak LPIPS-alex from 0.644 to
-#      0.686 (README), so it is measured before anything ships (DISC_WEIGHT sets its weight,
+#      gan.safetensors, its own K <= 64 fine-tuned. It has not helped yet (README, "What limits
+#      quality"), so it is measured before anything ships (DISC_WEIGHT sets its weight,
 #      DISC_WARMUP the steps in which only the discriminator learns);
 #   2. that decoder swapped into the K-means ladder; K <= 64 fine-tuned again for it;
 #   3. the `ar` and `masked` concealment transformers for K=256 on the packed index maps; `ar`
@@ -18,11 +18,12 @@
 #      skips it).
 # JOINT=1 trains the encoder too (stage 1 from the bundle, unfrozen) and builds a new K-means ladder
 # with priors on the packed crops instead of swapping a decoder in: the index maps change, so it
-# needs KINDS=none here, and new maps (gpu_pack.py --maps-only, after the call) for the transformers.
-# KINDS=none skips stage 3: a new decoder leaves every index map, so the transformers, valid.
-# PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec, so only
-# .gpu/maps-K256.safetensors and .whl need carrying; `ar` also comes back before its --corrupt
-# fine-tune (ar-clean.K256.safetensors) so the two can be compared on the tuning images.
+# needs KINDS=none here, and new maps (`gpu_pack.py --model BUNDLE --maps-only`, after the call) for
+# the transformers. KINDS=none skips stage 3: a new decoder leaves every index map, so the
+# transformers, valid.
+# PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec (or MODEL, say a
+# JOINT=1 bundle, with MAPS packed for it), so only the maps and .whl need carrying; `ar` also comes
+# back before its --corrupt fine-tune (ar-clean.K256.safetensors) so the two can be compared.
 # AR_START / MASKED_START=FILE continue that kind from a concealment file (at START_LR) instead of
 # initialising it. Runs can share one call (say KINDS=ar and KINDS=masked, in the background) when
 # each has its own RUN and OUT folders and all but the first set NO_WHEELS=1.
@@ -76,7 +77,7 @@ finetune() {  # BUNDLE OUT_BUNDLE: the paper's codebook fine-tuning of K <= 64 f
     --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
 }
 if [ -n "${PRIORS_ONLY:-}" ]; then
-  cp vqnet/models/default.safetensors "$RUN/default.safetensors"
+  cp "${MODEL:-vqnet/models/default.safetensors}" "$RUN/default.safetensors"
 else
   # Written under a private name, then renamed: runs sharing a call may unpack it at the same time.
   python3 -c "import lzma, os, pathlib; t = pathlib.Path('$VQNET_VGG16_FP16.' + str(os.getpid())); t.write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes())); os.replace(t, '$VQNET_VGG16_FP16')"

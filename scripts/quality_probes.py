@@ -4,7 +4,8 @@
 Why a script: these are the measurements behind the README's negative results (none of them ships),
 and a number without the code that made it cannot be checked or re-run for a new model.
 
-- ``codes``: the codec as shipped (or, with ``--checkpoint``, with that training run's decoder);
+- ``codes``: the codec as shipped (or ``--model``'s, or, with ``--checkpoint``, with that training
+  run's decoder);
 - ``continuous``: the encoder's output decoded *before* quantisation (what rate costs at most);
 - ``decoder-space``: codes picked by distance after post_quant_conv instead of in the codebook;
 - ``refine``: encode-time refinement, Adam on the pre-quantisation latent through the frozen
@@ -88,12 +89,13 @@ def main() -> None:
     ap.add_argument("--kodak", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--images", nargs="+", default=EVERY_THIRD)
     ap.add_argument("--K", type=int, default=1024)
+    ap.add_argument("--model", type=Path, help="Codec bundle (default: the shipped one).")
     ap.add_argument("--checkpoint", type=Path, help="Use this `vqnet train vqgan --freeze encoder` run's decoder.")
     ap.add_argument("--steps", type=int, default=12, help="refine: Adam steps.")
     ap.add_argument("--lr", type=float, default=0.003, help="refine: Adam rate (codes sit ~0.06 apart).")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    codec = load_codec()
+    codec = load_codec(args.model)
     if args.checkpoint:  # K-means rungs: a decoder swap refuses rungs fine-tuned for the old decoder
         codec = swap_decoder(codec.raw_codec(), load_init_model(args.checkpoint))
     codec.model.requires_grad_(False)
