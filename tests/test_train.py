@@ -255,6 +255,34 @@ def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tm
         assert np.array_equal(cb.prior.probs, start.codebooks[K].prior.probs)  # --images 0 keeps the priors
 
 
+def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp_path):
+    from vqnet.restore.store import index_fingerprint
+
+    kmeans, tuned, refit = (tmp_path / f"{n}.safetensors" for n in ("kmeans", "ft", "refit"))
+    save_codec(ladder, kmeans)
+    result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(kmeans), "--out", str(tuned), "--data",
+                                      str(photos), "--steps", "2", "--batch", "2", "--crop", "32", "--images", "1",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tuned), "--out", str(refit), "--data",
+                                      str(photos), "--images", "4"])
+    assert result.exit_code == 0, result.output
+    before, after = load_codec(tuned), load_codec(refit)
+    assert after.provenance["prior_images"] == 4
+    for k, v in before.model.state_dict().items():
+        assert torch.equal(v, after.model.state_dict()[k]), k
+    for K, cb in before.codebooks.items():
+        new = after.codebooks[K]
+        assert torch.equal(cb.embedding, new.embedding) and cb.finetuned == new.finetuned
+        assert index_fingerprint(after, K) == index_fingerprint(before, K)  # transformers stay valid
+        assert new.prior.context is not None and not np.array_equal(new.prior.probs, cb.prior.probs)
+        if cb.raw is not None:  # the "w/o fine-tune" ablation's own prior is refit too
+            assert not np.array_equal(new.raw.prior.probs, cb.raw.prior.probs)
+    missing = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tmp_path / "nope.safetensors"),
+                                       "--out", str(refit)])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
 def test_device_option_is_checked_in_one_line(photos, tmp_path):
     for device, message in (("cuda", "no CUDA GPU is visible"), ("tpu", "--device must be cpu or cuda")):
         if device == "cuda" and torch.cuda.is_available():

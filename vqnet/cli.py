@@ -443,6 +443,35 @@ def codebook_decoder(
         typer.echo(f"wrote {out} (sha256 {sha[:16]}); codebooks kept from {model}")
 
 
+@codebook_app.command("priors")
+def codebook_priors(
+    model: Annotated[Path, typer.Option(help="Codec bundle whose priors to refit.")],
+    out: Annotated[Path, typer.Option(help="Codec bundle to write.")],
+    data: Annotated[Path, typer.Option(help="Photos the priors are fitted on (whole photos, no crops).")] = Path(
+        "../shared/data/train"),
+    images: Annotated[int, typer.Option(min=1, help="How many photos to encode.")] = 1500,
+    seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
+) -> None:
+    """Refit every K's range-coding prior and neighbour-context table on whole training photos,
+    changing nothing else: index maps, and the concealment transformers trained on them, stay
+    valid. For ladders whose priors came from small crops (a GPU run's): K=1024's context table
+    needs more neighbour pairs than crops give."""
+    with user_errors():
+        from vqnet.codec.bundle import load_codec, save_codec
+        from vqnet.codec.ladder import refit_priors, sample_latents
+
+        codec = load_codec(model)
+        with progress_bar(images, "encoding photos", False) as advance:
+            latents = sample_latents(codec.model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        new = refit_priors(codec, latents)
+        new.provenance |= {"prior_images": images, "data": str(data)}
+        sha = save_codec(new, out)
+        for K in new.ks:
+            typer.echo(f"K={K}: prior entropy {new.codebooks[K].prior.entropy_bits():.2f} bits/index "
+                       f"(was {codec.codebooks[K].prior.entropy_bits():.2f})")
+        typer.echo(f"wrote {out} (sha256 {sha[:16]})")
+
+
 @codebook_app.command("finetune")
 def codebook_finetune(
     model: Annotated[Path, typer.Option(help="Codec bundle of `vqnet codebook kmeans` to start from.")],
