@@ -19,8 +19,8 @@
 # JOINT=1 trains the encoder too (stage 1 from the bundle, unfrozen) and builds a new K-means ladder
 # with priors on the packed crops instead of swapping a decoder in: the index maps change, so it
 # needs KINDS=none here, and new maps (`gpu_pack.py --model BUNDLE --maps-only`, after the call) for
-# the transformers; `vqnet codebook priors` then refits its crop-fitted priors on whole photos. KINDS=none skips stage 3: a new decoder leaves every index map, so the
-# transformers, valid.
+# the transformers; `vqnet codebook priors` then refits its crop-fitted priors on whole photos.
+# KINDS=none skips stage 3: a new decoder leaves every index map, so the transformers, valid.
 # PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec (or MODEL, say a
 # JOINT=1 bundle, with MAPS packed for it), so only the maps and .whl need carrying; `ar` also comes
 # back before its --corrupt fine-tune (ar-clean.K256.safetensors) so the two can be compared.

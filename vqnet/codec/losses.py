@@ -9,8 +9,9 @@ d_weight = disc_weight * clamp(‖∇_W nll‖ / (‖∇_W g_loss‖ + 1e-4), 0,
 layer W; the discriminator takes the hinge loss. Before ``disc_start`` both GAN terms are zero.
 One addition, off by default: ``disc_warmup`` steps in which only the discriminator trains, so that
 the generator's first adversarial gradients come from a discriminator that already tells its
-reconstructions from photos instead of from random weights (an untrained PatchGAN started against
-a converged decoder only adds noise: README, "The PatchGAN, measured").
+reconstructions from photos instead of from random weights. Why try it: a PatchGAN started
+untrained against a trained decoder made Kodak LPIPS worse (README, "The PatchGAN, measured"); with
+the warm-up it did not help either (run G there), so it stays off by default.
 
 What differs is only the cost, which matters on a CPU: upstream differentiates nll and g_loss with
 respect to W separately and then back-propagates the total loss, so LPIPS-VGG and the
