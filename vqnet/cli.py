@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,6 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vqnet.channel.cli import app as channel_app
 from vqnet.restore.cli import train_prior_cmd
 from vqnet.score_cli import app as score_app
+
+if TYPE_CHECKING:  # the heavy imports stay inside the commands that need them
+    import torch
+
+    from vqnet.codec.model import VQModel
 
 app = typer.Typer(
     add_completion=False,
@@ -97,6 +102,15 @@ def progress_bar(total: int | None, description: str, quiet: bool) -> Iterator[C
     with Progress(*_COLUMNS) as bar:
         task = bar.add_task(description, total=total, label="")
         yield lambda n, label: bar.update(task, advance=n, label=label)
+
+
+def _photo_latents(model: VQModel, data: Path, images: int, seed: int) -> list[torch.Tensor]:
+    """Encoder outputs of ``images`` whole training photos (seeded choice), with a progress bar:
+    what every ``vqnet codebook`` command fits its priors (and K-means) on."""
+    from vqnet.codec.ladder import sample_latents
+
+    with progress_bar(images, "encoding photos", False) as advance:
+        return sample_latents(model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
 
 
 @app.command()
@@ -388,7 +402,7 @@ def codebook_kmeans(
     """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K."""
     with user_errors():
         from vqnet.codec.bundle import save_codec
-        from vqnet.codec.ladder import build_ladder, sample_latents
+        from vqnet.codec.ladder import build_ladder
         from vqnet.codec.model import VQGANConfig, VQModel
         from vqnet.codec.train import load_checkpoint
 
@@ -397,8 +411,7 @@ def codebook_kmeans(
         model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
         model.load_state_dict(state["model"])
         model.to(check_device(device))
-        with progress_bar(images, "encoding photos", False) as advance:
-            latents = sample_latents(model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        latents = _photo_latents(model, data, images, seed)
         model.cpu()
         codec = build_ladder(model, latents, k_list, seed)
         codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
@@ -425,7 +438,7 @@ def codebook_decoder(
     concealment transformers stay valid), and refit each K's prior and context table."""
     with user_errors():
         from vqnet.codec.bundle import load_codec, save_codec
-        from vqnet.codec.ladder import sample_latents, swap_decoder
+        from vqnet.codec.ladder import swap_decoder
         from vqnet.codec.train import load_init_model
 
         codec = load_codec(model)
@@ -434,8 +447,7 @@ def codebook_decoder(
         new = load_init_model(checkpoint)
         latents = None
         if images:
-            with progress_bar(images, "encoding photos", False) as advance:
-                latents = sample_latents(codec.model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+            latents = _photo_latents(codec.model, data, images, seed)
         swapped = swap_decoder(codec, new, latents)
         swapped.provenance |= {"decoder_checkpoint": str(checkpoint)} | (
             {"prior_images": images, "data": str(data)} if images else {})
@@ -458,11 +470,10 @@ def codebook_priors(
     needs more neighbour pairs than crops give."""
     with user_errors():
         from vqnet.codec.bundle import load_codec, save_codec
-        from vqnet.codec.ladder import refit_priors, sample_latents
+        from vqnet.codec.ladder import refit_priors
 
         codec = load_codec(model)
-        with progress_bar(images, "encoding photos", False) as advance:
-            latents = sample_latents(codec.model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+        latents = _photo_latents(codec.model, data, images, seed)
         new = refit_priors(codec, latents)
         new.provenance |= {"prior_images": images, "data": str(data)}
         sha = save_codec(new, out)
