@@ -27,6 +27,9 @@
 # AR_START / MASKED_START=FILE continue that kind from a concealment file (at START_LR) instead of
 # initialising it. Runs can share one call (say KINDS=ar and KINDS=masked, in the background) when
 # each has its own RUN and OUT folders and all but the first set NO_WHEELS=1.
+# With .gpu/val (gpu_pack.py --val-photos, or VAL=DIR) the decoder stages log a held-out loss and
+# the ladder takes their best.pt, not the last step: one 256-px crop per photo overfits after
+# ~2000 steps at batch 32 (a 3757-step run got better on its crops and worse on Kodak).
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
@@ -36,7 +39,7 @@ WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
-DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
+VAL=${VAL:-$([ -d .gpu/val ] && echo .gpu/val || true)} DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
@@ -61,8 +64,11 @@ train_decoder() {  # OUT_DIR INIT MINUTES DISC_START (the encoder trains too wit
   vq train vqgan --data .gpu/train --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \
     --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" --disc-warmup "$DISC_WARMUP" \
     ${DEC_CH:+--decoder-ch "$DEC_CH"} \
-    ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} \
+    ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} ${VAL:+--val "$VAL"} \
     --bf16 --device "$DEVICE" --minutes "$3"
+}
+chosen() {  # RUN_DIR: its lowest held-out-loss checkpoint when validated, else its last one
+  if [ -f "$1/best.pt" ]; then echo "$1/best.pt"; else echo "$1/checkpoint.pt"; fi
 }
 swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, priors kept (maps unchanged)
   if [ -n "${JOINT:-}" ]; then  # new encoder: a new ladder, priors fitted on the packed crops
@@ -82,11 +88,11 @@ else
   # Written under a private name, then renamed: runs sharing a call may unpack it at the same time.
   python3 -c "import lzma, os, pathlib; t = pathlib.Path('$VQNET_VGG16_FP16.' + str(os.getpid())); t.write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes())); os.replace(t, '$VQNET_VGG16_FP16')"
   train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
-  swap_in "$RUN/dec-warm/checkpoint.pt" "$RUN/swapped.safetensors"
+  swap_in "$(chosen "$RUN/dec-warm")" "$RUN/swapped.safetensors"
   echo "stage 1 done at $((SECONDS - t0)) s"
   if [ "$GAN_MIN" != 0 ]; then
-    train_decoder "$RUN/dec-gan" "$RUN/dec-warm/checkpoint.pt" "$GAN_MIN" 0
-    swap_in "$RUN/dec-gan/checkpoint.pt" "$RUN/gan-swapped.safetensors"
+    train_decoder "$RUN/dec-gan" "$(chosen "$RUN/dec-warm")" "$GAN_MIN" 0
+    swap_in "$(chosen "$RUN/dec-gan")" "$RUN/gan-swapped.safetensors"
     finetune "$RUN/gan-swapped.safetensors" "$OUT/gan.safetensors"
     echo "GAN stage done at $((SECONDS - t0)) s"
   fi
@@ -113,4 +119,4 @@ for kind in $KINDS; do
   cp "$RUN/default.$kind.K256.safetensors" "$OUT/"
   echo "$kind done at $((SECONDS - t0)) s"
 done
-tar czf "$OUT/logs.tgz" "$RUN"/*/log.csv
+tar czf "$OUT/logs.tgz" "$RUN"/*/log.csv $(ls "$RUN"/*/val.csv 2>/dev/null)

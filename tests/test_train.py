@@ -17,7 +17,8 @@ from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targe
 from vqnet.codec.ladder import build_ladder, sample_latents
 from vqnet.codec.losses import reconstruction_loss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
-from vqnet.codec.train import LOG_COLUMNS, CropDataset, TrainConfig, load_checkpoint, load_init_model, train_vqgan
+from vqnet.codec.train import (LOG_COLUMNS, VAL_COLUMNS, CropDataset, TrainConfig, best_validation, load_checkpoint,
+                               load_init_model, train_vqgan)
 from vqnet.images import to_tensor
 
 TINY = VQGANConfig(embed_dim=8, n_embed=16, ddconfig=DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
@@ -319,3 +320,40 @@ def test_decoder_ch_errors_are_one_line(photos, tiny_bundle, tmp_path, args, mes
                                       "--steps", "1", "--crop", "32", *args])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_validation_logs_the_held_out_loss_keeps_the_best_and_changes_nothing(photos, tmp_path):
+    cfg = TrainConfig(steps=6, batch=2, crop=32, lr=1e-3, restart_every=2, disc_start=100, checkpoint_minutes=60)
+    plain = train_vqgan(photos, tmp_path / "plain", cfg, TINY)
+    watched = train_vqgan(photos, tmp_path / "val", cfg, TINY, val=photos, val_every=2)
+    # validating draws no random numbers: the same run, step for step
+    untimed = [{k: r[k] for k in LOG_COLUMNS if k != "seconds"} for r in _log(tmp_path / "plain" / "log.csv")]
+    assert untimed == [{k: r[k] for k in LOG_COLUMNS if k != "seconds"} for r in _log(tmp_path / "val" / "log.csv")]
+    assert not (tmp_path / "plain" / "val.csv").exists() and not (tmp_path / "plain" / "best.pt").exists()
+    rows = _log(tmp_path / "val" / "val.csv")
+    assert list(rows[0]) == VAL_COLUMNS and [r["step"] for r in rows] == ["2", "4", "6"]
+    losses = [float(r["loss"]) for r in rows]
+    assert all(abs(float(r["l1"]) + float(r["p_loss"]) - float(r["loss"])) < 1e-4 for r in rows)  # weight 1
+    lowest = [loss < min(losses[:i], default=np.inf) for i, loss in enumerate(losses)]
+    assert [r["best"] == "1" for r in rows] == lowest and lowest[0]
+    best = load_checkpoint(tmp_path / "val" / "best.pt")
+    step, loss = best_validation(tmp_path / "val")
+    assert best["step"] == step == int(rows[int(np.argmin(losses))]["step"]) and loss == min(losses)
+    assert load_checkpoint(watched)["step"] == load_checkpoint(plain)["step"] == 6
+
+    # a resumed run logs each validation once, as the uninterrupted one did
+    train_vqgan(photos, tmp_path / "resumed", replace(cfg, steps=4), TINY, val=photos, val_every=2)
+    train_vqgan(photos, tmp_path / "resumed", cfg, TINY, resume=True, val=photos, val_every=2)
+    assert _log(tmp_path / "resumed" / "val.csv") == rows
+
+
+def test_validation_cli_reports_the_best_and_refuses_an_empty_folder(photos, tiny_bundle, tmp_path):
+    base = ["train", "vqgan", "--data", str(photos), "--init", str(tiny_bundle), "--freeze", "encoder",
+            "--batch", "2", "--crop", "32", "--perceptual-weight", "0"]
+    res = CliRunner().invoke(app, [*base, "--steps", "2", "--out", str(tmp_path / "run"), "--val", str(photos),
+                                   "--val-every", "1"])
+    assert res.exit_code == 0, res.output
+    assert "best held-out loss" in res.output and (tmp_path / "run" / "best.pt").exists()
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, [*base, "--steps", "1", "--out", str(tmp_path / "run2"), "--val", str(tmp_path / "empty")])
+    assert res.exit_code != 0 and "no images" in res.output and "Traceback" not in res.output

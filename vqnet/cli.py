@@ -341,6 +341,10 @@ def train_vqgan_cmd(
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     minutes: Annotated[float | None, typer.Option(min=0.0, help=MINUTES_HELP)] = None,
+    val: Annotated[Path | None, typer.Option(help="Folder of held-out photos: their loss goes to OUT/val.csv "
+                                                  "every --val-every steps and OUT/best.pt keeps the lowest, "
+                                                  "for long runs that start to memorise their crops.")] = None,
+    val_every: Annotated[int, typer.Option(min=1, help="Steps between two --val measurements.")] = 250,
 ) -> None:
     """Train the f=16 VQGAN with taming's recipe (L1 + LPIPS-VGG + codebook loss, dead-code restarts,
     PatchGAN with hinge loss from --disc-start on), checkpointing every 3 minutes."""
@@ -377,8 +381,13 @@ def train_vqgan_cmd(
                 bar.update(training, completed=step, label=label)
 
             path = train_vqgan(data, out, cfg, small_config(**sizes) if sizes else None, resume=resume,
-                               on_step=on_step, on_load=on_load, minutes=minutes)
+                               on_step=on_step, on_load=on_load, minutes=minutes, val=val, val_every=val_every)
         typer.echo(f"checkpoint: {path}")
+        if val is not None:
+            from vqnet.codec.train import best_validation
+
+            step, loss = best_validation(out)
+            typer.echo(f"best held-out loss {loss:.4f} at step {step}: {out / 'best.pt'}")
 
 
 def _k_list(value: str) -> list[int]:

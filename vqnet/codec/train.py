@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from vqnet.codec.bundle import CodecError, load_codec
-from vqnet.codec.losses import VQGANLoss
+from vqnet.codec.losses import VQGANLoss, reconstruction_loss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel, grow_decoder
 from vqnet.images import list_image_files, load_image
 
@@ -72,6 +72,9 @@ class TrainConfig:
 _RESUMABLE_CHANGES = ("steps", "checkpoint_minutes", "init", "device")
 LOG_COLUMNS = ["step", "loss", "l1", "p_loss", "emb_loss", "g_loss", "d_weight", "d_loss", "logits_real",
                "logits_fake", "perplexity", "restarted", "seconds"]
+#: ``out/val.csv``: the held-out reconstruction loss (L1 + perceptual_weight * LPIPS-VGG) every
+#: ``val_every`` steps; ``best`` is 1 where it was the lowest so far and ``best.pt`` was written.
+VAL_COLUMNS = ["step", "loss", "l1", "p_loss", "best"]
 
 
 def small_config(ch: int = 32, n_embed: int = 1024, embed_dim: int = 32, z_channels: int = 64) -> VQGANConfig:
@@ -81,6 +84,15 @@ def small_config(ch: int = 32, n_embed: int = 1024, embed_dim: int = 32, z_chann
         n_embed=n_embed,
         ddconfig=DDConfig(ch=ch, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(16,), z_channels=z_channels),
     )
+
+
+def _at_least(img: np.ndarray, side: int) -> np.ndarray:
+    """``img`` upscaled (bicubic) so that its short side is at least ``side``."""
+    h, w = img.shape[:2]
+    if min(h, w) >= side:
+        return img
+    s = side / min(h, w)
+    return np.asarray(Image.fromarray(img).resize((max(side, round(w * s)), max(side, round(h * s))), Image.BICUBIC))
 
 
 class CropDataset:
@@ -94,12 +106,7 @@ class CropDataset:
         files = list_image_files(root)
         self.images: list[np.ndarray] = []
         for i, f in enumerate(files):
-            img = load_image(f)
-            h, w = img.shape[:2]
-            if min(h, w) < crop:
-                s = crop / min(h, w)
-                img = np.asarray(Image.fromarray(img).resize((max(crop, round(w * s)), max(crop, round(h * s))), Image.BICUBIC))
-            self.images.append(img)
+            self.images.append(_at_least(load_image(f), crop))
             if progress:
                 progress(i + 1, len(files))
         self.crop = crop
@@ -113,6 +120,46 @@ class CropDataset:
             patch = img[y : y + self.crop, x : x + self.crop]
             out[k] = patch[:, ::-1] if rng.random() < 0.5 else patch
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class ValidationSet:
+    """Held-out photos, each centre-cropped once to the training crop.
+
+    Why: the training loss cannot show memorisation. A 2-block decoder trained 3757 GPU steps at
+    batch 32 on 1500 packed crops (80 epochs) lowered L1 on those crops from 0.190 to 0.173 while
+    L1 on held-out Kodak crops rose from 0.174 to 0.179; a loss on photos it never trains on does.
+    """
+
+    def __init__(self, root: str | Path, crop: int):
+        crops = []
+        for f in list_image_files(root):
+            img = _at_least(load_image(f), crop)
+            y, x = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+            crops.append(img[y : y + crop, x : x + crop])
+        if not crops:
+            raise CodecError(f"no images in the validation folder {root}")
+        self.images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # uint8, N 3 H W
+
+    @torch.no_grad()
+    def loss(self, model: VQModel, cfg: TrainConfig) -> dict[str, float]:
+        """Mean L1, LPIPS-VGG and their training-weighted sum over the set, in eval mode, batch by
+        batch; no random numbers are drawn, so validating never changes the run's outcome."""
+        dev_type = torch.device(cfg.device).type
+        totals = {"l1": 0.0, "p_loss": 0.0}
+        model.eval()
+        for start in range(0, len(self.images), cfg.batch):
+            x = self.images[start : start + cfg.batch].to(cfg.device).float().div(127.5).sub(1.0)
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                h = model.quant_conv(model.encoder(x))
+            quant, _, _ = model.quantize(h.float())
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                xrec = model.decode(quant).float()
+            rec = reconstruction_loss(x, xrec, cfg.perceptual_weight)
+            for k in totals:
+                totals[k] += float(rec[k]) * len(x)
+        model.train()
+        out = {k: v / len(self.images) for k, v in totals.items()}
+        return {"loss": out["l1"] + (cfg.perceptual_weight * out["p_loss"] if cfg.perceptual_weight > 0 else 0.0)} | out
 
 
 def perplexity(counts: torch.Tensor) -> float:
@@ -169,6 +216,32 @@ def truncate_log(log_path: Path, step: int) -> None:
     lines = log_path.read_text().splitlines(keepends=True)
     kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
     log_path.write_text("".join(kept))
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV log's rows (none when it does not exist)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _append_row(path: Path, columns: list[str], row: list) -> None:
+    """One row appended to a CSV log (its header first when the file is new)."""
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(columns)
+        writer.writerow(row)
+
+
+def best_validation(out: Path) -> tuple[int, float]:
+    """(step, held-out loss) of the run's ``best.pt``, from ``out/val.csv``."""
+    rows = [r for r in _read_rows(out / "val.csv") if r["best"] == "1"]
+    if not rows:
+        raise CodecError(f"{out / 'val.csv'} holds no validation yet")
+    return int(rows[-1]["step"]), float(rows[-1]["loss"])
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -229,9 +302,16 @@ def train_vqgan(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_load: Callable[[int, int], None] | None = None,
     minutes: float | None = None,
+    val: str | Path | None = None,
+    val_every: int = 250,
 ) -> Path:
     """Train (or resume) with taming's recipe and return the checkpoint path. Logs every step to
     ``out/log.csv`` (:data:`LOG_COLUMNS`; GAN columns are NaN before ``disc_start``).
+
+    With ``val`` (a folder of held-out photos, :class:`ValidationSet`) the held-out loss is logged
+    to ``out/val.csv`` (:data:`VAL_COLUMNS`) every ``val_every`` steps and at the last one, and
+    ``out/best.pt`` is the checkpoint where it was lowest: what ``--init`` or ``vqnet codebook
+    decoder --checkpoint`` should take when a long run overfits.
 
     ``model_cfg`` may be None when the config comes from ``cfg.init`` or, on resume, from the
     checkpoint. A step is taming's two optimiser steps, except that the discriminator scores the
@@ -243,7 +323,9 @@ def train_vqgan(
     Batches and restarts are drawn on the CPU, so ``cfg.device`` changes speed, not the data.
     """
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
+    ckpt_path, log_path, val_path, best_path = out / "checkpoint.pt", out / "log.csv", out / "val.csv", out / "best.pt"
+    if val_every < 1:
+        raise ValueError("val_every must be >= 1")
     state = None
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
@@ -285,8 +367,13 @@ def train_vqgan(
         usage = state["usage"]
         step = int(state["step"])
         truncate_log(log_path, step)
+        truncate_log(val_path, step)
     else:
         log_path.unlink(missing_ok=True)
+        val_path.unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)
+    valset = ValidationSet(val, cfg.crop) if val is not None else None
+    best = min((float(r["loss"]) for r in _read_rows(val_path)), default=math.inf)
     dataset = CropDataset(data, cfg.crop, progress=on_load)
     stop_at = None if minutes is None else time.monotonic() + 60 * minutes
     dev_type = torch.device(cfg.device).type
@@ -332,6 +419,13 @@ def train_vqgan(
             if on_step:
                 on_step(step, row)
             out_of_time = stop_at is not None and time.monotonic() > stop_at
+            if valset is not None and (step % val_every == 0 or step == cfg.steps or out_of_time):
+                v = valset.loss(model, cfg)
+                improved = v["loss"] < best
+                if improved:
+                    best = v["loss"]
+                    save_checkpoint(best_path, model, opt, loss_fn, opt_d, step, cfg, rng, gen, usage)
+                _append_row(val_path, VAL_COLUMNS, [step, *(f"{v[c]:.6g}" for c in VAL_COLUMNS[1:-1]), int(improved)])
             if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time:
                 fh.flush()
                 save_checkpoint(ckpt_path, model, opt, loss_fn, opt_d, step, cfg, rng, gen, usage)
