@@ -122,6 +122,20 @@ class CropDataset:
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def autoencode(model: VQModel, x: torch.Tensor, cfg: TrainConfig, encoder_grad: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` through encoder, codebook and decoder as training runs it: ``(h, emb_loss, idx, xrec)``.
+    A frozen encoder needs no graph (``encoder_grad=False``): its outputs and indices are constants."""
+    dev_type = torch.device(cfg.device).type
+    with torch.set_grad_enabled(encoder_grad), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        h = model.quant_conv(model.encoder(x))
+    # The nearest-code search runs in float32: bf16 distances would pick wrong codes.
+    quant, emb_loss, idx = model.quantize(h.float())
+    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        xrec = model.decode(quant).float()
+    return h, emb_loss, idx, xrec
+
+
 class ValidationSet:
     """Held-out photos, each centre-cropped once to the training crop.
 
@@ -144,17 +158,11 @@ class ValidationSet:
     def loss(self, model: VQModel, cfg: TrainConfig) -> dict[str, float]:
         """Mean L1, LPIPS-VGG and their training-weighted sum over the set, in eval mode, batch by
         batch; no random numbers are drawn, so validating never changes the run's outcome."""
-        dev_type = torch.device(cfg.device).type
         totals = {"l1": 0.0, "p_loss": 0.0}
         model.eval()
         for start in range(0, len(self.images), cfg.batch):
             x = self.images[start : start + cfg.batch].to(cfg.device).float().div(127.5).sub(1.0)
-            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                h = model.quant_conv(model.encoder(x))
-            quant, _, _ = model.quantize(h.float())
-            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                xrec = model.decode(quant).float()
-            rec = reconstruction_loss(x, xrec, cfg.perceptual_weight)
+            rec = reconstruction_loss(x, autoencode(model, x, cfg, encoder_grad=False)[3], cfg.perceptual_weight)
             for k in totals:
                 totals[k] += float(rec[k]) * len(x)
         model.train()
@@ -376,7 +384,6 @@ def train_vqgan(
     best = min((float(r["loss"]) for r in _read_rows(val_path)), default=math.inf)
     dataset = CropDataset(data, cfg.crop, progress=on_load)
     stop_at = None if minutes is None else time.monotonic() + 60 * minutes
-    dev_type = torch.device(cfg.device).type
     model.train()
     loss_fn.train()
     last_save = time.monotonic()
@@ -389,14 +396,7 @@ def train_vqgan(
         while step < cfg.steps:
             t0 = time.perf_counter()
             x = dataset.batch(rng, cfg.batch).to(cfg.device)
-            # A frozen encoder needs no graph: its outputs (and the indices) are constants.
-            with torch.set_grad_enabled(not cfg.freeze_encoder), \
-                    torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                h = model.quant_conv(model.encoder(x))
-            # The nearest-code search runs in float32: bf16 distances would pick wrong codes.
-            quant, emb_loss, idx = model.quantize(h.float())
-            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                xrec = model.decode(quant).float()
+            h, emb_loss, idx, xrec = autoencode(model, x, cfg, encoder_grad=not cfg.freeze_encoder)
             surrogate, row = loss_fn.generator_loss(x, xrec, emb_loss, model.decoder.conv_out.weight, step)
             opt.zero_grad(set_to_none=True)
             surrogate.backward()
