@@ -158,7 +158,7 @@ class ValidationSet:
     def loss(self, model: VQModel, cfg: TrainConfig) -> dict[str, float]:
         """Mean L1, LPIPS-VGG and their training-weighted sum over the set, in eval mode, batch by
         batch; no random numbers are drawn, so validating never changes the run's outcome."""
-        totals = {"l1": 0.0, "p_loss": 0.0}
+        totals = {"nll": 0.0, "l1": 0.0, "p_loss": 0.0}
         model.eval()
         for start in range(0, len(self.images), cfg.batch):
             x = self.images[start : start + cfg.batch].to(cfg.device).float().div(127.5).sub(1.0)
@@ -166,8 +166,8 @@ class ValidationSet:
             for k in totals:
                 totals[k] += float(rec[k]) * len(x)
         model.train()
-        out = {k: v / len(self.images) for k, v in totals.items()}
-        return {"loss": out["l1"] + (cfg.perceptual_weight * out["p_loss"] if cfg.perceptual_weight > 0 else 0.0)} | out
+        n = len(self.images)
+        return {"loss": totals["nll"] / n, "l1": totals["l1"] / n, "p_loss": totals["p_loss"] / n}
 
 
 def perplexity(counts: torch.Tensor) -> float:
