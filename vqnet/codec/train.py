@@ -86,8 +86,9 @@ def small_config(ch: int = 32, n_embed: int = 1024, embed_dim: int = 32, z_chann
     )
 
 
-def _at_least(img: np.ndarray, side: int) -> np.ndarray:
-    """``img`` upscaled (bicubic) so that its short side is at least ``side``."""
+def at_least(img: np.ndarray, side: int) -> np.ndarray:
+    """``img`` upscaled (bicubic) so that its short side is at least ``side``: photos smaller than
+    the crop still contribute (training, validation and ``scripts/gpu_pack.py`` all use this rule)."""
     h, w = img.shape[:2]
     if min(h, w) >= side:
         return img
@@ -106,7 +107,7 @@ class CropDataset:
         files = list_image_files(root)
         self.images: list[np.ndarray] = []
         for i, f in enumerate(files):
-            self.images.append(_at_least(load_image(f), crop))
+            self.images.append(at_least(load_image(f), crop))
             if progress:
                 progress(i + 1, len(files))
         self.crop = crop
@@ -147,7 +148,7 @@ class ValidationSet:
     def __init__(self, root: str | Path, crop: int):
         crops = []
         for f in list_image_files(root):
-            img = _at_least(load_image(f), crop)
+            img = at_least(load_image(f), crop)
             y, x = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
             crops.append(img[y : y + crop, x : x + crop])
         if not crops:
