@@ -24,6 +24,9 @@
 # PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec (or MODEL, say a
 # JOINT=1 bundle, with MAPS packed for it), so only the maps and .whl need carrying; `ar` also comes
 # back before its --corrupt fine-tune (ar-clean.K256.safetensors) so the two can be compared.
+# Windows and masks are drawn ahead by worker processes (PRIOR_WORKERS, default up to 8): at batch
+# 128 an H200 spent most of a `masked` step drawing masks. With them, larger PRIOR_BATCH costs
+# little more time a step (not yet measured on a GPU).
 # AR_START / MASKED_START=FILE continue that kind from a concealment file (at START_LR) instead of
 # initialising it. Runs can share one call (say KINDS=ar and KINDS=masked, in the background) when
 # each has its own RUN and OUT folders and all but the first set NO_WHEELS=1.
@@ -108,13 +111,14 @@ for kind in $KINDS; do
   [ -z "$from" ] || start=(--start "$from") lr=${START_LR:-5e-4}
   vq train prior --kind "$kind" --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" \
     --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr "$lr" \
-    --init "$init" "${start[@]}" --dropout "$DROPOUT" --device "$DEVICE" --minutes "$PRIOR_MIN"
+    --init "$init" "${start[@]}" --dropout "$DROPOUT" --device "$DEVICE" --minutes "$PRIOR_MIN" \
+    ${PRIOR_WORKERS:+--workers "$PRIOR_WORKERS"}
   if [ "$kind" = ar ] && [ "$CORRUPT_MIN" != 0 ]; then  # overwrites the file it starts from, after reading it
     [ -z "${PRIORS_ONLY:-}" ] || cp "$RUN/default.ar.K256.safetensors" "$OUT/ar-clean.K256.safetensors"
     vq train prior --kind ar --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" --out "$RUN/prior-ar-corrupt" \
       --start "$RUN/default.ar.K256.safetensors" --corrupt --steps "$CORRUPT_STEPS" --batch "$PRIOR_BATCH" \
       --layers 4 --heads 4 --embd 128 --lr 2e-4 --init taming --dropout "$DROPOUT" --device "$DEVICE" \
-      --minutes "$CORRUPT_MIN"
+      --minutes "$CORRUPT_MIN" ${PRIOR_WORKERS:+--workers "$PRIOR_WORKERS"}
   fi
   cp "$RUN/default.$kind.K256.safetensors" "$OUT/"
   echo "$kind done at $((SECONDS - t0)) s"

@@ -14,8 +14,8 @@ from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
 from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
 from vqnet.restore.cli import latent_cache
-from vqnet.restore.data import (WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps, load_maps,
-                                sample_mask, save_maps)
+from vqnet.restore.data import (StepBatches, WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps,
+                                load_maps, sample_mask, save_maps)
 from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT
 from vqnet.restore.masked import conceal_masked, nearest_window, window_starts
@@ -129,6 +129,26 @@ def test_resume_continues_exactly(tmp_path: Path, dropout: float) -> None:
                     extra={"fingerprint": "x"})
     with pytest.raises(FileExistsError):
         train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9))
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    torch.save(state | {"np_rng": {}}, tmp_path / "split" / "checkpoint.pt")  # as vqnet wrote them before
+    with pytest.raises(ValueError, match="older vqnet"):
+        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True,
+                    extra={"fingerprint": "x"})
+
+
+def test_batch_drawing_workers_change_nothing_but_speed(tmp_path: Path) -> None:
+    """Two worker processes drawing the windows ahead give the same run as drawing them in line."""
+    maps = pattern_maps()
+    for workers in (0, 2):
+        train_prior(maps, tmp_path / str(workers), tiny_cfg("masked", 6), workers=workers)
+    logs = [[r["loss"] for r in csv.DictReader((tmp_path / d / "log.csv").open())] for d in ("0", "2")]
+    assert len(logs[0]) == 6 and logs[0] == logs[1]
+    with StepBatches(maps, seed=0, n=5, with_masks=True, workers=2) as ahead:
+        drawn = [ahead(step) for step in (3, 4, 5)]
+    inline = StepBatches(maps, seed=0, n=5, with_masks=True)
+    for step, (codes, masks) in zip((3, 4, 5), drawn):
+        assert all(torch.equal(a, b) for a, b in zip((codes, masks), inline(step)))
+    assert not torch.equal(drawn[0][1], drawn[1][1])  # each step draws its own masks
 
 
 def _trained_masked(tmp_path: Path) -> GPT:

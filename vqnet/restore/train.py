@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from vqnet.codec.train import truncate_log
-from vqnet.restore.data import WINDOW, WindowSampler
+from vqnet.restore.data import WINDOW, StepBatches
 from vqnet.restore.gpt import GPT, GPTConfig
 
 Kind = Literal["ar", "masked"]
@@ -125,10 +125,10 @@ def lr_at(step: int, cfg: PriorTrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _save(path: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: PriorTrainConfig,
-          rng: np.random.Generator, extra: dict) -> None:
+def _save(path: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: PriorTrainConfig, extra: dict) -> None:
+    """Atomically. No numpy generator state: each step's windows come from (seed, step) alone."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_config": asdict(cfg),
-             "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), **extra}
+             "torch_rng": torch.get_rng_state(), **extra}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -161,7 +161,8 @@ def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor
 def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume: bool = False,
                 extra: dict | None = None, code_vectors: torch.Tensor | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None, device: str = "cpu",
-                minutes: float | None = None, start_weights: dict[str, torch.Tensor] | None = None) -> Path:
+                minutes: float | None = None, start_weights: dict[str, torch.Tensor] | None = None,
+                workers: int = 0) -> Path:
     """Train (or resume) a concealment transformer; returns the checkpoint path.
 
     ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
@@ -170,7 +171,9 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
     on the CPU, so ``device`` changes speed, not the data. ``minutes`` stops early with a
     checkpoint (a lent GPU's budget is fixed); the learning-rate schedule still follows ``steps``.
     ``start_weights`` (a trained model's state_dict, whose file's sha256 is ``cfg.start``) replace
-    the initial weights: a fine-tune.
+    the initial weights: a fine-tune. ``workers`` processes draw the batches ahead
+    (:class:`vqnet.restore.data.StepBatches`): the same run, faster where the model is not the
+    bottleneck (a GPU).
     """
     if (start_weights is None) != (not cfg.start):
         raise ValueError("start_weights and cfg.start (their file's sha256) go together")
@@ -185,12 +188,15 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
         init_for_codes(model, cfg, code_vectors)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
     step = 0
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if "np_rng" in state:
+            raise ValueError(f"--resume: {ckpt_path} comes from an older vqnet that drew its windows from one "
+                             "running generator, so it cannot continue the same way; start a new run "
+                             "(--start continues an exported concealment file)")
         saved = {"init": "taming", "corrupt": False, "start": "", "dropout": 0.0} | state["train_config"]  # older checkpoints
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
@@ -200,17 +206,17 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
-        rng.bit_generator.state = state["np_rng"]
         torch.set_rng_state(state["torch_rng"])
         truncate_log(log_path, step)
     elif ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
-    sampler = WindowSampler(maps)
     new_log = not log_path.is_file()
     last_save = time.monotonic()
     stop_at = None if minutes is None else last_save + 60 * minutes
     model.train()
-    with log_path.open("a", newline="") as fh:
+    batches = StepBatches(maps, cfg.seed, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt,
+                          workers=workers)
+    with batches, log_path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         if new_log:
             writer.writeheader()
@@ -219,7 +225,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            codes, masks = sampler.batch(rng, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt)
+            codes, masks = batches(step)
             loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks, corrupt=cfg.corrupt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -233,7 +239,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
                 on_step(step, row)
             out_of_time = stop_at is not None and time.monotonic() > stop_at
             if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps or out_of_time:
-                _save(ckpt_path, model, opt, step, cfg, rng, extra)
+                _save(ckpt_path, model, opt, step, cfg, extra)
                 last_save = time.monotonic()
             if out_of_time:
                 break
