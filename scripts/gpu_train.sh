@@ -21,6 +21,8 @@
 # needs KINDS=none here, and new maps (`gpu_pack.py --model BUNDLE --maps-only`, after the call) for
 # the transformers; `vqnet codebook priors` then refits its crop-fitted priors on whole photos.
 # KINDS=none skips stage 3: a new decoder leaves every index map, so the transformers, valid.
+# Stage 1 keeps post_quant_conv fixed too (FREEZE=encoder trains it): `masked` measures code
+# distances after it, and run D's retrained one changed masked's choices for the worse.
 # PRIORS_ONLY=1 skips stages 1-2 and trains the transformers for the bundled codec (or MODEL, say a
 # JOINT=1 bundle, with MAPS packed for it), so only the maps and .whl need carrying; `ar` also comes
 # back before its --corrupt fine-tune (ar-clean.K256.safetensors) so the two can be compared.
@@ -61,7 +63,7 @@ if [ -n "${JOINT:-}" ] && [ "$KINDS" != none ]; then
   echo "JOINT=1 changes every index map, so the transformers cannot train on the packed maps: set KINDS=none" >&2
   exit 2
 fi
-freeze=(--freeze encoder)
+freeze=(--freeze "${FREEZE:-encoder,post_quant_conv}")
 [ -z "${JOINT:-}" ] || freeze=()
 train_decoder() {  # OUT_DIR INIT MINUTES DISC_START (the encoder trains too with JOINT=1)
   vq train vqgan --data .gpu/train --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \

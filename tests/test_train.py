@@ -100,15 +100,16 @@ def tiny_bundle(tmp_path_factory):
     return path
 
 
-def test_freeze_encoder_keeps_every_index_map(photos, tiny_bundle, tmp_path):
+@pytest.mark.parametrize("post_quant_conv", [False, True])
+def test_freeze_encoder_keeps_every_index_map(photos, tiny_bundle, tmp_path, post_quant_conv):
     start = load_codec(tiny_bundle).model.state_dict()
     cfg = TrainConfig(steps=3, batch=2, crop=32, disc_start=0, restart_every=1, checkpoint_minutes=60,
-                      freeze_encoder=True, init=str(tiny_bundle))
+                      freeze_encoder=True, freeze_post_quant_conv=post_quant_conv, init=str(tiny_bundle))
     after = load_checkpoint(train_vqgan(photos, tmp_path / "run", cfg))  # config from the bundle
     assert VQGANConfig.from_dict(after["model_config"]) == TINY
+    fixed = ("encoder.", "quant_conv.", "quantize.") + (("post_quant_conv.",) if post_quant_conv else ())
     for k, v in start.items():
-        frozen = k.startswith(("encoder.", "quant_conv.", "quantize."))
-        assert torch.equal(v, after["model"][k]) == frozen, k
+        assert torch.equal(v, after["model"][k]) == k.startswith(fixed), k
     assert all(r["restarted"] == "0" for r in _log(tmp_path / "run" / "log.csv"))
 
 
@@ -141,16 +142,17 @@ def test_train_cli_with_init_and_freeze(photos, tiny_bundle, tmp_path):
     out = tmp_path / "run"
     args = ["train", "vqgan", "--data", str(photos), "--out", str(out), "--steps", "2", "--batch", "2",
             "--crop", "32", "--disc-start", "1", "--perceptual-weight", "0", "--init", str(tiny_bundle),
-            "--freeze", "encoder"]
+            "--freeze", "encoder,post_quant_conv"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(out / "checkpoint.pt")["train_config"]["freeze_encoder"] is True
+    saved = load_checkpoint(out / "checkpoint.pt")["train_config"]
+    assert saved["freeze_encoder"] is True and saved["freeze_post_quant_conv"] is True
     assert _log(out / "log.csv")[-1]["d_loss"] != "nan"
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--freeze", "encoder"], "--freeze encoder needs --init"),
-    (["--freeze", "decoder"], "--freeze must be none or encoder"),
+    (["--freeze", "decoder"], "--freeze must be none or encoder or encoder,post_quant_conv"),
     (["--init", "BUNDLE", "--ch", "64"], "--ch and --n-embed come from the --init model"),
     (["--init", "missing.pt"], "--init file not found"),
 ])

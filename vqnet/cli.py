@@ -72,6 +72,8 @@ def user_errors() -> Iterator[None]:
 
 DEVICE_HELP = "Where to train: cpu, or cuda where a GPU is lent (the same recipe and data, much faster)."
 MINUTES_HELP = "Stop after this many minutes of training, with a checkpoint (for a fixed GPU budget)."
+#: ``vqnet train vqgan --freeze``: the parts kept fixed (``encoder`` includes quant_conv and the codebook).
+FREEZE_CHOICES = ("none", "encoder", "encoder,post_quant_conv")
 
 
 def check_device(device: str) -> str:
@@ -328,7 +330,8 @@ def train_vqgan_cmd(
                                                    "checkpoint; its model config is used.")] = None,
     freeze: Annotated[str, typer.Option(help="none | encoder: keep encoder, quant_conv and codebook fixed and "
                                              "train post_quant_conv + decoder (index maps stay valid; needs "
-                                             "--init).")] = "none",
+                                             "--init) | encoder,post_quant_conv: the decoder alone (`masked` "
+                                             "concealment then also chooses the same codes).")] = "none",
     decoder_ch: Annotated[int | None, typer.Option(min=32, help="Widen the --init model's decoder to this base "
                                                                 "width (a multiple of its own) before training.")] = None,
     decoder_blocks: Annotated[int | None, typer.Option(min=1, help="Deepen the --init model's decoder to this many "
@@ -354,18 +357,19 @@ def train_vqgan_cmd(
         sizes = {k: v for k, v in (("ch", ch), ("n_embed", n_embed)) if v is not None}
         if init and sizes:
             raise typer.BadParameter("--ch and --n-embed come from the --init model; leave them out")
-        if freeze not in ("none", "encoder"):
-            raise typer.BadParameter(f"--freeze must be none or encoder, got {freeze!r}")
+        if freeze not in FREEZE_CHOICES:
+            raise typer.BadParameter(f"--freeze must be {' or '.join(FREEZE_CHOICES)}, got {freeze!r}")
         if (decoder_ch or decoder_blocks) and not init:
             raise typer.BadParameter("--decoder-ch/--decoder-blocks grow the --init decoder")
-        if freeze == "encoder" and not (init or resume):
-            raise typer.BadParameter("--freeze encoder needs --init: a random encoder would stay random")
+        if freeze != "none" and not (init or resume):
+            raise typer.BadParameter(f"--freeze {freeze} needs --init: a random encoder would stay random")
         from vqnet.codec.train import TrainConfig, small_config, train_vqgan
 
         cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16,
                           perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start,
                           disc_warmup=disc_warmup, disc_lr=disc_lr, disc_layers=disc_layers,
-                          freeze_encoder=freeze == "encoder",
+                          freeze_encoder=freeze != "none",
+                          freeze_post_quant_conv=freeze == "encoder,post_quant_conv",
                           init=str(init) if init else None, decoder_ch=decoder_ch,
                           decoder_res_blocks=decoder_blocks, device=check_device(device))
         with Progress(*_COLUMNS) as bar:

@@ -59,6 +59,9 @@ class TrainConfig:
     disc_ndf: int = 64
     # Train only post_quant_conv + decoder (+ discriminator): every index map stays valid.
     freeze_encoder: bool = False
+    # Keep post_quant_conv too: the decoder's first conv can absorb any 1x1 change, and ``masked``
+    # concealment measures code distances after post_quant_conv, so its choices stay the same.
+    freeze_post_quant_conv: bool = False
     init: str | None = None  # codec bundle or training checkpoint the weights start from
     # Grow the --init model's decoder to this base width / res blocks per level first (exactly, so
     # training starts from its quality): more decoder capacity while every index map stays valid.
@@ -293,13 +296,16 @@ def _check_resumable(state: dict, cfg: TrainConfig, model_cfg: VQGANConfig | Non
     return saved_model_cfg
 
 
-def _trainable(model: VQModel, freeze_encoder: bool) -> list[nn.Parameter]:
-    """The generator optimiser's parameters; with ``freeze_encoder`` the rest stop needing gradients."""
-    if not freeze_encoder:
-        return list(model.parameters())
-    for frozen in (model.encoder, model.quant_conv, model.quantize):
-        frozen.requires_grad_(False)
-    return [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
+def _trainable(model: VQModel, cfg: TrainConfig) -> list[nn.Parameter]:
+    """The generator optimiser's parameters; the frozen parts stop needing gradients."""
+    frozen = [model.encoder, model.quant_conv, model.quantize] if cfg.freeze_encoder else []
+    if cfg.freeze_post_quant_conv:
+        frozen.append(model.post_quant_conv)
+    for part in frozen:
+        part.requires_grad_(False)
+    if not cfg.freeze_encoder:
+        return [p for p in model.parameters() if p.requires_grad]
+    return [p for p in (*model.post_quant_conv.parameters(), *model.decoder.parameters()) if p.requires_grad]
 
 
 def train_vqgan(
@@ -353,7 +359,7 @@ def train_vqgan(
         raise CodecError(f"--init {cfg.init} has a different model config than the one asked for")
     model = (init or VQModel(model_cfg or small_config())).to(cfg.device)
     n_embed = model.config.n_embed
-    opt = torch.optim.Adam(_trainable(model, cfg.freeze_encoder), lr=cfg.lr, betas=(0.5, 0.9))
+    opt = torch.optim.Adam(_trainable(model, cfg), lr=cfg.lr, betas=(0.5, 0.9))
     loss_fn = VQGANLoss(perceptual_weight=cfg.perceptual_weight, codebook_weight=cfg.codebook_weight,
                         disc_weight=cfg.disc_weight, disc_start=cfg.disc_start, disc_warmup=cfg.disc_warmup,
                         disc_layers=cfg.disc_layers, disc_ndf=cfg.disc_ndf).to(cfg.device)
