@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call of a lent GPU (the `device` tool), from the repository root, carrying .gpu and .whl
+# One call of a lent GPU (the `device` tool), from the repository root, carrying .gpu (or PACK=DIR,
+# another gpu_pack.py --out) and .whl
 # (made here by `python scripts/gpu_pack.py` and `pip download`, see README "Training on a GPU").
 #
 # The encoder stays frozen (unless JOINT=1), so every index map, each K-means codebook and its
@@ -44,7 +45,8 @@ WARM_MIN=${WARM_MIN:-3.4} GAN_MIN=${GAN_MIN:-0} FT_MIN=${FT_MIN:-1.2} PRIOR_MIN=
 AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIOR_BATCH:-128}
 CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
-VAL=${VAL:-$([ -d .gpu/val ] && echo .gpu/val || true)} DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-.gpu/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
+PACK=${PACK:-.gpu}
+VAL=${VAL:-$([ -d "$PACK/val" ] && echo "$PACK/val" || true)} DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-$PACK/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
@@ -66,7 +68,7 @@ fi
 freeze=(--freeze "${FREEZE:-encoder,post_quant_conv}")
 [ -z "${JOINT:-}" ] || freeze=()
 train_decoder() {  # OUT_DIR INIT MINUTES DISC_START (the encoder trains too with JOINT=1)
-  vq train vqgan --data .gpu/train --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \
+  vq train vqgan --data "$PACK/train" --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \
     --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" --disc-warmup "$DISC_WARMUP" \
     ${DEC_CH:+--decoder-ch "$DEC_CH"} \
     ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} ${VAL:+--val "$VAL"} \
@@ -77,21 +79,21 @@ chosen() {  # RUN_DIR: its lowest held-out-loss checkpoint when validated, else 
 }
 swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, priors kept (maps unchanged)
   if [ -n "${JOINT:-}" ]; then  # new encoder: a new ladder, priors fitted on the packed crops
-    vq codebook kmeans --checkpoint "$1" --out "$2" --data .gpu/train --ks 1024,512,256,128,64,32,16 \
+    vq codebook kmeans --checkpoint "$1" --out "$2" --data "$PACK/train" --ks 1024,512,256,128,64,32,16 \
       --images "$FT_IMAGES" --device "$DEVICE"
   else
     vq codebook decoder --model vqnet/models/default.safetensors --checkpoint "$1" --out "$2" --images 0 --kmeans-start
   fi
 }
 finetune() {  # BUNDLE OUT_BUNDLE: the paper's codebook fine-tuning of K <= 64 for that bundle's decoder
-  vq codebook finetune --model "$1" --out "$2" --data .gpu/train --ks 64,32,16 --steps 1000000 \
+  vq codebook finetune --model "$1" --out "$2" --data "$PACK/train" --ks 64,32,16 --steps 1000000 \
     --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
 }
 if [ -n "${PRIORS_ONLY:-}" ]; then
   cp "${MODEL:-vqnet/models/default.safetensors}" "$RUN/default.safetensors"
 else
   # Written under a private name, then renamed: runs sharing a call may unpack it at the same time.
-  python3 -c "import lzma, os, pathlib; t = pathlib.Path('$VQNET_VGG16_FP16.' + str(os.getpid())); t.write_bytes(lzma.decompress(pathlib.Path('.gpu/vgg16-fp16.safetensors.xz').read_bytes())); os.replace(t, '$VQNET_VGG16_FP16')"
+  python3 -c "import lzma, os, pathlib; t = pathlib.Path('$VQNET_VGG16_FP16.' + str(os.getpid())); t.write_bytes(lzma.decompress(pathlib.Path('$PACK/vgg16-fp16.safetensors.xz').read_bytes())); os.replace(t, '$VQNET_VGG16_FP16')"
   train_decoder "$RUN/dec-warm" vqnet/models/default.safetensors "$WARM_MIN" 100000000
   swap_in "$(chosen "$RUN/dec-warm")" "$RUN/swapped.safetensors"
   echo "stage 1 done at $((SECONDS - t0)) s"
