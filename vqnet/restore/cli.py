@@ -135,7 +135,7 @@ def train_prior_cmd(
                                    code_vectors=codec.codebook(K).embedding, on_step=on_step, device=device,
                                    minutes=minutes, start_weights=start_weights,
                                    workers=default_workers(device) if workers is None else workers)
-            except ValueError as exc:
+            except (ValueError, TimeoutError) as exc:  # a refused resume, or a lost batch-drawing worker
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(2) from None
         state = torch.load(ckpt, map_location="cpu", weights_only=True)

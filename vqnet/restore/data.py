@@ -193,6 +193,8 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, step])
 
 
+#: Longest wait for one drawn batch (batch 512 takes ~0.07 s on one core of this CPU).
+WORKER_TIMEOUT_S = 600
 _WORKER_SAMPLER: WindowSampler | None = None  # set in each worker process by _start_worker
 
 
@@ -244,5 +246,9 @@ class StepBatches:
                     self.pending[s] = self.pool.apply_async(_draw_step, (self.seed, s, self.n, self.with_masks))
             for s in [s for s in self.pending if s < step]:  # skipped steps (none in a training loop)
                 del self.pending[s]
-            codes, masks = self.pending.pop(step).get()
+            try:  # a worker killed from outside (out of memory, say) loses its batch without an error
+                codes, masks = self.pending.pop(step).get(timeout=WORKER_TIMEOUT_S)
+            except multiprocessing.TimeoutError:
+                raise TimeoutError(f"no batch from the window-drawing workers in {WORKER_TIMEOUT_S} s "
+                                   "(was one killed?); resume with --workers 0") from None
         return torch.from_numpy(codes), torch.from_numpy(masks)
