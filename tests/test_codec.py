@@ -121,6 +121,19 @@ def test_bundle_roundtrip_and_codec_shapes(tmp_path):
         assert out.shape == img.shape and out.dtype == np.uint8
     # fp16 storage: the reloaded model quantises (almost) like the original
     assert (loaded.encode(img, 32) == codec.encode(img, 32)).mean() > 0.9
+    assert loaded.codebooks[32].prior.pair is None
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["version"] == "1"  # what every reader reads
+
+
+def test_bundle_with_a_pair_exponent_is_version_2(tmp_path):
+    codec = _small_codec()
+    codec.codebooks[32] = replace(codec.codebooks[32], prior=codec.codebooks[32].prior.with_pair(0.75))
+    save_codec(codec, tmp_path / "c.safetensors")
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["version"] == "2" and "priors.K32.pair" in set(fh.keys())
+    loaded = load_codec(tmp_path / "c.safetensors")
+    assert loaded.codebooks[32].prior.pair == 0.75 and loaded.codebooks[8].prior.pair is None
 
 
 def test_bundle_keeps_raw_codebooks(tmp_path):

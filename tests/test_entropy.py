@@ -298,3 +298,63 @@ def test_context_table_round_trip_gives_identical_coding() -> None:
     data = encode(symbols, prior, refs)
     assert encode(symbols, loaded, refs) == data
     np.testing.assert_array_equal(decode(data, 800, loaded, refs), symbols)
+
+
+def two_neighbour_grid(K: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Each code copies its left or its upper neighbour (45 % each) or is drawn afresh: each
+    neighbour alone predicts half of the grid, the two together most of it."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, K, (h, w))
+    for r in range(1, h):
+        for c in range(1, w):
+            u = rng.random()
+            g[r, c] = g[r, c - 1] if u < 0.45 else g[r - 1, c] if u < 0.9 else rng.integers(K)
+    return g
+
+
+def grid_refs(g: np.ndarray) -> np.ndarray:
+    """[left, upper] refs of a whole grid coded as one raster stream."""
+    h, w = g.shape
+    pos = np.arange(h * w)
+    return np.stack([np.where(pos % w > 0, pos - 1, -1), np.where(pos >= w, pos - w, -1)], axis=1)
+
+
+@pytest.mark.parametrize("pair", [0.5, 0.75, 1.0])
+def test_pair_coding_round_trips_and_uses_both_neighbours(pair: float) -> None:
+    from vqnet.codec.ladder import neighbour_pairs
+
+    K = 16
+    train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(4)]
+    one = Prior.from_counts(sum(np.bincount(g.ravel(), minlength=K) for g in train)).with_context(
+        sum(neighbour_pairs(g, K) for g in train))
+    both = one.with_pair(pair)
+    g = two_neighbour_grid(K, 24, 24, seed=9)
+    symbols, refs = g.ravel(), grid_refs(g)
+    data = encode(symbols, both, refs)  # rows built for the whole stream at once ...
+    np.testing.assert_array_equal(decode(data, symbols.size, both, refs), symbols)  # ... and one at a time
+    info_one, info_both = one.information_bits(symbols, refs).sum(), both.information_bits(symbols, refs).sum()
+    assert info_both <= 8 * len(data) <= info_both + MAX_STREAM_OVERHEAD_BITS + 0.01 * info_both
+    assert info_both < 0.95 * info_one
+    # with only one neighbour per symbol the pair prior codes exactly as the one-neighbour prior
+    left_only = np.where(refs[:, 0] >= 0, refs[:, 0], refs[:, 1])
+    assert encode(symbols, both, left_only) == encode(symbols, one, refs) == encode(symbols, one, left_only)
+
+
+def test_pair_exponent_is_checked_and_chosen_from_data() -> None:
+    from vqnet.codec.ladder import best_pair, neighbour_pairs
+
+    K = 16
+    train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(4)]
+    prior = Prior.from_counts(sum(np.bincount(g.ravel(), minlength=K) for g in train)).with_context(
+        sum(neighbour_pairs(g, K) for g in train))
+    assert best_pair(prior, [two_neighbour_grid(K, 24, 24, seed=8)]) is not None
+    noise = [np.random.default_rng(s).integers(0, K, (24, 24)) for s in range(3)]  # neighbours say nothing
+    flat = Prior.from_counts(np.ones(K)).with_context(sum(neighbour_pairs(g, K) for g in noise[:2]))
+    assert best_pair(flat, noise[2:]) in (None, 0.5)  # on unseen maps a product of noise rows only adds noise
+    with pytest.raises(ValueError, match="pair exponent must be"):
+        prior.with_pair(0.6)
+    with pytest.raises(ValueError, match="needs a context table"):
+        Prior.uniform(K).with_pair(0.5)
+    loaded = Prior.from_array(prior.to_array(), prior.context.copy(), 0.75)
+    g = train[0]
+    assert encode(g.ravel(), loaded, grid_refs(g)) == encode(g.ravel(), prior.with_pair(0.75), grid_refs(g))

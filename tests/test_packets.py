@@ -492,12 +492,15 @@ def test_forged_consistent_packets_never_crash(items: list[bytes]) -> None:
     assert np.all((out.indices[~out.lost] >= 0) & (out.indices[~out.lost] < out.K))
 
 
-def test_context_refs_point_to_left_else_upper_neighbour_in_the_packet() -> None:
+def test_context_refs_point_to_left_and_upper_neighbours_in_the_packet() -> None:
     w = 4  # grid positions 0..15, rows of 4
-    np.testing.assert_array_equal(context_refs(np.arange(3, 9), w), [-1, -1, 1, 2, 3, 1])  # run 3..8
-    np.testing.assert_array_equal(context_refs(np.arange(1, 16, 2), w), [-1, -1, 0, 1, 2, 3, 4, 5])  # N=2: above
-    np.testing.assert_array_equal(context_refs(np.arange(0, 16, 3), w), [-1] * 6)  # N=3: no neighbour travels along
-    assert context_refs(np.zeros(0, dtype=np.int64), w).size == 0
+    # run 3..8 of a width-4 grid: left neighbours, and position 7's upper one (3) travels too
+    np.testing.assert_array_equal(context_refs(np.arange(3, 9), w).T,
+                                  [[-1, -1, 1, 2, 3, -1], [-1, -1, -1, -1, 0, 1]])
+    np.testing.assert_array_equal(context_refs(np.arange(1, 16, 2), w)[:, 1], [-1, -1, 0, 1, 2, 3, 4, 5])  # N=2
+    assert (context_refs(np.arange(1, 16, 2), w)[:, 0] == -1).all()
+    np.testing.assert_array_equal(context_refs(np.arange(0, 16, 3), w), -np.ones((6, 2)))  # N=3: none travels
+    assert context_refs(np.zeros(0, dtype=np.int64), w).shape == (0, 2)
 
 
 def correlated_grid(K: int, shape: tuple[int, int], seed: int) -> np.ndarray:

@@ -491,8 +491,10 @@ def codebook_priors(
         new.provenance |= {"prior_images": images, "data": str(data)}
         sha = save_codec(new, out)
         for K in new.ks:
+            pair = new.codebooks[K].prior.pair
             typer.echo(f"K={K}: prior entropy {new.codebooks[K].prior.entropy_bits():.2f} bits/index "
-                       f"(was {codec.codebooks[K].prior.entropy_bits():.2f})")
+                       f"(was {codec.codebooks[K].prior.entropy_bits():.2f}); "
+                       + (f"two neighbours, exponent {pair}" if pair else "one neighbour"))
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 

@@ -31,7 +31,8 @@ Byte layout (network byte order, ``struct`` format in brackets)::
 
 The payload codes the packet's indices in the order of ``positions()``; under a
 prior with a context table each index is coded against its left (else upper)
-grid neighbour when that one travels in the same packet (:func:`context_refs`).
+grid neighbour when that one travels in the same packet, or against both when
+the prior has a pair exponent (:func:`context_refs`).
 
 So the header is 28 bytes (raster) or 24 bytes (interleaved), plus a 4-byte
 CRC trailer.  In the interleaved layout ``n`` is redundant (it must equal the
@@ -286,24 +287,25 @@ def _validate_grid(indices: np.ndarray, prior: Prior) -> np.ndarray:
 
 
 def context_refs(positions: np.ndarray, w: int) -> np.ndarray:
-    """For one packet's positions (ascending raster order, grid width ``w``): where in the
-    packet each position's left neighbour sits, else its upper neighbour, else -1.
+    """For one packet's positions (ascending raster order, grid width ``w``): (n, 2), where in
+    the packet each position's left and upper neighbours sit, -1 for one that is not there.
 
     These are the neighbours a context prior codes an index against (:func:`entropy.encode`'s
-    ``refs``). Only neighbours inside the same packet count, so a packet still decodes alone:
-    a raster run gets the left neighbour almost everywhere, interleaved packets get the upper
-    one when the packet count divides the width, and none at all otherwise.
+    ``refs``: the left one, else the upper one, or both for a prior with a pair exponent). Only
+    neighbours inside the same packet count, so a packet still decodes alone: a raster run gets
+    the left neighbour almost everywhere and the upper one once it is longer than a row,
+    interleaved packets get the upper one when the packet count divides the width, and none at
+    all otherwise.
     """
     pos = np.asarray(positions, dtype=np.int64)
     if pos.size == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.int64)
 
     def find(target: np.ndarray, valid: np.ndarray) -> np.ndarray:
         j = np.minimum(np.searchsorted(pos, target), pos.size - 1)
         return np.where(valid & (pos[j] == target), j, -1)
 
-    left = find(pos - 1, pos % w != 0)
-    return np.where(left >= 0, left, find(pos - w, pos >= w))
+    return np.stack([find(pos - 1, pos % w != 0), find(pos - w, pos >= w)], axis=1)
 
 
 def _fitting_payload(symbols: np.ndarray, prior: Prior, max_payload: int, refs: np.ndarray) -> bytes | None:

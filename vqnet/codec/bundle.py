@@ -8,8 +8,10 @@ File format (one ``.safetensors`` file, fp16 for weights, float32 for priors, ui
 - for every K: ``codebooks.K{K}.embedding`` (K x embed_dim) and that K's ``quant_conv``/
   ``post_quant_conv`` (the paper fine-tunes these per K, with the encoder/decoder frozen);
 - ``priors.K{K}``: the static index distribution the range coder uses at that K, and
-  ``priors.K{K}.context`` (K x K uint16, optional): its neighbour-context table
-  (:class:`vqnet.entropy.Prior`);
+  ``priors.K{K}.context`` (K x K uint16, optional): its neighbour-context table, and
+  ``priors.K{K}.pair`` (one float32, optional): the exponent for indices coded against both
+  neighbours (:class:`vqnet.entropy.Prior`); a bundle with one is version 2, which older readers
+  refuse instead of decoding its packets wrongly;
 - for every fine-tuned K, optionally its K-means ancestor ("w/o fine-tune", the paper's ablation):
   ``codebooks.K{K}.raw.*`` (same five tensors) and ``priors.K{K}.raw``. These names sit inside the
   prefixes readers already skip or look up key by key, so bundles without them (and readers that
@@ -38,7 +40,8 @@ from vqnet.images import pad_to_multiple, to_tensor, to_uint8
 from vqnet.weights import sha256_of
 
 FORMAT = "vqnet-codec"
-VERSION = "1"
+#: Bundle versions this vqnet reads: 2 adds ``priors.K{K}.pair``; a bundle without one is written as 1.
+VERSIONS = ("1", "2")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.safetensors"
 #: ``{"<file name in vqnet/models/>": "<sha256 hex>"}`` for every bundled weights file.
 MANIFEST = DEFAULT_MODEL.parent / "manifest.json"
@@ -168,6 +171,8 @@ def _codebook_tensors(cb: Codebook, raw: bool) -> dict[str, torch.Tensor]:
     tensors[prior] = torch.from_numpy(cb.prior.to_array())
     if cb.prior.context is not None:
         tensors[prior + ".context"] = torch.from_numpy(cb.prior.context.copy())
+    if cb.prior.pair is not None:
+        tensors[prior + ".pair"] = torch.tensor([cb.prior.pair], dtype=torch.float32)
     return tensors
 
 
@@ -175,8 +180,9 @@ def _read_codebook(tensors: dict[str, torch.Tensor], K: int, raw: bool, finetune
     """KeyError names the first missing tensor."""
     prefix, prior = _names(K, raw)
     fields = {field: tensors[prefix + name].float() for name, field in _CODEBOOK_TENSORS.items()}
-    context = tensors.get(prior + ".context")
-    return Codebook(K=K, prior=Prior.from_array(tensors[prior].numpy(), None if context is None else context.numpy()),
+    context, pair = tensors.get(prior + ".context"), tensors.get(prior + ".pair")
+    return Codebook(K=K, prior=Prior.from_array(tensors[prior].numpy(), None if context is None else context.numpy(),
+                                                None if pair is None else float(pair[0])),
                     finetuned=finetuned, **fields)
 
 
@@ -189,7 +195,7 @@ def save_codec(codec: Codec, path: Path) -> str:
             tensors |= _codebook_tensors(cb.raw, raw=True)
     meta = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSIONS[1] if any(t.endswith(".pair") for t in tensors) else VERSIONS[0],
         "config": json.dumps(codec.model.config.to_dict()),
         "ks": json.dumps(sorted(codec.codebooks)),
         "finetuned": json.dumps(sorted(K for K, cb in codec.codebooks.items() if cb.finetuned)),
@@ -251,8 +257,9 @@ def load_codec(path: Path | str | None = None) -> Codec:
     meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise CodecError(f"{path} is not a vqnet codec bundle (format={meta.get('format')!r})")
-    if meta.get("version") != VERSION:
-        raise CodecError(f"{path} has bundle version {meta.get('version')!r}; this vqnet reads version {VERSION}")
+    if meta.get("version") not in VERSIONS:
+        raise CodecError(f"{path} has bundle version {meta.get('version')!r}; this vqnet reads versions "
+                         f"{', '.join(VERSIONS)}")
     cfg = VQGANConfig.from_dict(json.loads(meta["config"]))
     model = VQModel(cfg).eval()
     base = {k: v.float() for k, v in tensors.items() if not k.startswith(("codebooks.", "priors."))}
