@@ -9,21 +9,25 @@ For every position of each image's index grid that has both a left and an upper 
   ``p(x | l, u) ∝ T[l, x]^a · T[u, x]^a · p(x)^(1-2a)``: no new table, one exponent per K.
 
 Ideal bits (−log2 p), not coded bytes: the coder's per-packet overhead and the model quantisation
-come on top, and a product needs exact integer arithmetic before it can be coded (encoder and
-decoder must compute identical tables on every machine). Usage:
+come on top. ``--coded`` measures those instead, for a bundle whose priors carry pair exponents
+(``vqnet codebook priors`` fits them): the bytes of real ``.vqn`` files, headers included, with the
+bundle's priors as they are and with their exponents removed, in both packet layouts at 1000- and
+24-byte payloads. Usage:
 
-    python scripts/context_bits.py ../shared/data/kodak [--model BUNDLE] [--ks 1024 256 16]
+    python scripts/context_bits.py ../shared/data/kodak [--model BUNDLE] [--ks 1024 256 16] [--coded]
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vqnet.codec.bundle import load_codec
-from vqnet.images import load_images
+from vqnet.codec.bundle import Codec, load_codec
+from vqnet.images import NamedImage, load_images
+from vqnet.vqn import encode_vqn, write_vqn
 
 EXPONENTS = (0.5, 0.7, 0.85, 1.0)
 
@@ -35,14 +39,33 @@ def bits(log_probs: np.ndarray, x: np.ndarray) -> float:
     return float(-lp[np.arange(len(x)), x].mean() / np.log(2))
 
 
+def coded(codec: Codec, images: list[NamedImage], ks: list[int]) -> None:
+    """.vqn bits per pixel with each K's pair exponent removed, then as the bundle has it."""
+    one = Codec(codec.model, {K: replace(cb, prior=cb.prior.with_pair(None)) for K, cb in codec.codebooks.items()},
+                codec.model_id)
+    pixels = sum(im.pixels.shape[0] * im.pixels.shape[1] for im in images)
+    for K in ks:
+        print(f"K={K}, pair exponent {codec.codebook(K).prior.pair}: bpp with one neighbour -> with the pair")
+        for layout, payload in (("raster", 1000), ("interleaved", 1000), ("raster", 24), ("interleaved", 24)):
+            size = [sum(len(write_vqn(encode_vqn(c, im.pixels, K, payload, layout))) for im in images)
+                    for c in (one, codec)]
+            print(f"  {layout:11s} {payload:4d} B: {8 * size[0] / pixels:.5f} -> {8 * size[1] / pixels:.5f} "
+                  f"({100 * (size[1] / size[0] - 1):+.1f} %)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("images", type=Path)
     ap.add_argument("--model", type=Path, help="Codec bundle (default: the bundled one).")
     ap.add_argument("--ks", type=int, nargs="*", default=[1024, 256, 16])
+    ap.add_argument("--coded", action="store_true", help="Bytes of real .vqn files, one neighbour vs the pair.")
     args = ap.parse_args()
     codec = load_codec(args.model)
-    latents = [codec.encode_latent(im.pixels) for im in load_images(str(args.images))]
+    images = load_images(str(args.images))
+    if args.coded:
+        coded(codec, images, args.ks)
+        return
+    latents = [codec.encode_latent(im.pixels) for im in images]
     for K in args.ks:
         prior = codec.codebook(K).prior
         if prior.context is None:
