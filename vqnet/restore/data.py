@@ -219,7 +219,7 @@ class StepBatches:
 
     def __init__(self, maps: list[np.ndarray], seed: int, n: int, with_masks: bool, workers: int = 0):
         self.sampler = WindowSampler(maps)
-        self.seed, self.n, self.with_masks, self.workers = seed, n, with_masks, workers
+        self.seed, self.n, self.with_masks = seed, n, with_masks
         self.ahead = 4 * workers  # batches in flight: enough to keep every worker busy, bounded memory
         self.pending: dict[int, Any] = {}
         self.pool: Any = None
@@ -244,8 +244,6 @@ class StepBatches:
             for s in range(step, step + self.ahead):
                 if s not in self.pending:
                     self.pending[s] = self.pool.apply_async(_draw_step, (self.seed, s, self.n, self.with_masks))
-            for s in [s for s in self.pending if s < step]:  # skipped steps (none in a training loop)
-                del self.pending[s]
             try:  # a worker killed from outside (out of memory, say) loses its batch without an error
                 codes, masks = self.pending.pop(step).get(timeout=WORKER_TIMEOUT_S)
             except multiprocessing.TimeoutError:
