@@ -190,6 +190,13 @@ def test_eval_without_dists_or_baselines(codec_path: Path, image_dir: Path, tmp_
     assert result.exit_code == 0, result.output
     rd = pd.read_csv(tmp_path / "rd.csv")
     assert set(rd["codec"]) == {"vqnet"} and rd["dists"].isna().all()
+    raster = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out", str(tmp_path / "r"),
+                                      "--no-dists", "--classical", "none", "--quiet", "--layout", "raster"])
+    assert raster.exit_code == 0, raster.output
+    other = pd.read_csv(tmp_path / "r" / "rd.csv")  # same indices, so the same images, other packets
+    assert (other["lpips"] == rd["lpips"]).all() and not (other["bpp"] == rd["bpp"]).all()
+    bad = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--layout", "zigzag", "-q"])
+    assert bad.exit_code == 2 and "--layout must be raster or interleaved" in bad.output
 
 
 def test_eval_ks_restricts_the_ladder(finetuned_path: Path, image_dir: Path, tmp_path: Path) -> None:

@@ -76,6 +76,13 @@ MINUTES_HELP = "Stop after this many minutes of training, with a checkpoint (for
 FREEZE_CHOICES = ("none", "encoder", "encoder,post_quant_conv")
 
 
+def check_layout(layout: str) -> str:
+    """``--layout``, refused in one line unless the packetizer has it."""
+    if layout not in ("raster", "interleaved"):
+        raise typer.BadParameter(f"--layout must be raster or interleaved, got {layout!r}")
+    return layout
+
+
 def check_device(device: str) -> str:
     """``--device`` as torch names it, refused in one line when this machine has no such device."""
     import torch
@@ -179,8 +186,7 @@ def encode(
 ) -> None:
     """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
     with user_errors():
-        if layout not in ("raster", "interleaved"):
-            raise typer.BadParameter(f"--layout must be raster or interleaved, got {layout!r}")
+        check_layout(layout)
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_image
         from vqnet.metrics import bpp
@@ -236,6 +242,10 @@ def eval_cmd(
     classical: Annotated[str, typer.Option(help="Comma-separated baselines (jpeg, webp, avif), or 'none'.")] = (
         "jpeg,webp,avif"),
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet of the .vqn files.")] = 1000,
+    layout: Annotated[str, typer.Option(help="Packet layout of the .vqn files: interleaved (what loss "
+                                             "concealment wants) | raster (long runs: every index can be coded "
+                                             "against its left and upper neighbours, the lower bpp).")] = (
+        "interleaved"),
     codebooks: Annotated[str, typer.Option(help="finetuned (the stored codebooks, rows 'vqnet') | raw (their "
                                                 "K-means ancestors, rows 'vqnet-raw': the paper's w/o fine-tune "
                                                 "ablation) | both.")] = "finetuned",
@@ -256,6 +266,7 @@ def eval_cmd(
         from vqnet.journal import PARTIAL_NAME
         from vqnet.plots import plot_codec_grid, plot_rd
 
+        check_layout(layout)
         if codebooks not in CODEBOOK_SETS:
             raise typer.BadParameter(f"--codebooks must be one of {', '.join(CODEBOOK_SETS)}, got {codebooks!r}")
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
@@ -264,7 +275,8 @@ def eval_cmd(
         pixels = load_images(str(images))
         label = images.resolve().name
         total = count_steps(len(pixels), len(k_list), names, codebooks)
-        options = dict(with_dists=dists, classical=names, max_payload=max_payload, codebooks=codebooks, ks=k_list)
+        options = dict(with_dists=dists, classical=names, max_payload=max_payload, codebooks=codebooks, ks=k_list,
+                       layout=layout)
         with EvalJournal.open(out / PARTIAL_NAME, eval_fingerprint(codec, pixels, **options), fresh) as journal:
             if journal.done:
                 typer.echo(f"resuming: {len(journal.done)} of {total} codings already done ({journal.path})")
