@@ -71,13 +71,15 @@ def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook) -> Prior:
              .reshape(z.shape[-2:]) for z in latents]
     # The exponent is chosen on half the maps with a table fitted on the other half: chosen on the
     # maps its table was fitted on, the product rewards the table's overfitting (on noise, 1.0).
-    pair = best_pair(_context_prior(grids[0::2], cb.K), grids[1::2]) if len(grids) > 1 else None
-    return _context_prior(grids, cb.K).with_pair(pair)
+    (counts, pairs), (odd_counts, odd_pairs) = (_code_counts(grids[start::2], cb.K) for start in (0, 1))
+    pair = best_pair(Prior.from_counts(counts).with_context(pairs), grids[1::2]) if len(grids) > 1 else None
+    return Prior.from_counts(counts + odd_counts).with_context(pairs + odd_pairs).with_pair(pair)
 
 
-def _context_prior(grids: Sequence[np.ndarray], K: int) -> Prior:
-    counts = sum(np.bincount(g.ravel(), minlength=K).astype(np.float64) for g in grids)
-    return Prior.from_counts(counts).with_context(sum(neighbour_pairs(g, K) for g in grids))
+def _code_counts(grids: Sequence[np.ndarray], K: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) code counts and (K, K) neighbour-pair counts of ``grids``."""
+    counts = sum((np.bincount(g.ravel(), minlength=K).astype(np.float64) for g in grids), np.zeros(K))
+    return counts, sum((neighbour_pairs(g, K) for g in grids), np.zeros((K, K)))
 
 
 def best_pair(prior: Prior, grids: Sequence[np.ndarray], limit: int = 400) -> float | None:
@@ -86,8 +88,9 @@ def best_pair(prior: Prior, grids: Sequence[np.ndarray], limit: int = 400) -> fl
     stream, in the fewest ideal bits.
 
     Why choose rather than fix it: the product of the two neighbours' rows double-counts what they
-    share, and how much depends on K (on Kodak with the bundled model, 0.75 suits K=1024 and 256
-    and 1 suits K=16; ``scripts/context_bits.py``)."""
+    share, and how much depends on K and on the data (for the bundled model, Kodak's ideal bits
+    favour 0.7 at K=1024 and 1 at K=16, ``scripts/context_bits.py``; held-out training maps chose
+    0.5 and 0.75)."""
     chosen = list(grids)[:: max(1, -(-len(grids) // limit))]
     streams = [(g.ravel(), context_refs(np.arange(g.size), g.shape[1])) for g in chosen]
 
