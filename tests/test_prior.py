@@ -318,6 +318,52 @@ def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path,
     assert foreign.exit_code == 2 and "another codebook" in foreign.output and "Traceback" not in foreign.output
 
 
+def test_train_prior_leaves_the_bundled_transformer_alone_without_install(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial run on the bundled codec must not overwrite the shipped transformer (nor its manifest
+    entry): it writes a self-contained bundle to OUT instead; --install replaces the shipped one."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import vqnet.codec.bundle as bundle
+    import vqnet.restore.store as store
+    from vqnet.cli import app
+    from vqnet.restore.data import save_maps
+    from vqnet.weights import sha256_of
+
+    models = tmp_path / "models"
+    models.mkdir()
+    default = models / "default.safetensors"
+    model = tiny_model()
+    save_codec(Codec(model, {32: Codebook.from_model(model, Prior.uniform(32))}), default)
+    manifest = models / "manifest.json"
+    manifest.write_text(json.dumps({default.name: sha256_of(default)}) + "\n")
+    for module in (bundle, store):
+        monkeypatch.setattr(module, "DEFAULT_MODEL", default)
+        monkeypatch.setattr(module, "MANIFEST", manifest)
+    codec = bundle.load_codec(None)
+    maps = tmp_path / "maps.safetensors"
+    save_maps(maps, pattern_maps(), index_fingerprint(codec, 32), 2)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "prior", "--kind", "masked", "--K", "32", "--maps", str(maps), "--steps", "2", "--batch", "2",
+            "--layers", "1", "--heads", "2", "--embd", "16", "--out"]
+    before = sorted(p.name for p in models.iterdir()), manifest.read_text()
+    trial = CliRunner().invoke(app, args + ["run"])
+    assert trial.exit_code == 0, trial.output
+    assert (sorted(p.name for p in models.iterdir()), manifest.read_text()) == before
+    assert "the bundled one is unchanged" in trial.output
+    copy = bundle.load_codec(tmp_path / "run" / "default.safetensors")
+    assert load_concealer(copy, "masked", 32).config.n_layer == 1
+    installed = CliRunner().invoke(app, args + ["run-i", "--install"])
+    assert installed.exit_code == 0, installed.output
+    assert json.loads(manifest.read_text())["default.masked.K32.safetensors"] == sha256_of(
+        models / "default.masked.K32.safetensors")
+    assert load_concealer(bundle.load_codec(None), "masked", 32).config.n_layer == 1
+    elsewhere = CliRunner().invoke(app, args + ["run-e", "--install", "--model", str(tmp_path / "run" / "default.safetensors")])
+    assert elsewhere.exit_code == 2 and "--install replaces the bundled" in elsewhere.output
+
+
 def test_index_map_files_round_trip_and_name_their_codebook(tmp_path: Path) -> None:
     maps = pattern_maps()
     save_maps(tmp_path / "small.safetensors", maps, "abc", 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -67,9 +68,15 @@ def train_prior_cmd(
     maps: Annotated[Path | None, typer.Option(help="Index-map file: read when it exists (it must come from this "
                                                    "codec's K), else written after encoding --data. Lets a GPU "
                                                    "machine train on maps encoded elsewhere.")] = None,
+    install: Annotated[bool, typer.Option("--install", help="With the bundled codec: replace its shipped "
+                                                            "transformer and manifest entry. Without it the file "
+                                                            "goes to OUT beside a copy of the codec.")] = False,
 ) -> None:
     """Train a concealment transformer for one K, checkpointing every 3 minutes, then write it in fp16
-    beside the codec as <codec>.KIND.K<K>.safetensors (the bundled model's manifest is updated)."""
+    beside the codec as <codec>.KIND.K<K>.safetensors.
+
+    The bundled codec's shipped transformers are only replaced with --install (a trial run must not
+    overwrite them); otherwise OUT gets the file and a copy of the codec to pass as --model."""
     from vqnet.cli import _COLUMNS, check_device, user_errors
 
     with user_errors():
@@ -94,6 +101,10 @@ def train_prior_cmd(
 
         codec = load_codec(model)
         codec.codebook(K)
+        bundled = concealer_path(codec, kind, K).parent == DEFAULT_MODEL.parent
+        if install and not bundled:
+            raise typer.BadParameter("--install replaces the bundled model's transformer; with --model the file "
+                                     "is written beside that codec anyway")
         check_device(device)
         if not (maps and maps.is_file()) and not data.is_dir():
             raise FileNotFoundError(f"training photo folder not found: {data}")
@@ -144,11 +155,18 @@ def train_prior_cmd(
         gpt = GPT(cfg.gpt_config())
         gpt.load_state_dict(state["model"])
         dest = concealer_path(codec, kind, K)
+        if bundled and not install:
+            # A self-contained bundle in OUT: codec copy + transformer, usable as --model at once.
+            shutil.copyfile(DEFAULT_MODEL, out / DEFAULT_MODEL.name)
+            dest = out / dest.name
         sha = export_concealer(gpt, kind, K, fingerprint, dest,
                                {"train": json.dumps(state["train_config"]), "data": str(maps or data),
                                 "photos": n_photos, "maps": len(grids)})
-        if dest.parent == DEFAULT_MODEL.parent:
+        if bundled and install:
             entries = json.loads(MANIFEST.read_text())
             entries[dest.name] = sha
             MANIFEST.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
         typer.echo(f"checkpoint: {ckpt}\nwrote {dest} (sha256 {sha[:16]}...)")
+        if bundled and not install:
+            typer.echo(f"use it with --model {out / DEFAULT_MODEL.name}; the bundled one is unchanged "
+                       "(train with --install to replace it)")
