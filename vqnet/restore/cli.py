@@ -101,7 +101,8 @@ def train_prior_cmd(
 
         codec = load_codec(model)
         codec.codebook(K)
-        bundled = concealer_path(codec, kind, K).parent == DEFAULT_MODEL.parent
+        dest = concealer_path(codec, kind, K)
+        bundled = dest.parent == DEFAULT_MODEL.parent
         if install and not bundled:
             raise typer.BadParameter("--install replaces the bundled model's transformer; with --model the file "
                                      "is written beside that codec anyway")
@@ -154,7 +155,6 @@ def train_prior_cmd(
 
         gpt = GPT(cfg.gpt_config())
         gpt.load_state_dict(state["model"])
-        dest = concealer_path(codec, kind, K)
         if bundled and not install:
             # A self-contained bundle in OUT: codec copy + transformer, usable as --model at once.
             shutil.copyfile(DEFAULT_MODEL, out / DEFAULT_MODEL.name)
