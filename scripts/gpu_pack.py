@@ -37,7 +37,8 @@ from vqnet.codec.bundle import load_codec
 from vqnet.codec.train import at_least
 from vqnet.images import list_image_files, load_image
 from vqnet.restore.cli import latent_cache
-from vqnet.restore.data import choose_photos, encode_photos, index_maps, save_maps
+from vqnet.images import choose_photos
+from vqnet.restore.data import encode_photos, index_maps, save_maps
 from vqnet.restore.store import encoder_fingerprint, index_fingerprint
 from vqnet.weights import export_vgg16_fp16
 

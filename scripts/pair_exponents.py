@@ -21,7 +21,7 @@ import numpy as np
 
 from vqnet.codec.bundle import load_codec, save_codec
 from vqnet.codec.ladder import best_pair
-from vqnet.images import list_image_files, load_image
+from vqnet.images import choose_photos, list_image_files, load_image
 
 
 def main() -> None:
@@ -32,11 +32,10 @@ def main() -> None:
     args = ap.parse_args()
 
     codec = load_codec(args.model)
-    files = list_image_files(args.data)
-    fitted = set(np.random.default_rng(0).choice(len(files), size=200, replace=False).tolist())
-    rest = [i for i in range(len(files)) if i not in fitted]
-    held = sorted(np.random.default_rng(1).choice(rest, size=400, replace=False).tolist())
-    latents = [codec.encode_latent(load_image(files[i])) for i in held]
+    fitted = set(choose_photos(args.data, 200, seed=0))  # what sample_latents(…, 200, seed=0) encoded
+    rest = [f for f in list_image_files(args.data) if f not in fitted]
+    held = sorted(np.random.default_rng(1).choice(len(rest), size=400, replace=False).tolist())
+    latents = [codec.encode_latent(load_image(rest[i])) for i in held]
 
     raw_codec = codec.raw_codec() if any(cb.raw for cb in codec.codebooks.values()) else None
     chosen: dict[str, float | None] = {}

@@ -14,7 +14,8 @@ from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
 from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
 from vqnet.restore.cli import latent_cache
-from vqnet.restore.data import (StepBatches, WindowSampler, choose_photos, encode_photos, gilbert_losses, index_maps,
+from vqnet.images import choose_photos
+from vqnet.restore.data import (StepBatches, WindowSampler, encode_photos, gilbert_losses, index_maps,
                                 load_maps, sample_mask, save_maps)
 from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT

@@ -77,6 +77,16 @@ def list_image_files(source: str | Path) -> list[Path]:
     return sorted(files)
 
 
+def choose_photos(data: str | Path, n: int | None, seed: int = 0) -> list[Path]:
+    """All photos under ``data``, or ``n`` of them drawn by ``seed`` (in file order): the one rule
+    every training step samples photos by, so a later step can tell which ones an earlier used."""
+    files = list_image_files(data)
+    if n is None or n >= len(files):
+        return files
+    rng = np.random.default_rng(seed)
+    return [files[i] for i in sorted(rng.choice(len(files), size=n, replace=False))]
+
+
 def skimage_image(name: str) -> np.ndarray:
     import skimage.data
 

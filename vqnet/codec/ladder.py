@@ -18,15 +18,13 @@ from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQModel, nearest_code
 from vqnet.entropy import PAIR_EXPONENTS, Prior
 from vqnet.packets import context_refs
-from vqnet.images import list_image_files, load_image
+from vqnet.images import choose_photos, load_image
 
 
 def sample_latents(model: VQModel, data: str | Path, n_images: int, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
     """Encoder outputs of ``n_images`` training photos chosen by ``seed`` (whole photos, no crops)."""
-    files = list_image_files(data)
-    rng = np.random.default_rng(seed)
-    chosen = [files[i] for i in sorted(rng.choice(len(files), size=min(n_images, len(files)), replace=False))]
+    chosen = choose_photos(data, n_images, seed)
     codec = Codec(model, {})
     latents = []
     for i, f in enumerate(chosen):

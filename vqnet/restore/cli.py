@@ -94,7 +94,8 @@ def train_prior_cmd(
         from rich.progress import Progress
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
-        from vqnet.restore.data import choose_photos, encode_photos, index_maps, load_maps, save_maps
+        from vqnet.images import choose_photos
+        from vqnet.restore.data import encode_photos, index_maps, load_maps, save_maps
         from vqnet.restore.store import (concealer_path, encoder_fingerprint, export_concealer, index_fingerprint,
                                          load_concealer_file)
         from vqnet.restore.train import PriorTrainConfig, train_prior

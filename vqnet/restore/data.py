@@ -25,15 +25,6 @@ from vqnet.images import list_image_files, load_image
 WINDOW = 16
 
 
-def choose_photos(data: str | Path, n: int | None, seed: int = 0) -> list[Path]:
-    """All training photos, or ``n`` of them drawn by ``seed`` (in file order)."""
-    files = list_image_files(data)
-    if n is None or n >= len(files):
-        return files
-    rng = np.random.default_rng(seed)
-    return [files[i] for i in sorted(rng.choice(len(files), size=n, replace=False))]
-
-
 def encode_photos(codec: Codec, files: list[Path], cache: Path, shard: int = 50,
                   progress: Callable[[int, int], None] | None = None, shift: int = 0) -> list[torch.Tensor]:
     """Encoder outputs (fp16) of every photo in ``files`` and of its mirror image.
