@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_model
 from vqnet.classical import ClassicalCoder, ClassicalError, RateError, encode_at_bpp, unavailable_reason
+from vqnet.chroma import CELLS
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
 from vqnet.entropy import Prior
@@ -174,10 +175,11 @@ def test_eval_command_writes_report(codec_path: Path, image_dir: Path, tmp_path:
 
     per_image = pd.read_csv(out / "rd_images.csv")
     assert list(per_image.columns) == IMAGE_COLUMNS
-    # vqnet's rate is the whole .vqn file: what `vqnet encode` would write for the same image.
+    # vqnet's rate is the whole .vqn file, colour packet included: what `vqnet encode` would write.
     codec, img = load_codec(codec_path), np.array(Image.open(image_dir / "a.png"))
     row = per_image[(per_image["image"] == "a") & (per_image["codec"] == "vqnet") & (per_image["K"] == 8)]
-    assert row["bytes"].item() == len(write_vqn(encode_vqn(codec, img, 8, 1000, "interleaved")))
+    coded = encode_vqn(codec, img, 8, 1000, "interleaved", chroma_cells=CELLS)
+    assert row["bytes"].item() == len(write_vqn(coded)) > len(write_vqn(encode_vqn(codec, img, 8, 1000, "interleaved")))
     # every classical coding stays within its target, vqnet's mean rate at that K
     classical = per_image[per_image["codec"] != "vqnet"]
     assert (classical["bpp"] <= classical["target_bpp"]).all()
@@ -250,7 +252,7 @@ def test_eval_both_codebook_sets_reproduces_the_ablation(finetuned_path: Path, i
     row = per_image[(per_image["image"] == "a") & (per_image["codec"] == "vqnet-raw") & (per_image["K"] == 8)]
     raw = load_codec(finetuned_path).raw_codec()
     img = np.array(Image.open(image_dir / "a.png"))
-    assert row["bytes"].item() == len(write_vqn(encode_vqn(raw, img, 8, 1000, "interleaved")))
+    assert row["bytes"].item() == len(write_vqn(encode_vqn(raw, img, 8, 1000, "interleaved", chroma_cells=CELLS)))
 
 
 def test_eval_raw_codebooks_need_a_finetuned_bundle(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:
@@ -303,7 +305,8 @@ def test_eval_command_resumes_and_removes_its_journal(codec_path: Path, image_di
     clean = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "clean")])
     assert clean.exit_code == 0, clean.output and not (tmp_path / "clean" / PARTIAL_NAME).exists()
     codec, images = load_codec(codec_path), load_images(str(image_dir))
-    options = dict(with_dists=False, classical=["webp"], max_payload=1000, codebooks="finetuned", ks=[32, 8])
+    options = dict(with_dists=False, classical=["webp"], max_payload=1000, codebooks="finetuned", ks=[32, 8],
+                   chroma_cells=CELLS)  # the command's defaults
     with EvalJournal.open(tmp_path / "killed" / PARTIAL_NAME, eval_fingerprint(codec, images, **options)) as journal:
         full = evaluate(codec, images, journal=journal, **options)
     resumed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "killed")])

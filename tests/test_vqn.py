@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import tiny_model
+from vqnet.chroma import is_chroma_packet
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
 from vqnet.entropy import Prior
@@ -240,13 +241,17 @@ def test_cli_encode_drop_decode(codec_file: Path, img: np.ndarray, tmp_path: Pat
     size = (tmp_path / "a.vqn").stat().st_size
     assert f"{size} bytes" in out and f"{size * 8 / (H * (W)):.4f} bpp" in out
     full = read_vqn((tmp_path / "a.vqn").read_bytes())
-    n = len(full.packets)
+    assert sum(map(is_chroma_packet, full.packets)) == 1  # the colour packet comes by default
+    n = len(full.packets) - 1
     (tmp_path / "b.vqn").write_bytes(drop_packets((tmp_path / "a.vqn").read_bytes(), 0.3, seed=3))
+    kept = read_vqn((tmp_path / "b.vqn").read_bytes()).packets
+    colour = any(map(is_chroma_packet, kept))
     code, out = _cli("decode", str(tmp_path / "b.vqn"), "-o", str(tmp_path / "b.png"), "--model", str(codec_file),
                      "--method", "neighbor")
     assert code == 0, out
-    lost = round(0.3 * n)
-    assert f"{n - lost} present, {lost} missing of {n}, 0 corrupt" in out and "concealed" in out
+    present = len(kept) - colour
+    assert f"{present} present, {n - present} missing of {n}, 0 corrupt" in out and "concealed" in out
+    assert ("colour: from the chroma packet" in out) == colour
     assert np.asarray(Image.open(tmp_path / "b.png")).shape == (H, W, 3)
 
 

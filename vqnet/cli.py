@@ -18,6 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vqnet.channel.cli import app as channel_app
+from vqnet.chroma import CELLS, MAX_CELLS
 from vqnet.restore.cli import train_prior_cmd
 from vqnet.score_cli import app as score_app
 
@@ -175,6 +176,12 @@ def run(
                 typer.echo(f"wrote {p}")
 
 
+CHROMA_HELP = ("Add the colour packet (vqnet/chroma.py): the image's chroma averaged over blocks of this many "
+               "index cells squared (more where the packet would not fit --max-payload), which the receiver puts "
+               "back under the decoder's luminance. The bundled model decodes almost no colour without it. "
+               "0 = no colour packet.")
+
+
 @app.command()
 def encode(
     image: Annotated[Path, typer.Argument(help="Image to encode (any format PIL reads).")],
@@ -183,6 +190,7 @@ def encode(
     model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet (headers come on top).")] = 24,
     layout: Annotated[str, typer.Option(help="raster | interleaved (see vqnet/packets.py).")] = "interleaved",
+    chroma_cells: Annotated[int, typer.Option(min=0, max=MAX_CELLS, help=CHROMA_HELP)] = CELLS,
 ) -> None:
     """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
     with user_errors():
@@ -190,14 +198,16 @@ def encode(
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_image
         from vqnet.metrics import bpp
+        from vqnet.chroma import is_chroma_packet
         from vqnet.vqn import encode_vqn, write_vqn
 
         codec = load_codec(model)
         pixels = load_image(image)
-        vqn = encode_vqn(codec, pixels, K, max_payload, layout)  # type: ignore[arg-type]
+        vqn = encode_vqn(codec, pixels, K, max_payload, layout, chroma_cells)  # type: ignore[arg-type]
         data = write_vqn(vqn)
         output.write_bytes(data)
-        typer.echo(f"wrote {output}: {len(data)} bytes, {len(vqn.packets)} packets, "
+        colour = sum(map(is_chroma_packet, vqn.packets))
+        typer.echo(f"wrote {output}: {len(data)} bytes, {len(vqn.packets)} packets ({colour} of them colour), "
                    f"{bpp(len(data), vqn.height, vqn.width):.4f} bpp ({vqn.width}x{vqn.height}, K={K}, "
                    f"model {codec.model_id})")
 
@@ -228,6 +238,8 @@ def decode(
         missing = "all" if out.missing is None else out.missing
         typer.echo(f"packets: {got.n_packets_ok} present, {missing} missing of {expected}, "
                    f"{got.n_packets_bad} corrupt (of {len(vqn.packets)} in the file)")
+        typer.echo("colour: " + (f"from the chroma packet ({out.chroma_cells}x{out.chroma_cells} index cells a sample)"
+                                 if out.chroma_cells else "the decoder's own (no intact chroma packet)"))
         typer.echo(f"concealed {out.concealed:.1%} of indices with {method}; wrote {output}")
 
 
@@ -250,6 +262,7 @@ def eval_cmd(
                                                 "K-means ancestors, rows 'vqnet-raw': the paper's w/o fine-tune "
                                                 "ablation) | both.")] = "finetuned",
     ks: Annotated[str | None, typer.Option(help="Comma-separated K to evaluate (default: the whole ladder).")] = None,
+    chroma_cells: Annotated[int, typer.Option(min=0, max=MAX_CELLS, help=CHROMA_HELP)] = CELLS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/partial.jsonl of an interrupted run instead "
                                                         "of resuming from it.")] = False,
@@ -276,7 +289,7 @@ def eval_cmd(
         label = images.resolve().name
         total = count_steps(len(pixels), len(k_list), names, codebooks)
         options = dict(with_dists=dists, classical=names, max_payload=max_payload, codebooks=codebooks, ks=k_list,
-                       layout=layout)
+                       layout=layout, chroma_cells=chroma_cells)
         with EvalJournal.open(out / PARTIAL_NAME, eval_fingerprint(codec, pixels, **options), fresh) as journal:
             if journal.done:
                 typer.echo(f"resuming: {len(journal.done)} of {total} codings already done ({journal.path})")

@@ -155,11 +155,13 @@ class EvalJournal(Journal[Unit]):
 
 
 def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: bool, classical: Sequence[str],
-                     max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved") -> str:
+                     max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved",
+                     chroma_cells: int = 0) -> str:
     """sha256 of everything an evaluation's rows depend on: the model, the options and the images."""
     return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
                         "classical": list(classical), "max_payload": max_payload, "layout": layout,
-                        "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS}, images)
+                        "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS,
+                        "chroma_cells": chroma_cells}, images)
 
 
 def evaluate(
@@ -172,6 +174,7 @@ def evaluate(
     layout: Layout = "interleaved",
     codebooks: str = "finetuned",
     ks: Sequence[int] | None = None,
+    chroma_cells: int = 0,
     advance: Callable[[int, str], None] = lambda n, label: None,
     journal: EvalJournal | None = None,
 ) -> EvalOutput:
@@ -180,7 +183,9 @@ def evaluate(
     ``codebooks`` (a :data:`CODEBOOK_SETS` key) picks the stored codebooks, their K-means
     ancestors, or both; raises ``CodecError`` when raw ones are asked for and the bundle has none.
     ``ks`` restricts the ladder (the whole Kodak ladder with DISTS, classical codecs and both
-    codebook sets took 96 min on 2 cores). ``advance(1, label)`` is called after each coded (image, codec, K).
+    codebook sets took 96 min on 2 cores). ``chroma_cells`` > 0 adds the colour packet
+    (:mod:`vqnet.chroma`) to every vqnet file. ``advance(1, label)`` is called after each coded
+    (image, codec, K).
     Classical codecs this Pillow lacks are skipped, and images a codec cannot code within the
     budget are left out of its means; both are listed in ``notes``.
 
@@ -218,7 +223,7 @@ def evaluate(
                         examples[(label, K)] = examples[(VQNET, K)]
                 elif key not in done or n == 0:
                     score = score or _Scorer(item.pixels, with_dists)
-                    row, used, image = _code_vqnet(variant, item, K, score, max_payload, layout)
+                    row, used, image = _code_vqnet(variant, item, K, score, max_payload, layout, chroma_cells)
                     if key not in done:
                         record(key, (row, used.tolist()))
                     if n == 0:
@@ -270,10 +275,10 @@ def evaluate(
 
 
 def _code_vqnet(codec: Codec, item: NamedImage, K: int, score: _Scorer, max_payload: int,
-                layout: Layout) -> tuple[dict, np.ndarray, np.ndarray]:
+                layout: Layout, chroma_cells: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Code ``item`` into a real .vqn file at K and decode those bytes: (row, code counts, image)."""
     h, w = item.pixels.shape[:2]
-    data = write_vqn(encode_vqn(codec, item.pixels, K, max_payload, layout))
+    data = write_vqn(encode_vqn(codec, item.pixels, K, max_payload, layout, chroma_cells))
     decoded = decode_vqn(codec, read_vqn(data), method="none")
     if decoded.concealed:
         raise RuntimeError(f"{item.name}: an intact .vqn file decoded with lost indices")

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vqnet.chroma import ChromaError, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
+from vqnet.chroma import apply as apply_chroma
 from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout, depacketize, packetize
 from vqnet.restore import RestoreContext, restore
 
@@ -190,15 +192,22 @@ def drop_packets(data: bytes, fraction: float, seed: int) -> bytes:
     return write_vqn(VqnFile(vqn.model_id, vqn.K, vqn.height, vqn.width, vqn.max_payload, vqn.layout, kept))
 
 
-def encode_vqn(codec: Codec, img: np.ndarray, K: int, max_payload: int, layout: Layout) -> VqnFile:
+def encode_vqn(codec: Codec, img: np.ndarray, K: int, max_payload: int, layout: Layout,
+               chroma_cells: int = 0) -> VqnFile:
     """Encode a uint8 (H, W, 3) image at K and packetize it (image id 0) into a :class:`VqnFile`.
 
+    ``chroma_cells`` > 0 appends the colour packet (:mod:`vqnet.chroma`) with thumbnail pixels of
+    that many index cells, or more where that does not fit ``max_payload``.
     The size and max_payload are checked before encoding, which is the expensive part.
     """
     h, w = img.shape[:2]
     _check_size(h, w)
     _check_max_payload(max_payload)
-    packets = packetize(codec.encode(img, K), codec.codebook(K).prior, max_payload, layout=layout)
+    indices = codec.encode(img, K)
+    packets = packetize(indices, codec.codebook(K).prior, max_payload, layout=layout)
+    if chroma_cells and (colour := fitting_chroma_packet(img, codec.factor, indices.shape, chroma_cells,
+                                                         max_payload)) is not None:
+        packets.append(colour)
     return VqnFile(codec.model_id, K, h, w, max_payload, layout, tuple(packets))
 
 
@@ -207,7 +216,8 @@ class DecodedVqn:
     """A decoded image and what the receiver made of the packets it was given."""
 
     image: np.ndarray
-    received: Depacketized
+    received: Depacketized  # the index packets (a chroma packet is not one of them)
+    chroma_cells: int | None = None  # thumbnail pixel of the chroma packet applied; None: no colour packet
 
     @property
     def missing(self) -> int | None:
@@ -235,6 +245,14 @@ def decode_vqn(codec: Codec, vqn: VqnFile, method: str = "neighbor") -> DecodedV
     prior = codec.codebook(vqn.K).prior
     f = codec.factor
     shape = (-(-vqn.height // f), -(-vqn.width // f))
-    got = depacketize(vqn.packets, {vqn.K: prior}, shape=shape, K=vqn.K)
+    got = depacketize([p for p in vqn.packets if not is_chroma_packet(p)], {vqn.K: prior}, shape=shape, K=vqn.K)
     grid = restore(method, got.indices, got.lost, RestoreContext(vqn.K, prior, codec=codec))
-    return DecodedVqn(codec.decode(grid, vqn.K, (vqn.height, vqn.width)), got)
+    image = codec.decode(grid, vqn.K, (vqn.height, vqn.width))
+    for packet in filter(is_chroma_packet, vqn.packets):
+        try:
+            image_id, h, w, chroma = read_chroma_packet(packet)
+        except ChromaError:
+            continue  # damaged: the image keeps the decoder's own colour
+        if (image_id, h, w) == (0, *shape):
+            return DecodedVqn(apply_chroma(image, chroma, f), got, chroma.cells)
+    return DecodedVqn(image, got)
