@@ -2,6 +2,8 @@
 payload budget, and that it puts back colour the bundled decoder loses."""
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -82,6 +84,10 @@ def test_damage_is_detected() -> None:
                    b"VQ" + packet[2:]):
         with pytest.raises(ChromaError):
             read_chroma_packet(broken)
+    # a forged header (valid CRC) naming a 2048x2048 grid at one cell a sample: refused unread
+    forged = struct.pack("!2sBIHHBBBH", b"VC", 1, 0, 2048, 2048, 1, 8, 0, 4) + b"\0" * 4
+    with pytest.raises(ChromaError, match="more samples than the payload"):
+        read_chroma_packet(forged + struct.pack("!I", zlib.crc32(forged)))
     with pytest.raises(ValueError, match="does not fit"):
         chroma_packet(measure(_photo(), F, 2, 8), 12, 19)
 

@@ -203,6 +203,10 @@ def read_chroma_packet(data: bytes | bytearray | memoryview) -> tuple[int, int, 
         raise ChromaError("chroma header field out of range")
     shape = (2, *thumbnail_shape(h, w, cells))
     span = _span(step)
+    # Every sample costs at least -log2(max p) bits, so a payload holds only so many: a forged
+    # header naming a huge thumbnail is refused before the decoder is asked for it (2x slack).
+    if np.prod(shape) * -np.log2(_probs(DECAYS[decay], span).max()) > 2 * (8 * length + 64):
+        raise ChromaError("the header names more samples than the payload can hold")
     words = np.frombuffer(b[_HEAD.size:_HEAD.size + length], dtype=">u4").astype(np.uint32)
     try:
         symbols = constriction.stream.queue.RangeDecoder(words).decode(_model(decay, span), int(np.prod(shape)))
