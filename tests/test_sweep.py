@@ -16,7 +16,8 @@ from vqnet.images import NamedImage
 from vqnet.journal import PARTIAL_NAME, JournalError
 from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
 from vqnet.scenario import parse_scenario
-from vqnet.sweep import (RESULT_COLUMNS, TrialJournal, TrialRecord, run_sweep,
+from vqnet.chroma import is_chroma_packet
+from vqnet.sweep import (RESULT_COLUMNS, GridScorer, TrialJournal, TrialRecord, encode_image, run_sweep,
                          sweep_fingerprint, trial_seed, write_results)
 
 
@@ -149,3 +150,24 @@ def test_damaged_journal_is_an_error(tmp_path, content, needle):
     (tmp_path / PARTIAL_NAME).write_bytes(content)
     with pytest.raises(JournalError, match=needle):
         TrialJournal.open(tmp_path / PARTIAL_NAME, "f")
+
+
+def test_colour_packet_crosses_the_channel_like_any_packet(codec):
+    img = np.zeros((40, 52, 3), dtype=np.uint8)
+    img[:, :26], img[:, 26:] = (220, 30, 30), (30, 30, 220)  # red | blue: colour the tiny decoder lacks
+    base = dict(SCENARIO, trials=3, channel={"model": "bernoulli", "loss": [0.0, 0.5]},
+                packets={"max_payload": 64, "layout": "interleaved"})
+    coloured = dict(base, packets={"max_payload": 64, "layout": "interleaved", "chroma_cells": 1})
+    plain = run_sweep(parse_scenario(base), codec, [NamedImage("c", img)]).results
+    col = run_sweep(parse_scenario(coloured), codec, [NamedImage("c", img)]).results
+    assert (col["n_packets"] == plain["n_packets"] + 1).all() and (col["bytes_sent"] > plain["bytes_sent"]).all()
+    assert col["lossless_psnr"].iloc[0] > plain["lossless_psnr"].iloc[0] + 3
+    clean = col[col["target_loss"] == 0]
+    assert (clean["index_loss"] == 0).all() and (clean["psnr"] == clean["lossless_psnr"]).all()
+    # the receiver colours a grid only when the colour packet arrived
+    enc = encode_image(codec, NamedImage("c", img), codec.encode_latent(img), 32, 64, "interleaved", 0, 1)
+    assert is_chroma_packet(enc.packets[-1]) and enc.colour is not None
+    scorer = GridScorer(codec, enc)
+    _, lp, ps, _, _ = scorer(enc.indices, enc.colour)
+    assert (lp, ps) == (enc.lossless_lpips, enc.lossless_psnr)
+    assert scorer(enc.indices, None)[2] < ps - 3

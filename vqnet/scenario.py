@@ -35,6 +35,9 @@ class Packets(_Strict):
     max_payload: int = Field(24, ge=8, le=65535, description="Max range-coded bytes per packet (headers come on top).")
     layout: Literal["raster", "interleaved"] = Field(
         "interleaved", description="raster: contiguous runs of indices; interleaved: packet i carries positions i, i+N, ...")
+    chroma_cells: int = Field(0, ge=0, le=16, description="Send the colour packet too (vqnet/chroma.py): block chroma "
+                              "over this many index cells squared, coarser where it would not fit max_payload; it "
+                              "crosses the channel like any packet (and counts in bpp). 0 = indices only.")
 
 
 class Channel(_Strict):

@@ -24,6 +24,8 @@ import torch
 
 from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
+from vqnet.chroma import Chroma, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
+from vqnet.chroma import apply as apply_chroma
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
 from vqnet.journal import Journal, fingerprint
@@ -61,6 +63,7 @@ class Encoded:
     K: int
     indices: np.ndarray
     packets: list[bytes]
+    colour: Chroma | None  # what the colour packet (the last packet) carries, if one was sent
     lossless: np.ndarray
     lossless_lpips: float
     lossless_psnr: float
@@ -76,13 +79,26 @@ class SweepOutput:
 
 
 def encode_image(codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, max_payload: int, layout: str,
-                 image_id: int) -> Encoded:
-    """Quantise the image's encoder output at K, packetize it and score the loss-free decode."""
+                 image_id: int, chroma_cells: int = 0) -> Encoded:
+    """Quantise the image's encoder output at K, packetize it (the colour packet last, when asked
+    for and it fits) and score the loss-free decode."""
     indices = codec.quantize(latent, K)
     packets = packetize(indices, codec.codebook(K).prior, max_payload, layout=layout, image_id=image_id)
+    colour = None
+    if chroma_cells and (packet := fitting_chroma_packet(image.pixels, codec.factor, indices.shape, chroma_cells,
+                                                         max_payload, image_id=image_id)) is not None:
+        packets.append(packet)
+        colour = read_chroma_packet(packet)[3]
     h, w = image.pixels.shape[:2]
-    lossless = codec.decode(indices, K, (h, w))
-    return Encoded(image, K, indices, packets, lossless, lpips_distance(image.pixels, lossless), psnr(image.pixels, lossless))
+    lossless = decode_grid(codec, indices, K, (h, w), colour)
+    return Encoded(image, K, indices, packets, colour, lossless, lpips_distance(image.pixels, lossless),
+                   psnr(image.pixels, lossless))
+
+
+def decode_grid(codec: Codec, grid: np.ndarray, K: int, size: tuple[int, int], colour: Chroma | None) -> np.ndarray:
+    """Decode a grid and put the colour packet's chroma under it when one arrived."""
+    image = codec.decode(grid, K, size)
+    return image if colour is None else apply_chroma(image, colour, codec.factor)
 
 
 def count_trials(sc: Scenario, n_images: int) -> int:
@@ -202,7 +218,8 @@ class _TrialRunner:
     def __init__(self, sc: Scenario, codec: Codec, link: LinkConfig, image: NamedImage, image_id: int,
                  latent: torch.Tensor, latent_ms: float, K: int):
         t0 = time.perf_counter()
-        self.enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id)
+        self.enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id,
+                                sc.packets.chroma_cells)
         self.encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
         self.sc, self.link, self.image_id, self.K, self.codec = sc, link, image_id, K, codec
         self.prior = codec.codebook(K).prior
@@ -216,7 +233,9 @@ class _TrialRunner:
         seed = trial_seed(sc.seed, name, K, target_loss, burst, trial)
         sent = transmit([len(p) for p in enc.packets], loss_model, self.link, np.random.default_rng(seed))
         received = [p for p, ok in zip(enc.packets, sent.delivered) if ok]
-        got = depacketize(received, {K: prior}, shape=enc.indices.shape, image_id=self.image_id)
+        colour = enc.colour if enc.colour is not None and sent.delivered[-1] else None
+        got = depacketize([p for p in received if not is_chroma_packet(p)], {K: prior}, shape=enc.indices.shape,
+                          image_id=self.image_id)
         base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, sent, got.lost)
         n_lost = int(got.lost.sum())
         record = TrialRecord([], [])
@@ -225,7 +244,7 @@ class _TrialRunner:
             t1 = time.perf_counter()
             restored = restore(method, got.indices, got.lost, RestoreContext(K, prior, seed, self.codec))
             restore_ms = 1000 * (time.perf_counter() - t1)
-            recons[method], lp, ps, decode_ms, lpips_ms = self.scorer(restored)
+            recons[method], lp, ps, decode_ms, lpips_ms = self.scorer(restored, colour)
             acc = float((restored[got.lost] == enc.indices[got.lost]).mean()) if n_lost else np.nan
             record.rows.append(base | {"method": method, "lpips": lp, "psnr": ps, "lost_index_accuracy": acc})
             record.timings.append({"image": name, "K": K, "target_loss": base["target_loss"], "burst": base["burst"],
@@ -244,17 +263,21 @@ class GridScorer:
 
     def __init__(self, codec: Codec, enc: Encoded):
         self.codec, self.image, self.K = codec, enc.image, enc.K
-        self.cache: dict[bytes, tuple[np.ndarray, float, float]] = {
-            enc.indices.astype(np.int64).tobytes(): (enc.lossless, enc.lossless_lpips, enc.lossless_psnr)}
+        self.cache: dict[tuple[bytes, bool], tuple[np.ndarray, float, float]] = {
+            (enc.indices.astype(np.int64).tobytes(), enc.colour is not None):
+                (enc.lossless, enc.lossless_lpips, enc.lossless_psnr)}
 
-    def __call__(self, grid: np.ndarray) -> tuple[np.ndarray, float, float, float, float]:
-        """-> (reconstruction, LPIPS, PSNR, decode ms, LPIPS ms); times are 0 for a cached grid."""
-        key = np.ascontiguousarray(grid, dtype=np.int64).tobytes()
+    def __call__(self, grid: np.ndarray, colour: Chroma | None = None) -> tuple[np.ndarray, float, float, float, float]:
+        """-> (reconstruction, LPIPS, PSNR, decode ms, LPIPS ms); times are 0 for a cached grid.
+
+        ``colour`` is the image's colour packet when it arrived (an image has only one, so whether
+        it arrived is all the cache needs to know)."""
+        key = (np.ascontiguousarray(grid, dtype=np.int64).tobytes(), colour is not None)
         if key in self.cache:
             return *self.cache[key], 0.0, 0.0
         h, w = self.image.pixels.shape[:2]
         t0 = time.perf_counter()
-        recon = self.codec.decode(grid, self.K, (h, w))
+        recon = decode_grid(self.codec, grid, self.K, (h, w), colour)
         t1 = time.perf_counter()
         lp = lpips_distance(self.image.pixels, recon)
         t2 = time.perf_counter()
