@@ -195,10 +195,10 @@ def encode(
     """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
     with user_errors():
         check_layout(layout)
+        from vqnet.chroma import is_chroma_packet
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_image
         from vqnet.metrics import bpp
-        from vqnet.chroma import is_chroma_packet
         from vqnet.vqn import encode_vqn, write_vqn
 
         codec = load_codec(model)

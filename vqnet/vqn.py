@@ -26,7 +26,8 @@ Byte layout (network byte order, ``struct`` format in brackets)::
     29      4     header_crc [I]     zlib.crc32 of bytes 0 .. 28
     33            packet_count records, each:
                   2   length [H]     1 .. 65535
-                  L   packet         the exact bytes :func:`vqnet.packets.packetize` made
+                  L   packet         the exact bytes :func:`vqnet.packets.packetize` made, or
+                                     the colour packet (:mod:`vqnet.chroma`, magic b"VC")
     end           nothing follows the last record
 
 The header CRC sits right after the fields it covers, not at the end of the file, so the reader
