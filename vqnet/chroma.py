@@ -37,6 +37,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import constriction
 import numpy as np
@@ -44,6 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from vqnet.packets import MAX_GRID
+
+if TYPE_CHECKING:
+    from vqnet.codec.bundle import Codec
 
 MAGIC = b"VC"
 VERSION = 1
@@ -117,6 +121,14 @@ def apply(decoded: np.ndarray, chroma: Chroma, factor: int) -> np.ndarray:
     ycc[..., 1:] = up.permute(1, 2, 0).numpy()
     rgb = (ycc - np.array([0.0, 128.0, 128.0])) @ _TO_RGB.T
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def decode_in_colour(codec: Codec, grid: np.ndarray, K: int, size: tuple[int, int],
+                     colour: Chroma | None) -> np.ndarray:
+    """Decode an index grid to a (size) image and, when the colour packet arrived, put its chroma
+    under it: what every receiver (``.vqn`` decoding, the sweep) shows."""
+    image = codec.decode(grid, K, size)
+    return image if colour is None else apply(image, colour, codec.factor)
 
 
 def _residuals(planes: np.ndarray) -> np.ndarray:

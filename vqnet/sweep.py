@@ -24,8 +24,7 @@ import torch
 
 from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
-from vqnet.chroma import Chroma, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
-from vqnet.chroma import apply as apply_chroma
+from vqnet.chroma import Chroma, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
 from vqnet.journal import Journal, fingerprint
@@ -90,15 +89,9 @@ def encode_image(codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, 
         packets.append(packet)
         colour = read_chroma_packet(packet)[3]
     h, w = image.pixels.shape[:2]
-    lossless = decode_grid(codec, indices, K, (h, w), colour)
+    lossless = decode_in_colour(codec, indices, K, (h, w), colour)
     return Encoded(image, K, indices, packets, colour, lossless, lpips_distance(image.pixels, lossless),
                    psnr(image.pixels, lossless))
-
-
-def decode_grid(codec: Codec, grid: np.ndarray, K: int, size: tuple[int, int], colour: Chroma | None) -> np.ndarray:
-    """Decode a grid and put the colour packet's chroma under it when one arrived."""
-    image = codec.decode(grid, K, size)
-    return image if colour is None else apply_chroma(image, colour, codec.factor)
 
 
 def count_trials(sc: Scenario, n_images: int) -> int:
@@ -277,7 +270,7 @@ class GridScorer:
             return *self.cache[key], 0.0, 0.0
         h, w = self.image.pixels.shape[:2]
         t0 = time.perf_counter()
-        recon = decode_grid(self.codec, grid, self.K, (h, w), colour)
+        recon = decode_in_colour(self.codec, grid, self.K, (h, w), colour)
         t1 = time.perf_counter()
         lp = lpips_distance(self.image.pixels, recon)
         t2 = time.perf_counter()

@@ -47,8 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vqnet.chroma import ChromaError, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
-from vqnet.chroma import apply as apply_chroma
+from vqnet.chroma import ChromaError, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
 from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout, depacketize, packetize
 from vqnet.restore import RestoreContext, restore
 
@@ -248,12 +247,14 @@ def decode_vqn(codec: Codec, vqn: VqnFile, method: str = "neighbor") -> DecodedV
     shape = (-(-vqn.height // f), -(-vqn.width // f))
     got = depacketize([p for p in vqn.packets if not is_chroma_packet(p)], {vqn.K: prior}, shape=shape, K=vqn.K)
     grid = restore(method, got.indices, got.lost, RestoreContext(vqn.K, prior, codec=codec))
-    image = codec.decode(grid, vqn.K, (vqn.height, vqn.width))
+    colour = None
     for packet in filter(is_chroma_packet, vqn.packets):
         try:
             image_id, h, w, chroma = read_chroma_packet(packet)
         except ChromaError:
             continue  # damaged: the image keeps the decoder's own colour
         if (image_id, h, w) == (0, *shape):
-            return DecodedVqn(apply_chroma(image, chroma, f), got, chroma.cells)
-    return DecodedVqn(image, got)
+            colour = chroma
+            break
+    image = decode_in_colour(codec, grid, vqn.K, (vqn.height, vqn.width), colour)
+    return DecodedVqn(image, got, None if colour is None else colour.cells)
