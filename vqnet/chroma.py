@@ -106,7 +106,7 @@ def measure(img: np.ndarray, factor: int, cells: int, step: int) -> Chroma:
     th, tw = thumbnail_shape(-(-H // factor), -(-W // factor), cells)
     padded = np.pad(img, ((0, th * size - H), (0, tw * size - W), (0, 0)), mode="edge")
     means = _ycc(padded)[..., 1:].reshape(th, size, tw, size, 2).mean(axis=(1, 3))
-    limit = -(-128 // step)
+    limit = _limit(step)
     q = np.clip(np.rint((means - 128.0) / step), -limit, limit).astype(np.int64)
     return Chroma(cells, step, q.transpose(2, 0, 1).copy())
 
@@ -160,8 +160,13 @@ def _model(decay: int, span: int) -> constriction.stream.model.Categorical:
     return constriction.stream.model.Categorical(_probs(DECAYS[decay], span).astype(np.float32), perfect=False)
 
 
+def _limit(step: int) -> int:
+    """Largest |quantised chroma| at ``step``: Cb/Cr lie within 128 of grey."""
+    return -(-128 // step)
+
+
 def _span(step: int) -> int:
-    return 2 * -(-128 // step)  # residuals of values in [-limit, limit]
+    return 2 * _limit(step)  # residuals of values in [-limit, limit]
 
 
 def chroma_packet(chroma: Chroma, h: int, w: int, image_id: int = 0) -> bytes:
@@ -225,7 +230,6 @@ def read_chroma_packet(data: bytes | bytearray | memoryview) -> tuple[int, int, 
     except Exception as exc:  # constriction raises plain exceptions for exhausted or invalid data
         raise ChromaError(f"undecodable chroma payload: {exc}") from exc
     planes = _from_residuals(np.asarray(symbols, dtype=np.int64) - span, shape)
-    limit = -(-128 // step)
-    if np.abs(planes).max() > limit:
+    if np.abs(planes).max() > _limit(step):
         raise ChromaError("chroma values outside their range")
     return image_id, h, w, Chroma(cells, step, planes)
