@@ -2,10 +2,12 @@
 settings: the measurement behind the README's *Colour* table and the defaults in vqnet/chroma.py.
 
 Each image is coded once per K (index packets as `vqnet eval` makes them) and the colour packet
-of every setting is added to those packets, so the rows differ only by their colour packet.
+of every setting is added to those packets, so the rows differ only by their colour packet. A
+setting ``cells:step:bicubic`` stops the receiver at the bicubic thumbnail (the previous release's,
+without the luma's detail).
 
 Usage: ``python scripts/chroma_rd.py ../shared/data/kodak [--ks 1024 256 64 16]
-[--settings 4:8 2:8 2:12 1:12] [--max-payload 1000]``
+[--settings 2:8:bicubic 2:8 2:4 2:3 1:8] [--max-payload 1000]``
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from vqnet.chroma import fitting_chroma_packet
+from vqnet.chroma import apply, fitting_chroma_packet, read_chroma_packet
 from vqnet.codec.bundle import load_codec
 from vqnet.images import load_images
 from vqnet.metrics import bpp, lpips_distance
@@ -26,13 +28,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("images")
     ap.add_argument("--ks", type=int, nargs="+", default=[1024, 256, 64, 16])
-    ap.add_argument("--settings", nargs="+", default=["4:8", "2:8", "2:12", "1:12"], help="cells:step")
+    ap.add_argument("--settings", nargs="+", default=["2:8:bicubic", "2:8", "2:4", "2:3", "1:8"],
+                    help="cells:step or cells:step:bicubic")
     ap.add_argument("--max-payload", type=int, default=1000)
     ap.add_argument("--model", help="Codec bundle (default: the bundled one).")
     args = ap.parse_args()
     torch.set_num_threads(2)
     codec = load_codec(args.model)
-    settings = [tuple(int(v) for v in s.split(":")) for s in args.settings]
+    settings = [(int(s.split(":")[0]), int(s.split(":")[1]), s) for s in args.settings]
     rows: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for item in load_images(args.images):
         img, (h, w) = item.pixels, item.pixels.shape[:2]
@@ -42,13 +45,13 @@ def main() -> None:
             decoded = decode_vqn(codec, plain, "none")
             rows.setdefault((K, "none"), []).append((bpp(len(write_vqn(plain)), h, w),
                                                      lpips_distance(img, decoded.image)))
-            for cells, step in settings:
+            for cells, step, label in settings:
                 colour = fitting_chroma_packet(img, codec.factor, grid, cells, args.max_payload, step)
+                chroma = read_chroma_packet(colour)[3]
+                assert chroma.cells == cells, "the packet did not fit: raise --max-payload"
+                out = apply(decoded.image, chroma, codec.factor, from_luma=not label.endswith(":bicubic"))
                 vqn = replace(plain, packets=(*plain.packets, colour))
-                out = decode_vqn(codec, vqn, "none")
-                assert out.chroma_cells == cells, "the packet did not fit: raise --max-payload"
-                rows.setdefault((K, f"{cells}:{step}"), []).append((bpp(len(write_vqn(vqn)), h, w),
-                                                                    lpips_distance(img, out.image)))
+                rows.setdefault((K, label), []).append((bpp(len(write_vqn(vqn)), h, w), lpips_distance(img, out)))
         print(item.name, flush=True)
     print("K  colour(cells:step)  bpp  lpips")
     for (K, label), values in rows.items():

@@ -9,7 +9,10 @@ and a number without the code that made it cannot be checked or re-run for a new
 - ``continuous``: the encoder's output decoded *before* quantisation (what rate costs at most);
 - ``decoder-space``: codes picked by distance after post_quant_conv instead of in the codebook;
 - ``refine``: encode-time refinement, Adam on the pre-quantisation latent through the frozen
-  decoder with straight-through codes, minimising L1 + LPIPS-VGG (never LPIPS-alex, the metric).
+  decoder with straight-through codes, minimising L1 + LPIPS-VGG (never LPIPS-alex, the metric);
+- ``chroma-oracle``: the codes decoded, with the *original's* chroma (block means over
+  ``--oracle-block`` px, upsampled bicubically; 1 = every pixel's) put under the decoded luma: what
+  colour alone could still buy, at no rate.
 
 Usage: ``python scripts/quality_probes.py codes continuous [--images kodim02 kodim05 ...] [--K 1024]``
 """
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqnet.chroma import apply, measure
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.codec.ladder import swap_decoder
 from vqnet.codec.losses import reconstruction_loss
@@ -73,6 +77,10 @@ def probe(codec: Codec, name: str, img: np.ndarray, K: int, args: argparse.Names
         with torch.no_grad():
             out = to_uint8(codec.decode_vectors(pre_quant(codec, img, K), K))[:h, :w]
         return lpips_distance(img, out), psnr(img, out), float("nan")
+    if name == "chroma-oracle":  # a thumbnail at step 1 with "cells" of oracle_block px is the block means
+        out = apply(codec.decode(codec.encode(img, K), K, (h, w)), measure(img, args.oracle_block, 1, 1),
+                    args.oracle_block, from_luma=False)
+        return lpips_distance(img, out), psnr(img, out), float("nan")
     if name == "codes":
         idx = codec.encode(img, K)
     elif name == "decoder-space":
@@ -85,7 +93,8 @@ def probe(codec: Codec, name: str, img: np.ndarray, K: int, args: argparse.Names
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("probes", nargs="+", choices=["codes", "continuous", "decoder-space", "refine"])
+    ap.add_argument("probes", nargs="+", choices=["codes", "continuous", "decoder-space", "refine",
+                                                     "chroma-oracle"])
     ap.add_argument("--kodak", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--images", nargs="+", default=EVERY_THIRD)
     ap.add_argument("--K", type=int, default=1024)
@@ -93,6 +102,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="Use this `vqnet train vqgan --freeze encoder` run's decoder.")
     ap.add_argument("--steps", type=int, default=12, help="refine: Adam steps.")
     ap.add_argument("--lr", type=float, default=0.003, help="refine: Adam rate (codes sit ~0.06 apart).")
+    ap.add_argument("--oracle-block", type=int, default=1, help="chroma-oracle: block side in px (1: full).")
     args = ap.parse_args()
     torch.set_num_threads(2)
     codec = load_codec(args.model)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vqnet.chroma import (
     DECAYS,
+    _ycc,
     OVERHEAD,
     ChromaError,
     apply,
@@ -75,6 +76,21 @@ def test_apply_restores_colour_and_keeps_luminance() -> None:
     grey = np.full_like(red, y)  # what a colour-blind decoder makes of it
     out = apply(grey, measure(red, F, 1, 2), F)
     assert np.abs(out.astype(int) - red).max() <= 3
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket", "astronaut"])
+def test_colour_follows_the_luma_detail(name: str) -> None:
+    # A colour-blind decode that kept the luma exactly: the thumbnail gives the colour of each
+    # 32-px block, the luma's detail says where inside it the colour changes. Following the luma
+    # must bring the chroma closer to the photo's than the bicubic thumbnail alone.
+    img = skimage_image(name)
+    grey = np.repeat(np.rint(_ycc(img)[..., :1]).astype(np.uint8), 3, axis=2)
+    chroma = measure(img, F, 2, 4)
+
+    def chroma_error(out: np.ndarray) -> float:
+        return float(np.sqrt(((_ycc(out) - _ycc(img))[..., 1:] ** 2).mean()))
+
+    assert chroma_error(apply(grey, chroma, F)) < 0.98 * chroma_error(apply(grey, chroma, F, from_luma=False))
 
 
 def test_damage_is_detected() -> None:

@@ -19,6 +19,7 @@ from vqnet.chroma import CELLS
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
 from vqnet.entropy import Prior
+import vqnet.chroma
 import vqnet.evaluate
 from vqnet.evaluate import IMAGE_COLUMNS, RD_COLUMNS, EvalJournal, eval_fingerprint, evaluate, perplexity
 from vqnet.images import load_images
@@ -298,6 +299,11 @@ def test_eval_resumes_from_a_torn_journal_with_the_same_tables(finetuned_path: P
     other = eval_fingerprint(codec, images, **options | {"ks": [8]})
     with pytest.raises(JournalError, match="another model, image set or set of options.*--fresh"):
         EvalJournal.open(partial, other)
+    # rows scored with the colour packet depend on its step, which no option names
+    coloured = eval_fingerprint(codec, images, **options | {"chroma_cells": 2})
+    monkeypatch.setattr(vqnet.chroma, "STEP", vqnet.chroma.STEP + 1)
+    assert eval_fingerprint(codec, images, **options | {"chroma_cells": 2}) != coloured
+    assert eval_fingerprint(codec, images, **options) == fp
 
 
 def test_eval_command_resumes_and_removes_its_journal(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:

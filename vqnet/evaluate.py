@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vqnet.chroma import receiver_settings
 from vqnet.classical import ClassicalCoder, RateError, unavailable_reason
 from vqnet.codec.bundle import Codec
 from vqnet.dists import DISTS, dists_input, get_dists
@@ -161,7 +162,7 @@ def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: 
     return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
                         "classical": list(classical), "max_payload": max_payload, "layout": layout,
                         "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS,
-                        "chroma_cells": chroma_cells}, images)
+                        "chroma_cells": chroma_cells} | receiver_settings(chroma_cells), images)
 
 
 def evaluate(

@@ -24,7 +24,14 @@ import torch
 
 from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
-from vqnet.chroma import Chroma, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
+from vqnet.chroma import (
+    Chroma,
+    decode_in_colour,
+    fitting_chroma_packet,
+    is_chroma_packet,
+    read_chroma_packet,
+    receiver_settings,
+)
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
 from vqnet.journal import Journal, fingerprint
@@ -119,7 +126,8 @@ def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> s
     concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
                   for m in _model_kinds(sc) for K in sc.K}
     return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
-                        "concealers": concealers, "columns": RESULT_COLUMNS}, images)
+                        "concealers": concealers, "columns": RESULT_COLUMNS}
+                       | receiver_settings(sc.packets.chroma_cells), images)
 
 
 class TrialJournal(Journal[TrialRecord]):
