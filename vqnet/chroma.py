@@ -61,10 +61,11 @@ OVERHEAD = _HEAD.size + _CRC.size
 DECAYS = tuple(i / 32 for i in range(4, 32))
 MAX_CELLS = 16
 MAX_STEP = 64
-#: Default thumbnail pixel (2 x 2 index cells: 32 px at f=16) and quantiser step, chosen on
-#: training photos (README, *Colour*): a finer step is the cheapest LPIPS this codec can buy (step
-#: 8 -> 4 costs ~0.0014 bpp on Kodak, a tenth of what K=256 -> 1024 costs for less gain), and a
-#: finer thumbnail the dearest (one index cell a sample costs ~3.5x the bits of two).
+#: Default thumbnail pixel (2 x 2 index cells: 32 px at f=16) and quantiser step (README,
+#: *Colour*): a finer step is the cheapest LPIPS this codec can buy (on Kodak, step 8 -> 4 costs
+#: 0.0014 bpp, a fifth of what K=256 -> 1024 costs, for twice its gain), a finer thumbnail the
+#: dearest (one index cell a sample costs 3.2x the bits of two, for less), and step 4 keeps every
+#: K's total below the paper's uniform rate log2(K)/256.
 CELLS = 2
 STEP = 4
 #: The chroma-from-luma slope's regulariser, in (8-bit luma)^2: how much luma contrast a window
