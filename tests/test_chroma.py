@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from vqnet.chroma import (
     DECAYS,
-    _ycc,
     OVERHEAD,
     ChromaError,
     apply,
@@ -23,6 +22,7 @@ from vqnet.chroma import (
     measure,
     read_chroma_packet,
     thumbnail_shape,
+    to_ycbcr,
 )
 from vqnet.codec.bundle import load_codec
 from vqnet.images import skimage_image
@@ -84,11 +84,11 @@ def test_colour_follows_the_luma_detail(name: str) -> None:
     # 32-px block, the luma's detail says where inside it the colour changes. Following the luma
     # must bring the chroma closer to the photo's than the bicubic thumbnail alone.
     img = skimage_image(name)
-    grey = np.repeat(np.rint(_ycc(img)[..., :1]).astype(np.uint8), 3, axis=2)
+    grey = np.repeat(np.rint(to_ycbcr(img)[..., :1]).astype(np.uint8), 3, axis=2)
     chroma = measure(img, F, 2, 4)
 
     def chroma_error(out: np.ndarray) -> float:
-        return float(np.sqrt(((_ycc(out) - _ycc(img))[..., 1:] ** 2).mean()))
+        return float(np.sqrt(((to_ycbcr(out) - to_ycbcr(img))[..., 1:] ** 2).mean()))
 
     assert chroma_error(apply(grey, chroma, F)) < 0.98 * chroma_error(apply(grey, chroma, F, from_luma=False))
 

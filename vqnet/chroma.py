@@ -104,7 +104,8 @@ def thumbnail_shape(h: int, w: int, cells: int) -> tuple[int, int]:
     return -(-h // cells), -(-w // cells)
 
 
-def _ycc(img: np.ndarray) -> np.ndarray:
+def to_ycbcr(img: np.ndarray) -> np.ndarray:
+    """Float64 (H, W, 3) Y, Cb, Cr of a uint8 RGB image (JPEG full range, no rounding)."""
     return img.astype(np.float64) @ _TO_YCC.T + np.array([0.0, 128.0, 128.0])
 
 
@@ -120,7 +121,7 @@ def measure(img: np.ndarray, factor: int, cells: int, step: int) -> Chroma:
     H, W = img.shape[:2]
     th, tw = thumbnail_shape(-(-H // factor), -(-W // factor), cells)
     padded = np.pad(img, ((0, th * size - H), (0, tw * size - W), (0, 0)), mode="edge")
-    means = _ycc(padded)[..., 1:].reshape(th, size, tw, size, 2).mean(axis=(1, 3))
+    means = to_ycbcr(padded)[..., 1:].reshape(th, size, tw, size, 2).mean(axis=(1, 3))
     limit = _limit(step)
     q = np.clip(np.rint((means - 128.0) / step), -limit, limit).astype(np.int64)
     return Chroma(cells, step, q.transpose(2, 0, 1).copy())
@@ -157,7 +158,7 @@ def apply(decoded: np.ndarray, chroma: Chroma, factor: int, from_luma: bool = Tr
     size = chroma.cells * factor
     planes = torch.from_numpy(chroma.planes.astype(np.float64) * chroma.step + 128.0).unsqueeze(0)
     up = F.interpolate(planes, scale_factor=size, mode="bicubic", align_corners=False)[0, :, :H, :W].numpy()
-    ycc = _ycc(decoded)
+    ycc = to_ycbcr(decoded)
     for c in (1, 2):
         ycc[..., c] = _luma_detail(ycc[..., 0], up[c - 1], size, DETAIL_EPS) if from_luma else up[c - 1]
     rgb = (ycc - np.array([0.0, 128.0, 128.0])) @ _TO_RGB.T

@@ -178,8 +178,8 @@ def run(
 
 CHROMA_HELP = ("Add the colour packet (vqnet/chroma.py): the image's chroma averaged over blocks of this many "
                "index cells squared (more where the packet would not fit --max-payload), which the receiver puts "
-               "back under the decoder's luminance, following its detail. The bundled model decodes almost no colour without it. "
-               "0 = no colour packet.")
+               "back under the decoder's luminance, following its detail. The bundled model decodes almost no "
+               "colour without it. 0 = no colour packet.")
 
 
 @app.command()
