@@ -76,6 +76,7 @@ DETAIL_EPS = 4.0
 # JPEG / JFIF full-range BT.601: what PIL's "YCbCr" mode uses.
 _TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 _TO_RGB = np.linalg.inv(_TO_YCC)
+_YCC_OFFSET = np.array([0.0, 128.0, 128.0])
 
 
 def receiver_settings(cells: int) -> dict:
@@ -106,7 +107,7 @@ def thumbnail_shape(h: int, w: int, cells: int) -> tuple[int, int]:
 
 def to_ycbcr(img: np.ndarray) -> np.ndarray:
     """Float64 (H, W, 3) Y, Cb, Cr of a uint8 RGB image (JPEG full range, no rounding)."""
-    return img.astype(np.float64) @ _TO_YCC.T + np.array([0.0, 128.0, 128.0])
+    return img.astype(np.float64) @ _TO_YCC.T + _YCC_OFFSET
 
 
 def measure(img: np.ndarray, factor: int, cells: int, step: int) -> Chroma:
@@ -134,19 +135,26 @@ def _box(x: np.ndarray, r: int) -> np.ndarray:
     return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
 
 
-def _luma_detail(luma: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
-    """``p`` plus the part of ``luma``'s local detail that its colour follows (chroma from luma).
+def _luma_detail(luma: np.ndarray, planes: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """Each of ``planes`` plus the part of ``luma``'s local detail that its colour follows (chroma
+    from luma).
 
     Why: the upsampled thumbnail is right on average but blurred over a whole block, while the
-    decoded luma is sharp. In each (2r+1)^2 window the slope of ``p`` against ``luma`` is fitted as
-    in He et al.'s guided filter; adding slope x (luma - its window mean) puts colour edges where
-    the luma has them and leaves ``p`` as it is where the luma is flat. (The guided filter's own
-    output, slope x luma + intercept, also re-blurs ``p`` in flat windows: on training photos it
-    gained half as much LPIPS and raised the chroma error, where this lowers it.)
+    decoded luma is sharp. In each (2r+1)^2 window the slope of a plane against ``luma`` is fitted
+    as in He et al.'s guided filter; adding slope x (luma - its window mean) puts colour edges where
+    the luma has them and leaves the plane as it is where the luma is flat. (The guided filter's own
+    output, slope x luma + intercept, also re-blurs the plane in flat windows: on training photos it
+    gained half as much LPIPS and raised the chroma error, where this lowers it.) The luma's window
+    statistics are shared by the planes, so they are computed once.
     """
-    mean_y, mean_p = _box(luma, r), _box(p, r)
-    slope = (_box(luma * p, r) - mean_y * mean_p) / (_box(luma * luma, r) - mean_y ** 2 + eps)
-    return p + _box(slope, r) * (luma - mean_y)
+    mean_y = _box(luma, r)
+    var_y = _box(luma * luma, r) - mean_y ** 2
+    detail = luma - mean_y
+    out = np.empty_like(planes)
+    for i, p in enumerate(planes):
+        slope = (_box(luma * p, r) - mean_y * _box(p, r)) / (var_y + eps)
+        out[i] = p + _box(slope, r) * detail
+    return out
 
 
 def apply(decoded: np.ndarray, chroma: Chroma, factor: int, from_luma: bool = True) -> np.ndarray:
@@ -159,9 +167,8 @@ def apply(decoded: np.ndarray, chroma: Chroma, factor: int, from_luma: bool = Tr
     planes = torch.from_numpy(chroma.planes.astype(np.float64) * chroma.step + 128.0).unsqueeze(0)
     up = F.interpolate(planes, scale_factor=size, mode="bicubic", align_corners=False)[0, :, :H, :W].numpy()
     ycc = to_ycbcr(decoded)
-    for c in (1, 2):
-        ycc[..., c] = _luma_detail(ycc[..., 0], up[c - 1], size, DETAIL_EPS) if from_luma else up[c - 1]
-    rgb = (ycc - np.array([0.0, 128.0, 128.0])) @ _TO_RGB.T
+    ycc[..., 1:] = np.moveaxis(_luma_detail(ycc[..., 0], up, size, DETAIL_EPS) if from_luma else up, 0, -1)
+    rgb = (ycc - _YCC_OFFSET) @ _TO_RGB.T
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
