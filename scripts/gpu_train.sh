@@ -46,6 +46,9 @@ AR_STEPS=${AR_STEPS:-5000} MASKED_STEPS=${MASKED_STEPS:-2000} PRIOR_BATCH=${PRIO
 CORRUPT_MIN=${CORRUPT_MIN:-0.6} CORRUPT_STEPS=${CORRUPT_STEPS:-2000}
 DEC_BATCH=${DEC_BATCH:-32} FT_BATCH=${FT_BATCH:-16} FT_IMAGES=${FT_IMAGES:-1500} CROP=${CROP:-224}
 PACK=${PACK:-.gpu}
+# A pack may travel as one tar of its train/ and val/ folders (PACK/pack.tar): the device refused
+# .gpu-webp's 2880 small files as over 64 MiB, though their bytes were under it (README).
+[ ! -f "$PACK/pack.tar" ] || tar xf "$PACK/pack.tar" -C "$PACK"
 VAL=${VAL:-$([ -d "$PACK/val" ] && echo "$PACK/val" || true)} DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-$PACK/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
