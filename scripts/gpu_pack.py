@@ -36,10 +36,9 @@ from PIL import Image
 from vqnet.codec.bundle import load_codec
 from vqnet.codec.train import at_least
 from vqnet.images import list_image_files, load_image
-from vqnet.restore.cli import latent_cache
 from vqnet.images import choose_photos
-from vqnet.restore.data import encode_photos, index_maps, save_maps
-from vqnet.restore.store import encoder_fingerprint, index_fingerprint
+from vqnet.restore.data import index_maps, photo_views, save_maps
+from vqnet.restore.store import index_fingerprint
 from vqnet.weights import export_vgg16_fp16
 
 
@@ -112,10 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     codec = load_codec(args.model)
     files = choose_photos(args.data, None)
-    encoder_key = encoder_fingerprint(codec)
-    latents = []
-    for shift in args.shifts:
-        latents += encode_photos(codec, files, latent_cache(encoder_key, files, shift), shift=shift)
+    latents = photo_views(codec, files, args.shifts)
     args.out.mkdir(parents=True, exist_ok=True)
     for K in args.maps_k:
         maps = index_maps(codec, latents, K)

@@ -18,9 +18,8 @@ import torch
 
 from vqnet.codec.bundle import load_codec
 from vqnet.images import list_image_files
-from vqnet.restore.cli import latent_cache
-from vqnet.restore.data import WindowSampler, encode_photos, index_maps
-from vqnet.restore.store import encoder_fingerprint, index_fingerprint, load_concealer_file
+from vqnet.restore.data import WindowSampler, index_maps, photo_views
+from vqnet.restore.store import index_fingerprint, load_concealer_file
 from vqnet.restore.train import Kind, loss_and_accuracy
 
 
@@ -49,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     codec = load_codec(None)
     files = sorted(list_image_files(args.images))
-    maps = index_maps(codec, encode_photos(codec, files, latent_cache(encoder_fingerprint(codec), files)), args.K)
+    maps = index_maps(codec, photo_views(codec, files), args.K)
     per = len(maps) // len(files)  # each photo and its mirror
     parts = {f"photos {args.split + 1}-{len(files)}": maps[args.split * per :],
              f"photos 1-{args.split}": maps[: args.split * per]}

@@ -358,3 +358,22 @@ def test_pair_exponent_is_checked_and_chosen_from_data() -> None:
     loaded = Prior.from_array(prior.to_array(), prior.context.copy(), 0.75)
     g = train[0]
     assert encode(g.ravel(), loaded, grid_refs(g)) == encode(g.ravel(), prior.with_pair(0.75), grid_refs(g))
+
+
+def test_context_shrinkage_is_chosen_on_held_out_photos() -> None:
+    from vqnet.codec.ladder import STRENGTHS, best_context, neighbour_pairs, photo_halves
+
+    K = 16
+
+    def stats(grids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return (sum(np.bincount(g.ravel(), minlength=K) for g in grids).astype(np.float64),
+                sum(neighbour_pairs(g, K) for g in grids))
+
+    noise = [np.random.default_rng(s).integers(0, K, (24, 24)) for s in range(4)]  # neighbours say nothing
+    assert best_context(*stats(noise[:2]), noise[2:]) == (STRENGTHS[-1], None)  # back to the marginal
+    train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(8)]  # neighbours say a lot, well counted
+    strength, pair = best_context(*stats(train), [two_neighbour_grid(K, 24, 24, seed=9)])
+    assert strength == STRENGTHS[0] and pair is not None
+    # a photo's views (mirror, shifts) stay on one side of the split
+    fit, held = photo_halves([np.full((1, 1), i) for i in range(8)], views=2)
+    assert [int(g[0, 0]) for g in fit] == [0, 1, 4, 5] and [int(g[0, 0]) for g in held] == [2, 3, 6, 7]

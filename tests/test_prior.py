@@ -13,9 +13,8 @@ from tests.conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
 from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
-from vqnet.restore.cli import latent_cache
 from vqnet.images import choose_photos
-from vqnet.restore.data import (StepBatches, WindowSampler, encode_photos, gilbert_losses, index_maps,
+from vqnet.restore.data import (StepBatches, WindowSampler, encode_photos, gilbert_losses, index_maps, latent_cache,
                                 load_maps, sample_mask, save_maps)
 from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT

@@ -258,9 +258,10 @@ def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tm
         assert np.array_equal(cb.prior.probs, start.codebooks[K].prior.probs)  # --images 0 keeps the priors
 
 
-def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp_path):
+def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp_path, monkeypatch):
     from vqnet.restore.store import index_fingerprint
 
+    monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
     kmeans, tuned, refit = (tmp_path / f"{n}.safetensors" for n in ("kmeans", "ft", "refit"))
     save_codec(ladder, kmeans)
     result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(kmeans), "--out", str(tuned), "--data",
@@ -268,10 +269,12 @@ def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp
                                       "--quiet"])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tuned), "--out", str(refit), "--data",
-                                      str(photos), "--images", "4"])
+                                      str(photos), "--images", "4", "--shifts", "4,0"])
     assert result.exit_code == 0, result.output
     before, after = load_codec(tuned), load_codec(refit)
     assert after.provenance["prior_images"] == 4
+    assert after.provenance["prior_views"] == "photo and mirror at shifts [0, 4]"
+    assert len(list((tmp_path / "runs" / "prior-data").iterdir())) == 2  # one cache per shift, reused next time
     for k, v in before.model.state_dict().items():
         assert torch.equal(v, after.model.state_dict()[k]), k
     for K, cb in before.codebooks.items():
@@ -284,6 +287,8 @@ def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp
     missing = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tmp_path / "nope.safetensors"),
                                        "--out", str(refit)])
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+    bad = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tuned), "--out", str(refit), "--shifts", "-8"])
+    assert bad.exit_code == 2 and "--shifts must be non-negative" in bad.output
 
 
 def test_device_option_is_checked_in_one_line(photos, tmp_path):

@@ -419,12 +419,12 @@ def train_vqgan_cmd(
             typer.echo(f"best held-out loss {loss:.4f} at step {step}: {out / 'best.pt'}")
 
 
-def _k_list(value: str) -> list[int]:
-    """``--ks 256,64,16`` -> [256, 64, 16]."""
+def _k_list(value: str, option: str = "--ks") -> list[int]:
+    """``--ks 256,64,16`` -> [256, 64, 16] (any comma-separated integer option, named ``option``)."""
     try:
         return [int(k) for k in value.split(",") if k.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--ks must be comma-separated integers, got {value!r}") from None
+        raise typer.BadParameter(f"{option} must be comma-separated integers, got {value!r}") from None
 
 
 @codebook_app.command("kmeans")
@@ -500,26 +500,44 @@ def codebook_priors(
     data: Annotated[Path, typer.Option(help="Photos the priors are fitted on (whole photos, no crops).")] = Path(
         "../shared/data/train"),
     images: Annotated[int, typer.Option(min=1, help="How many photos to encode.")] = 1500,
+    shifts: Annotated[str, typer.Option(help="Comma-separated pixel shifts to encode every photo (and its mirror) "
+                                             "at: 0,8 doubles the index maps, the f=16 grid moved half a token.")] = "0",
     seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
 ) -> None:
-    """Refit every K's range-coding prior and neighbour-context table on whole training photos,
-    changing nothing else: index maps, and the concealment transformers trained on them, stay
-    valid. For ladders whose priors came from small crops (a GPU run's): K=1024's context table
-    needs more neighbour pairs than crops give."""
+    """Refit every K's range-coding prior and neighbour-context table on whole training photos and
+    their mirror images, changing nothing else: index maps, and the concealment transformers
+    trained on them, stay valid. For ladders whose priors came from small crops (a GPU run's):
+    K=1024's context table needs more neighbour pairs than crops give. Encoder outputs are cached
+    under ./runs/prior-data (as `vqnet train prior` does), so another run, or another shift added,
+    encodes only what is new."""
     with user_errors():
         from vqnet.codec.bundle import load_codec, save_codec
         from vqnet.codec.ladder import refit_priors
+        from vqnet.images import choose_photos
+        from vqnet.restore.data import photo_views
 
         codec = load_codec(model)
-        latents = _photo_latents(codec.model, data, images, seed)
-        new = refit_priors(codec, latents)
-        new.provenance |= {"prior_images": images, "data": str(data)}
+        shift_list = sorted(set(_k_list(shifts, "--shifts")))
+        if not shift_list or shift_list[0] < 0:
+            raise typer.BadParameter(f"--shifts must be non-negative pixel counts, got {shifts!r}")
+        files = choose_photos(data, images, seed)
+        with progress_bar(len(files) * len(shift_list), "encoding photos (cached)", False) as advance:
+            done = [0]
+
+            def step(i: int, n: int) -> None:
+                advance(i - done[0], f"{i}/{n}")
+                done[0] = i
+
+            views = photo_views(codec, files, shift_list, progress=step)
+        new = refit_priors(codec, [z.float().unsqueeze(0) for z in views], views=2 * len(shift_list))
+        new.provenance |= {"prior_images": len(files), "prior_views": f"photo and mirror at shifts {shift_list}",
+                           "data": str(data)}
         sha = save_codec(new, out)
         for K in new.ks:
-            pair = new.codebooks[K].prior.pair
-            typer.echo(f"K={K}: prior entropy {new.codebooks[K].prior.entropy_bits():.2f} bits/index "
+            prior = new.codebooks[K].prior
+            typer.echo(f"K={K}: prior entropy {prior.entropy_bits():.2f} bits/index "
                        f"(was {codec.codebooks[K].prior.entropy_bits():.2f}); "
-                       + (f"two neighbours, exponent {pair}" if pair else "one neighbour"))
+                       + (f"two neighbours, exponent {prior.pair}" if prior.pair else "one neighbour"))
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 

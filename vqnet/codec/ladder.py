@@ -61,23 +61,52 @@ def neighbour_pairs(grid: np.ndarray, K: int) -> np.ndarray:
     return np.bincount(a * K + b, minlength=K * K).reshape(K, K).astype(np.float64)
 
 
-def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook) -> Prior:
+#: Shrinkage strengths :func:`fit_prior` chooses each context table's from (the weight of the
+#: marginal in a row, :meth:`~vqnet.entropy.Prior.with_context`). Why a choice: a K=1024 table has a
+#: million cells and 1,500 photos give a few neighbour pairs per cell, so its rows are mostly noise
+#: and want heavy shrinkage, while a K=16 row is well estimated and wants little. Tenfold more than
+#: the old fixed 32 took K=1024 of run K (README) from 0.0338 to 0.0328 ideal bpp on Kodak.
+STRENGTHS = (32.0, 128.0, 512.0, 2048.0)
+
+
+def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook, views: int = 1) -> Prior:
     """The index distribution of ``cb`` (with its own quant_conv) on the encoder outputs, with
-    its neighbour-context table (:meth:`Prior.with_context`) and the pair exponent that codes
-    held-out maps best (:func:`best_pair`)."""
+    its neighbour-context table (:meth:`Prior.with_context`), the table's shrinkage strength and
+    the pair exponent that code held-out maps best (:func:`best_context`).
+
+    ``views`` consecutive latents are views of one photo (mirror, shifts: :func:`~vqnet.restore.data.photo_views`);
+    they are held out together, or the held-out maps would reward a table that memorised them."""
     grids = [code_indices(quantized_vectors([z], cb.quant_conv_weight, cb.quant_conv_bias), cb.embedding)
              .reshape(z.shape[-2:]) for z in latents]
-    # The exponent is chosen on half the maps with a table fitted on the other half: chosen on the
-    # maps its table was fitted on, the product rewards the table's overfitting (on noise, 1.0).
-    (counts, pairs), (odd_counts, odd_pairs) = (_code_counts(grids[start::2], cb.K) for start in (0, 1))
-    pair = best_pair(Prior.from_counts(counts).with_context(pairs), grids[1::2]) if len(grids) > 1 else None
-    return Prior.from_counts(counts + odd_counts).with_context(pairs + odd_pairs).with_pair(pair)
+    # Strength and exponent are chosen on half the photos with a table fitted on the other half:
+    # chosen on the maps its table was fitted on, the product rewards the table's overfitting.
+    fit, held = photo_halves(grids, views)
+    (counts, pairs), (held_counts, held_pairs) = (_code_counts(half, cb.K) for half in (fit, held))
+    strength, pair = best_context(counts, pairs, held) if held else (STRENGTHS[0], None)
+    return Prior.from_counts(counts + held_counts).with_context(pairs + held_pairs, strength).with_pair(pair)
+
+
+def photo_halves(grids: Sequence[np.ndarray], views: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every other photo's ``views`` consecutive maps, and the rest: a split that never parts a
+    photo from its own views."""
+    halves: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for i, g in enumerate(grids):
+        halves[i // views % 2].append(g)
+    return halves
 
 
 def _code_counts(grids: Sequence[np.ndarray], K: int) -> tuple[np.ndarray, np.ndarray]:
     """(K,) code counts and (K, K) neighbour-pair counts of ``grids``."""
     counts = sum((np.bincount(g.ravel(), minlength=K).astype(np.float64) for g in grids), np.zeros(K))
     return counts, sum((neighbour_pairs(g, K) for g in grids), np.zeros((K, K)))
+
+
+def _raster_bits(grids: Sequence[np.ndarray], limit: int) -> Callable[[Prior], float]:
+    """Ideal bits a prior spends on ``grids`` (at most ``limit`` of them, evenly spaced), each
+    coded as one raster stream."""
+    chosen = list(grids)[:: max(1, -(-len(grids) // limit))]
+    streams = [(g.ravel(), context_refs(np.arange(g.size), g.shape[1])) for g in chosen]
+    return lambda prior: sum(float(prior.information_bits(s, refs).sum()) for s, refs in streams)
 
 
 def best_pair(prior: Prior, grids: Sequence[np.ndarray], limit: int = 400) -> float | None:
@@ -89,14 +118,19 @@ def best_pair(prior: Prior, grids: Sequence[np.ndarray], limit: int = 400) -> fl
     share, and how much depends on K and on the data (for the bundled model, Kodak's ideal bits
     favour 0.7 at K=1024 and 1 at K=16, ``scripts/context_bits.py``; held-out training maps chose
     0.5 and 0.75)."""
-    chosen = list(grids)[:: max(1, -(-len(grids) // limit))]
-    streams = [(g.ravel(), context_refs(np.arange(g.size), g.shape[1])) for g in chosen]
+    bits = _raster_bits(grids, limit)
+    return min((None, *PAIR_EXPONENTS), key=lambda pair: bits(prior.with_pair(pair)))
 
-    def bits(pair: float | None) -> float:
-        candidate = prior.with_pair(pair)
-        return sum(float(candidate.information_bits(s, refs).sum()) for s, refs in streams)
 
-    return min((None, *PAIR_EXPONENTS), key=bits)
+def best_context(counts: np.ndarray, pairs: np.ndarray, grids: Sequence[np.ndarray],
+                 limit: int = 400) -> tuple[float, float | None]:
+    """The (shrinkage strength, pair exponent) under which the prior of ``counts`` and the table
+    of ``pairs`` code ``grids`` (held-out maps) in the fewest ideal bits, as :func:`best_pair`."""
+    bits = _raster_bits(grids, limit)
+    marginal = Prior.from_counts(counts)
+    tables = {s: marginal.with_context(pairs, s) for s in STRENGTHS}
+    return min(((s, pair) for s in STRENGTHS for pair in (None, *PAIR_EXPONENTS)),
+               key=lambda choice: bits(tables[choice[0]].with_pair(choice[1])))
 
 
 def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[int], seed: int = 0) -> Codec:
@@ -148,16 +182,17 @@ def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] |
     return refit_priors(out, latents) if latents is not None else out
 
 
-def refit_priors(codec: Codec, latents: Sequence[torch.Tensor]) -> Codec:
+def refit_priors(codec: Codec, latents: Sequence[torch.Tensor], views: int = 1) -> Codec:
     """``codec`` with every rung's prior and neighbour-context table (and those of the K-means
     codebooks kept as ``raw``) fitted again on ``latents``; nothing else changes, so index maps,
     and the transformers trained on them, stay valid.
 
     Why: a ladder built on a GPU machine gets its priors from the 256-px crops it was sent, too
     few neighbour pairs for K=1024's 1024x1024 context table: refit on 1500 whole training photos,
-    run J (README) coded Kodak at K=1024 in 0.0356 instead of 0.0380 bpp.
+    run J (README) coded Kodak at K=1024 in 0.0356 instead of 0.0380 bpp. ``views`` as
+    :func:`fit_prior`.
     """
     def refit(cb: Codebook) -> Codebook:
-        return replace(cb, prior=fit_prior(latents, cb), raw=refit(cb.raw) if cb.raw is not None else None)
+        return replace(cb, prior=fit_prior(latents, cb, views), raw=refit(cb.raw) if cb.raw is not None else None)
 
     return Codec(codec.model, {K: refit(cb) for K, cb in codec.codebooks.items()}, provenance=dict(codec.provenance))

@@ -5,7 +5,6 @@ Wiring only: photos -> cached encoder outputs (:mod:`vqnet.restore.data`) -> ind
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,15 +13,6 @@ from typing import Annotated
 
 import typer
 
-
-
-def latent_cache(encoder_key: str, files: list[Path], shift: int = 0) -> Path:
-    """Cache folder for one encoder, one photo list (names and sizes) and one ``encode_photos``
-    shift, under runs/prior-data."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}:{f.stat().st_size}\n".encode())
-    return Path("runs/prior-data") / f"{encoder_key}{f'-shift{shift}' if shift else ''}-{h.hexdigest()[:12]}"
 
 
 def default_workers(device: str) -> int:
@@ -95,9 +85,8 @@ def train_prior_cmd(
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
         from vqnet.images import choose_photos
-        from vqnet.restore.data import encode_photos, index_maps, load_maps, save_maps
-        from vqnet.restore.store import (concealer_path, encoder_fingerprint, export_concealer, index_fingerprint,
-                                         load_concealer_file)
+        from vqnet.restore.data import index_maps, load_maps, photo_views, save_maps
+        from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer_file
         from vqnet.restore.train import PriorTrainConfig, train_prior
 
         codec = load_codec(model)
@@ -129,10 +118,9 @@ def train_prior_cmd(
                 grids, n_photos = load_maps(maps, fingerprint)
             else:
                 files = choose_photos(data, photos, seed)
-                cache = latent_cache(encoder_fingerprint(codec), files)
                 codec.model.to(device)
-                latents = encode_photos(codec, files, cache,
-                                        progress=lambda i, n: bar.update(encoding, total=n, completed=i))
+                latents = photo_views(codec, files,
+                                      progress=lambda i, n: bar.update(encoding, total=n, completed=i))
                 codec.model.cpu()  # index maps quantise on the CPU, where the codebooks live
                 grids, n_photos = index_maps(codec, latents, K), len(files)
                 if maps:

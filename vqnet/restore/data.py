@@ -10,8 +10,9 @@ in Gilbert-style bursts (the packetizer's two layouts), and rectangular blocks.
 """
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,34 @@ from safetensors.torch import load_file, save_file
 
 from vqnet.codec.bundle import Codec, CodecError
 from vqnet.images import list_image_files, load_image
+from vqnet.restore.store import encoder_fingerprint
 
 WINDOW = 16
+
+
+def latent_cache(encoder_key: str, files: list[Path], shift: int = 0) -> Path:
+    """Cache folder for one encoder, one photo list (names and sizes) and one ``encode_photos``
+    shift, under runs/prior-data."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}\n".encode())
+    return Path("runs/prior-data") / f"{encoder_key}{f'-shift{shift}' if shift else ''}-{h.hexdigest()[:12]}"
+
+
+def photo_views(codec: Codec, files: list[Path], shifts: Sequence[int] = (0,),
+                progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """Cached encoder outputs (:func:`encode_photos`: fp16, one (C, h, w) tensor per view) of every
+    photo in ``files`` at each shift, photo-major: photo i's ``2 * len(shifts)`` views (itself and its mirror at each shift) come
+    together, so a caller can hold a photo's views out together (their codes are far from
+    independent). ``progress(done, total)`` counts photos over all shifts."""
+    key = encoder_fingerprint(codec)
+    per_shift = []
+    for n, shift in enumerate(shifts):
+        def step(i: int, total: int, done: int = n * len(files)) -> None:
+            if progress:
+                progress(done + i, len(shifts) * total)
+        per_shift.append(encode_photos(codec, files, latent_cache(key, files, shift), progress=step, shift=shift))
+    return [views[i] for photo in range(len(files)) for views in per_shift for i in (2 * photo, 2 * photo + 1)]
 
 
 def encode_photos(codec: Codec, files: list[Path], cache: Path, shard: int = 50,
