@@ -24,12 +24,13 @@ FORMAT = "vqnet-concealer"
 
 
 def encoder_fingerprint(codec: Codec) -> str:
-    """Hash (16 hex) of the fp16 encoder weights: equal encoders give equal latents."""
+    """Hash (16 hex) of the fp16 encoder weights: equal encoders give equal latents (the model may
+    sit on a GPU: `train prior --device cuda` keys its latent cache after moving it)."""
     h = hashlib.sha256()
     enc = codec.model.encoder.state_dict()
     for name in sorted(enc):
         h.update(name.encode())
-        h.update(enc[name].detach().half().numpy().tobytes())
+        h.update(enc[name].detach().half().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
