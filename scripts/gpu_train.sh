@@ -20,7 +20,8 @@
 # JOINT=1 trains the encoder too (stage 1 from the bundle, unfrozen) and builds a new K-means ladder
 # with priors on the packed crops instead of swapping a decoder in: the index maps change, so it
 # needs KINDS=none here, and new maps (`gpu_pack.py --model BUNDLE --maps-only`, after the call) for
-# the transformers; `vqnet codebook priors` then refits its crop-fitted priors on whole photos.
+# the transformers; `vqnet codebook priors --shifts 0,8` then refits its crop-fitted priors on whole
+# photos and their mirrors (the maps' encodings are reused from runs/prior-data).
 # KINDS=none skips stage 3: a new decoder leaves every index map, so the transformers, valid.
 # Stage 1 keeps post_quant_conv fixed too (FREEZE=encoder trains it): `masked` measures code
 # distances after it, and run D's retrained one changed masked's choices for the worse.
