@@ -116,7 +116,8 @@ def progress_bar(total: int | None, description: str, quiet: bool) -> Iterator[C
 
 def _photo_latents(model: VQModel, data: Path, images: int, seed: int) -> list[torch.Tensor]:
     """Encoder outputs of ``images`` whole training photos (seeded choice), with a progress bar:
-    what every ``vqnet codebook`` command fits its priors (and K-means) on."""
+    what ``vqnet codebook kmeans`` and ``decoder`` fit their priors (and K-means) on. ``codebook
+    priors`` uses the cached photo-and-mirror views instead (:func:`vqnet.restore.data.photo_views`)."""
     from vqnet.codec.ladder import sample_latents
 
     with progress_bar(images, "encoding photos", False) as advance:
