@@ -37,7 +37,8 @@ from vqnet.codec.bundle import load_codec
 from vqnet.codec.train import at_least
 from vqnet.images import list_image_files, load_image
 from vqnet.images import choose_photos
-from vqnet.restore.data import index_maps, photo_views, save_maps
+from vqnet.codec.photos import photo_views
+from vqnet.restore.data import index_maps, save_maps
 from vqnet.restore.store import index_fingerprint
 from vqnet.weights import export_vgg16_fp16
 

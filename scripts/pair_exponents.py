@@ -6,8 +6,9 @@ README). An exponent only changes how an index is coded when its left *and* uppe
 its packet, so sweep packets stay byte-identical and only `.vqn` files shrink.
 
 Each K's exponent (and each raw rung's) is chosen by :func:`vqnet.codec.ladder.best_pair` on 400
-training photos outside the 200 that ``sample_latents(…, 200, seed=0)`` picks, the photos the
-bundled K >= 128 tables were fitted on. Usage (~4 min on 2 cores):
+training photos outside the 200 that ``choose_photos(…, 200, seed=0)`` picks, the photos the
+bundled K >= 128 tables were fitted on (by ``vqnet codebook decoder --images 200``, before it
+added mirror images). Usage (~4 min on 2 cores):
 
     python scripts/pair_exponents.py --out runs/pair.safetensors [--model BUNDLE] [--data ../shared/data/train]
 """
@@ -32,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     codec = load_codec(args.model)
-    fitted = set(choose_photos(args.data, 200, seed=0))  # what sample_latents(…, 200, seed=0) encoded
+    fitted = set(choose_photos(args.data, 200, seed=0))  # what the bundled tables were fitted on
     rest = [f for f in list_image_files(args.data) if f not in fitted]
     held = sorted(np.random.default_rng(1).choice(len(rest), size=400, replace=False).tolist())
     latents = [codec.encode_latent(load_image(rest[i])) for i in held]
@@ -51,7 +52,7 @@ def main() -> None:
     codec.codebooks = books
     codec.provenance = codec.provenance | {"pair": {"exponents": chosen, "chosen_on": (
         "best_pair (ideal bits of raster streams) over 400 training photos outside the 200 the K>=128 "
-        "priors were fitted on (sample_latents seed 0; held-out draw seed 1); tables unchanged")}}
+        "priors were fitted on (choose_photos seed 0; held-out draw seed 1); tables unchanged")}}
     print(f"wrote {args.out} (sha256 {save_codec(codec, args.out)[:16]})")
 
 

@@ -18,7 +18,8 @@ import torch
 
 from vqnet.codec.bundle import load_codec
 from vqnet.images import list_image_files
-from vqnet.restore.data import WindowSampler, index_maps, photo_views
+from vqnet.codec.photos import photo_views
+from vqnet.restore.data import WindowSampler, index_maps
 from vqnet.restore.store import index_fingerprint, load_concealer_file
 from vqnet.restore.train import Kind, loss_and_accuracy
 

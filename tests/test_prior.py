@@ -14,8 +14,8 @@ from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
 from vqnet.entropy import Prior
 from vqnet.restore import METHODS, RestoreContext, restore
 from vqnet.images import choose_photos
-from vqnet.restore.data import (StepBatches, WindowSampler, encode_photos, gilbert_losses, index_maps, latent_cache,
-                                load_maps, sample_mask, save_maps)
+from vqnet.codec.photos import encode_photos, latent_cache
+from vqnet.restore.data import StepBatches, WindowSampler, gilbert_losses, index_maps, load_maps, sample_mask, save_maps
 from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT
 from vqnet.restore.masked import conceal_masked, nearest_window, window_starts

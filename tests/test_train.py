@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
 from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targets
-from vqnet.codec.ladder import build_ladder, sample_latents
+from vqnet.codec.ladder import build_ladder
 from vqnet.codec.losses import reconstruction_loss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
+from vqnet.codec.photos import encode_photos
 from vqnet.codec.train import (LOG_COLUMNS, VAL_COLUMNS, CropDataset, TrainConfig, best_validation, load_checkpoint,
                                load_init_model, train_vqgan)
-from vqnet.images import to_tensor
+from vqnet.images import choose_photos, to_tensor
 
 TINY = VQGANConfig(embed_dim=8, n_embed=16, ddconfig=DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
                                                                attn_resolutions=(), resolution=32, z_channels=16))
@@ -166,11 +167,16 @@ def test_train_cli_user_errors_are_one_line(photos, tiny_bundle, tmp_path, args,
 # --- codebook fine-tuning ------------------------------------------------------------------------
 
 
+def _photo_latents(model: VQModel, photos, cache) -> list[torch.Tensor]:
+    """Encoder outputs of 6 of the photos and their mirror images, as the codebook commands fit on."""
+    return [z.float().unsqueeze(0) for z in encode_photos(Codec(model, {}), choose_photos(photos, 6, 0), cache)]
+
+
 @pytest.fixture(scope="module")
-def ladder(photos, tiny_bundle):
+def ladder(photos, tiny_bundle, tmp_path_factory):
     """The TINY bundle's model with a K-means ladder 16 -> 4 (priors fitted on the photos)."""
     model = load_codec(tiny_bundle).model
-    return build_ladder(model, sample_latents(model, photos, 6), [16, 4])
+    return build_ladder(model, _photo_latents(model, photos, tmp_path_factory.mktemp("latents")), [16, 4], views=2)
 
 
 def _recon_loss(codec: Codec, K: int, x: torch.Tensor) -> float:
@@ -180,14 +186,14 @@ def _recon_loss(codec: Codec, K: int, x: torch.Tensor) -> float:
     return reconstruction_loss(x, rec, 1.0)["nll"].item()
 
 
-def test_finetune_lowers_the_loss_and_keeps_the_vqgan(photos, ladder):
+def test_finetune_lowers_the_loss_and_keeps_the_vqgan(photos, ladder, tmp_path):
     dataset = CropDataset(photos, 32)
     held_out = dataset.batch(np.random.default_rng(99), 8)
     before = {k: v.clone() for k, v in ladder.model.state_dict().items()}
     cfg = FinetuneConfig(steps=25, batch=4, crop=32, lr=3e-2)
     steps = []
-    tuned = finetune_ladder(ladder, dataset, sample_latents(ladder.model, photos, 6), cfg,
-                            on_step=lambda step, logs: steps.append((step, sorted(logs))))
+    tuned = finetune_ladder(ladder, dataset, _photo_latents(ladder.model, photos, tmp_path), cfg,
+                            on_step=lambda step, logs: steps.append((step, sorted(logs))), prior_views=2)
     assert steps == [(i, [4]) for i in range(1, 26)]  # every K below the base, by default
     for k, v in tuned.model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -206,7 +212,8 @@ def test_finetune_lowers_the_loss_and_keeps_the_vqgan(photos, ladder):
         finetune_targets(ladder, [8])
 
 
-def test_finetune_cli_writes_a_bundle_with_raw_codebooks(photos, ladder, tmp_path):
+def test_finetune_cli_writes_a_bundle_with_raw_codebooks(photos, ladder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
     save_codec(ladder, tmp_path / "kmeans.safetensors")
     out = tmp_path / "ft.safetensors"
     result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(tmp_path / "kmeans.safetensors"),
@@ -217,6 +224,7 @@ def test_finetune_cli_writes_a_bundle_with_raw_codebooks(photos, ladder, tmp_pat
     tuned = load_codec(out)
     assert tuned.codebooks[4].finetuned and tuned.codebooks[4].raw is not None
     assert tuned.provenance["finetune"]["ks"] == [4] and tuned.provenance["finetune"]["steps"] == 2
+    assert tuned.provenance["finetune"]["prior_views"] == "photo and mirror at shifts [0]"
     again = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(out), "--out", str(out),
                                      "--data", str(photos), "--quiet"])
     assert again.exit_code == 2 and "already fine-tuned" in again.output
@@ -230,9 +238,10 @@ def test_minutes_end_a_run_with_a_checkpoint_that_resumes(photos, tmp_path):
     assert load_checkpoint(ckpt)["step"] == 3 and len(_log(tmp_path / "r" / "log.csv")) == 3
 
 
-def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tmp_path):
+def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tmp_path, monkeypatch):
     """The GPU route: retrain the decoder (encoder frozen), put it into the bundle with its fine-tuned
     rungs back at K-means (--kmeans-start) and the priors kept (--images 0), then fine-tune again."""
+    monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
     kmeans = tmp_path / "kmeans.safetensors"
     save_codec(ladder, kmeans)
     tuned = tmp_path / "ft.safetensors"
@@ -258,6 +267,33 @@ def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tm
         assert np.array_equal(cb.prior.probs, start.codebooks[K].prior.probs)  # --images 0 keeps the priors
 
 
+def test_codebook_kmeans_fits_on_cached_photos_and_their_mirrors(photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
+    ckpt = train_vqgan(photos, tmp_path / "run", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0), TINY)
+    out = tmp_path / "kmeans.safetensors"
+    args = ["codebook", "kmeans", "--checkpoint", str(ckpt), "--out", str(out), "--data", str(photos),
+            "--ks", "16,4", "--images", "6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    codec = load_codec(out)
+    assert codec.ks == [16, 4] and codec.provenance["prior_views"] == "photo and mirror at shifts [0]"
+    cache = list((tmp_path / "runs" / "prior-data").iterdir())
+    assert len(cache) == 1
+    # the ladder is what build_ladder makes of those photos and their mirror images (read back from
+    # the cache), each photo held out with its mirror
+    model = load_init_model(ckpt)
+    latents = _photo_latents(model, photos, cache[0])
+    expected, unmirrored = (build_ladder(model, latents, [16, 4], views=2), build_ladder(model, latents[::2], [16, 4]))
+    for K in (16, 4):
+        got, want = codec.codebooks[K].prior, expected.codebooks[K].prior
+        assert np.allclose(got.probs, want.probs, rtol=1e-6, atol=0)
+        assert np.array_equal(got.context, want.context) and got.pair == want.pair
+    assert not np.allclose(codec.codebooks[4].prior.probs, unmirrored.codebooks[4].prior.probs, rtol=1e-3, atol=0)
+    stamp = cache[0].stat().st_mtime_ns
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "again.safetensors")]).exit_code == 0
+    assert cache[0].stat().st_mtime_ns == stamp and load_codec(tmp_path / "again.safetensors").ks == [16, 4]
+
+
 def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp_path, monkeypatch):
     from vqnet.restore.store import index_fingerprint
 
@@ -268,13 +304,15 @@ def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp
                                       str(photos), "--steps", "2", "--batch", "2", "--crop", "32", "--images", "1",
                                       "--quiet"])
     assert result.exit_code == 0, result.output
+    caches = tmp_path / "runs" / "prior-data"
+    finetune_cache = set(caches.iterdir())  # its one photo's latents: a cache of another photo list
     result = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tuned), "--out", str(refit), "--data",
                                       str(photos), "--images", "4", "--shifts", "4,0"])
     assert result.exit_code == 0, result.output
     before, after = load_codec(tuned), load_codec(refit)
     assert after.provenance["prior_images"] == 4
     assert after.provenance["prior_views"] == "photo and mirror at shifts [0, 4]"
-    assert len(list((tmp_path / "runs" / "prior-data").iterdir())) == 2  # one cache per shift, reused next time
+    assert len(set(caches.iterdir()) - finetune_cache) == 2  # one cache per shift, reused next time
     for k, v in before.model.state_dict().items():
         assert torch.equal(v, after.model.state_dict()[k]), k
     for K, cb in before.codebooks.items():

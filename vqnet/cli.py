@@ -9,7 +9,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -25,7 +25,7 @@ from vqnet.score_cli import app as score_app
 if TYPE_CHECKING:  # the heavy imports stay inside the commands that need them
     import torch
 
-    from vqnet.codec.model import VQModel
+    from vqnet.codec.bundle import Codec
 
 app = typer.Typer(
     add_completion=False,
@@ -114,14 +114,26 @@ def progress_bar(total: int | None, description: str, quiet: bool) -> Iterator[C
         yield lambda n, label: bar.update(task, advance=n, label=label)
 
 
-def _photo_latents(model: VQModel, data: Path, images: int, seed: int) -> list[torch.Tensor]:
-    """Encoder outputs of ``images`` whole training photos (seeded choice), with a progress bar:
-    what ``vqnet codebook kmeans`` and ``decoder`` fit their priors (and K-means) on. ``codebook
-    priors`` uses the cached photo-and-mirror views instead (:func:`vqnet.restore.data.photo_views`)."""
-    from vqnet.codec.ladder import sample_latents
+def _photo_views(codec: Codec, data: Path, images: int, seed: int, shifts: Sequence[int] = (0,),
+                 quiet: bool = False) -> tuple[list[torch.Tensor], int, str]:
+    """Encoder outputs of ``images`` whole training photos (seeded choice) and of their mirror
+    images at each shift, cached under ./runs/prior-data (:func:`vqnet.codec.photos.photo_views`),
+    with a progress bar: what every ``codebook`` command counts code usage and fits priors on.
+    Returns the latents as float (1, C, h, w), how many consecutive ones are views of one photo,
+    and those views in words for the bundle's provenance."""
+    from vqnet.codec.photos import photo_views
+    from vqnet.images import choose_photos
 
-    with progress_bar(images, "encoding photos", False) as advance:
-        return sample_latents(model, data, images, seed, progress=lambda i, n: advance(1, f"{i}/{n}"))
+    files = choose_photos(data, images, seed)
+    with progress_bar(len(files) * len(shifts), "encoding photos (cached)", quiet) as advance:
+        done = [0]
+
+        def step(i: int, n: int) -> None:
+            advance(i - done[0], f"{i}/{n}")
+            done[0] = i
+
+        views = photo_views(codec, files, shifts, progress=step)
+    return [z.float().unsqueeze(0) for z in views], 2 * len(shifts), f"photo and mirror at shifts {list(shifts)}"
 
 
 @app.command()
@@ -434,13 +446,15 @@ def codebook_kmeans(
     out: Annotated[Path, typer.Option(help="Codec bundle to write (.safetensors, fp16).")],
     data: Annotated[Path, typer.Option(help="Photos used to count code usage and fit the priors.")] = Path("../shared/data/train"),
     ks: Annotated[str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")] = "1024,256,64,16",
-    images: Annotated[int, typer.Option(min=1, help="How many photos to encode for usage counts and priors.")] = 300,
+    images: Annotated[int, typer.Option(min=1, help="How many photos to encode, each with its mirror image "
+                                                  "(cached under ./runs/prior-data), for usage counts and "
+                                                  "priors.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample and k-means++.")] = 0,
     device: Annotated[str, typer.Option(help="Where the encoder runs: cpu or cuda.")] = "cpu",
 ) -> None:
     """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K."""
     with user_errors():
-        from vqnet.codec.bundle import save_codec
+        from vqnet.codec.bundle import Codec, save_codec
         from vqnet.codec.ladder import build_ladder
         from vqnet.codec.model import VQGANConfig, VQModel
         from vqnet.codec.train import load_checkpoint
@@ -450,11 +464,12 @@ def codebook_kmeans(
         model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
         model.load_state_dict(state["model"])
         model.to(check_device(device))
-        latents = _photo_latents(model, data, images, seed)
+        latents, views, described = _photo_views(Codec(model, {}), data, images, seed)
         model.cpu()
-        codec = build_ladder(model, latents, k_list, seed)
+        codec = build_ladder(model, latents, k_list, seed, views)
         codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
-                            "prior_images": images, "data": str(data), "kmeans": "usage-weighted"}
+                            "prior_images": images, "prior_views": described, "data": str(data),
+                            "kmeans": "usage-weighted"}
         sha = save_codec(codec, out)
         for K in codec.ks:
             typer.echo(f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})")
@@ -467,8 +482,9 @@ def codebook_decoder(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint of a `vqnet train vqgan --freeze encoder` run.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write.")],
     data: Annotated[Path, typer.Option(help="Photos the priors are refit on.")] = Path("../shared/data/train"),
-    images: Annotated[int, typer.Option(min=0, help="How many photos to encode for the priors (0: keep the priors; "
-                                                    "the index maps do not change).")] = 200,
+    images: Annotated[int, typer.Option(min=0, help="How many photos to encode, each with its mirror image "
+                                                    "(cached), for the priors (0: keep the priors; the index "
+                                                    "maps do not change).")] = 200,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
     kmeans_start: Annotated[bool, typer.Option(help="Put fine-tuned rungs back to their K-means codebooks (they were "
                                                     "tuned for the old decoder); fine-tune them again afterwards.")] = False,
@@ -484,12 +500,10 @@ def codebook_decoder(
         if kmeans_start:
             codec = codec.raw_codec()
         new = load_init_model(checkpoint)
-        latents = None
-        if images:
-            latents = _photo_latents(codec.model, data, images, seed)
-        swapped = swap_decoder(codec, new, latents)
+        latents, views, described = _photo_views(codec, data, images, seed) if images else (None, 1, "")
+        swapped = swap_decoder(codec, new, latents, views)
         swapped.provenance |= {"decoder_checkpoint": str(checkpoint)} | (
-            {"prior_images": images, "data": str(data)} if images else {})
+            {"prior_images": images, "prior_views": described, "data": str(data)} if images else {})
         sha = save_codec(swapped, out)
         typer.echo(f"wrote {out} (sha256 {sha[:16]}); codebooks kept from {model}")
 
@@ -514,25 +528,14 @@ def codebook_priors(
     with user_errors():
         from vqnet.codec.bundle import load_codec, save_codec
         from vqnet.codec.ladder import refit_priors
-        from vqnet.images import choose_photos
-        from vqnet.restore.data import photo_views
 
         codec = load_codec(model)
         shift_list = sorted(set(_k_list(shifts, "--shifts")))
         if not shift_list or shift_list[0] < 0:
             raise typer.BadParameter(f"--shifts must be non-negative pixel counts, got {shifts!r}")
-        files = choose_photos(data, images, seed)
-        with progress_bar(len(files) * len(shift_list), "encoding photos (cached)", False) as advance:
-            done = [0]
-
-            def step(i: int, n: int) -> None:
-                advance(i - done[0], f"{i}/{n}")
-                done[0] = i
-
-            views = photo_views(codec, files, shift_list, progress=step)
-        new = refit_priors(codec, [z.float().unsqueeze(0) for z in views], views=2 * len(shift_list))
-        new.provenance |= {"prior_images": len(files), "prior_views": f"photo and mirror at shifts {shift_list}",
-                           "data": str(data)}
+        latents, views, described = _photo_views(codec, data, images, seed, shift_list)
+        new = refit_priors(codec, latents, views)
+        new.provenance |= {"prior_images": len(latents) // views, "prior_views": described, "data": str(data)}
         sha = save_codec(new, out)
         for K in new.ks:
             prior = new.codebooks[K].prior
@@ -556,7 +559,8 @@ def codebook_finetune(
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-4,
     perceptual_weight: Annotated[float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 leaves L1 + codebook "
                                                                    "loss.")] = 1.0,
-    images: Annotated[int, typer.Option(min=1, help="How many photos to encode to refit the priors.")] = 300,
+    images: Annotated[int, typer.Option(min=1, help="How many photos to encode, each with its mirror image "
+                                                  "(cached), to refit the priors.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the crops and the photo sample.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
@@ -572,7 +576,6 @@ def codebook_finetune(
 
         from vqnet.codec.bundle import load_codec, save_codec
         from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targets
-        from vqnet.codec.ladder import sample_latents
         from vqnet.codec.train import CropDataset
 
         codec = load_codec(model)
@@ -583,19 +586,19 @@ def codebook_finetune(
         history: dict[int, list[float]] = {K: [] for K in targets}
         with progress_bar(None, "loading photos", quiet) as advance:
             dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
-            latents = sample_latents(codec.model, data, images, seed)
+        latents, views, described = _photo_views(codec, data, images, seed, quiet=quiet)
         with progress_bar(steps, f"fine-tuning K={','.join(map(str, targets))}", quiet) as advance:
             def on_step(step: int, logs: dict[int, dict[str, float]]) -> None:
                 for K, row in logs.items():
                     history[K].append(row["loss"])
                 advance(1, " ".join(f"K={K} {row['loss']:.4f}" for K, row in logs.items()))
 
-            tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step, minutes)
+            tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step, minutes, views)
         tuned.model.cpu()
         steps_run = len(history[targets[0]])
         tuned.provenance["finetune"] = asdict(cfg) | {"ks": targets, "from_model": codec.model_id,
-                                                      "prior_images": images, "data": str(data),
-                                                      "steps_run": steps_run}
+                                                      "prior_images": images, "prior_views": described,
+                                                      "data": str(data), "steps_run": steps_run}
         sha = save_codec(tuned, out)
         n = max(1, min(10, steps_run))
         for K in targets:

@@ -111,11 +111,13 @@ def finetune_ladder(
     ks: Sequence[int] | None = None,
     on_step: Callable[[int, dict[int, dict[str, float]]], None] | None = None,
     minutes: float | None = None,
+    prior_views: int = 1,
 ) -> Codec:
     """Return a new Codec whose rungs ``ks`` (default: all below the base) are fine-tuned.
 
     Each fine-tuned rung keeps its K-means codebook as ``raw``, and its prior is refit on
-    ``prior_latents`` (encoder outputs of whole photos, :func:`~vqnet.codec.ladder.sample_latents`).
+    ``prior_latents`` (encoder outputs of whole photos, ``prior_views`` consecutive ones per photo:
+    :func:`~vqnet.codec.photos.photo_views`, :func:`~vqnet.codec.ladder.fit_prior`).
     ``on_step(step, {K: {"loss", "l1", "p_loss", "emb_loss", "perplexity"}})`` follows each step.
     Crops are drawn from ``cfg.seed`` on the CPU; training runs where ``codec.model`` sits.
     ``minutes`` ends training early (a lent GPU's budget is fixed); ``on_step`` sees how far it got.
@@ -152,5 +154,5 @@ def finetune_ladder(
     codebooks = dict(codec.codebooks)
     for K, rung in rungs.items():
         tuned = rung.codebook(codec.codebook(K))
-        codebooks[K] = replace(tuned, prior=fit_prior(prior_latents, tuned))
+        codebooks[K] = replace(tuned, prior=fit_prior(prior_latents, tuned, prior_views))
     return Codec(model, codebooks, provenance=dict(codec.provenance))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,20 +17,6 @@ from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQModel, nearest_code
 from vqnet.entropy import PAIR_EXPONENTS, Prior
 from vqnet.packets import context_refs
-from vqnet.images import choose_photos, load_image
-
-
-def sample_latents(model: VQModel, data: str | Path, n_images: int, seed: int = 0,
-                   progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
-    """Encoder outputs of ``n_images`` training photos chosen by ``seed`` (whole photos, no crops)."""
-    chosen = choose_photos(data, n_images, seed)
-    codec = Codec(model, {})
-    latents = []
-    for i, f in enumerate(chosen):
-        latents.append(codec.encode_latent(load_image(f)))
-        if progress:
-            progress(i + 1, len(chosen))
-    return latents
 
 
 def quantized_vectors(latents: Sequence[torch.Tensor], qc_weight: torch.Tensor, qc_bias: torch.Tensor) -> torch.Tensor:
@@ -75,7 +60,7 @@ def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook, views: int = 1) -> 
     its neighbour-context table (:meth:`Prior.with_context`), the table's shrinkage strength and
     the pair exponent that code held-out maps best (:func:`best_context`).
 
-    ``views`` consecutive latents are views of one photo (mirror, shifts: :func:`~vqnet.restore.data.photo_views`);
+    ``views`` consecutive latents are views of one photo (mirror, shifts: :func:`~vqnet.codec.photos.photo_views`);
     they are held out together, or the held-out maps would reward a table that memorised them."""
     grids = [code_indices(quantized_vectors([z], cb.quant_conv_weight, cb.quant_conv_bias), cb.embedding)
              .reshape(z.shape[-2:]) for z in latents]
@@ -134,8 +119,10 @@ def best_context(counts: np.ndarray, pairs: np.ndarray, grids: Sequence[np.ndarr
                key=lambda choice: bits(tables[choice[0]].with_pair(choice[1])))
 
 
-def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[int], seed: int = 0) -> Codec:
-    """K-means the base codebook (usage-weighted) into every K and fit each K's prior on the latents."""
+def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[int], seed: int = 0,
+                 views: int = 1) -> Codec:
+    """K-means the base codebook (usage-weighted) into every K and fit each K's prior on the latents
+    (``views`` as :func:`fit_prior`)."""
     base = Codebook.from_model(model)
     usage = code_counts(quantized_vectors(latents, base.quant_conv_weight, base.quant_conv_bias), base.embedding)
     codebooks: dict[int, Codebook] = {}
@@ -144,11 +131,12 @@ def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[i
             raise ValueError(f"K={K} exceeds the base codebook size {base.K}")
         emb = base.embedding if K == base.K else kmeans(base.embedding, K, torch.from_numpy(usage).float(), seed=seed)
         cb = replace(base, K=K, embedding=emb.clone())
-        codebooks[K] = replace(cb, prior=fit_prior(latents, cb))
+        codebooks[K] = replace(cb, prior=fit_prior(latents, cb, views))
     return Codec(model, codebooks)
 
 
-def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] | None = None) -> Codec:
+def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] | None = None,
+                 views: int = 1) -> Codec:
     """``codec`` with ``model``'s post_quant_conv and decoder, every codebook kept.
 
     Why not rebuild the ladder with K-means: a decoder fine-tuned with the encoder frozen
@@ -157,7 +145,8 @@ def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] |
     valid, whereas K-means run again can move centroids (a last-bit change in the encoder's
     arithmetic is enough). Every rung takes the new post_quant_conv, so fine-tuned rungs are refused:
     their own convs were trained for the old decoder (fine-tune after swapping instead).
-    With ``latents``, each K's prior is refit on them (and gains a context table).
+    With ``latents``, each K's prior is refit on them (and gains a context table; ``views`` as
+    :func:`fit_prior`).
     """
     tuned = [K for K, cb in codec.codebooks.items() if cb.finetuned]
     if tuned:
@@ -180,7 +169,7 @@ def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] |
                             post_quant_conv_bias=base.post_quant_conv_bias.clone())
                  for K, cb in codec.codebooks.items()}
     out = Codec(swapped, codebooks, provenance=dict(codec.provenance))
-    return refit_priors(out, latents) if latents is not None else out
+    return refit_priors(out, latents, views) if latents is not None else out
 
 
 def refit_priors(codec: Codec, latents: Sequence[torch.Tensor], views: int = 1) -> Codec:

@@ -85,7 +85,8 @@ def train_prior_cmd(
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
         from vqnet.images import choose_photos
-        from vqnet.restore.data import index_maps, load_maps, photo_views, save_maps
+        from vqnet.codec.photos import photo_views
+        from vqnet.restore.data import index_maps, load_maps, save_maps
         from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer_file
         from vqnet.restore.train import PriorTrainConfig, train_prior
 

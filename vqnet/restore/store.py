@@ -17,21 +17,11 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, Codec, CodecError, manifest_sha256, read_safetensors
+from vqnet.codec.photos import encoder_fingerprint
 from vqnet.restore.gpt import GPT, GPTConfig
 from vqnet.weights import sha256_of
 
 FORMAT = "vqnet-concealer"
-
-
-def encoder_fingerprint(codec: Codec) -> str:
-    """Hash (16 hex) of the fp16 encoder weights: equal encoders give equal latents (the model may
-    sit on a GPU: `train prior --device cuda` keys its latent cache after moving it)."""
-    h = hashlib.sha256()
-    enc = codec.model.encoder.state_dict()
-    for name in sorted(enc):
-        h.update(name.encode())
-        h.update(enc[name].detach().half().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def index_fingerprint(codec: Codec, K: int) -> str:
