@@ -45,8 +45,9 @@ def photo_views(codec: Codec, files: list[Path], shifts: Sequence[int] = (0,),
                 progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
     """Cached encoder outputs (:func:`encode_photos`: fp16, one (C, h, w) tensor per view) of every
     photo in ``files`` at each shift, photo-major: photo i's ``2 * len(shifts)`` views (itself and
-    its mirror at each shift) come together, so a caller can hold a photo's views out together (their codes are far from
-    independent). ``progress(done, total)`` counts photos over all shifts."""
+    its mirror at each shift) come together, so a caller can hold a photo's views out together
+    (their codes are far from independent). ``progress(done, total)`` counts photos over all
+    shifts."""
     key = encoder_fingerprint(codec)
     per_shift = []
     for n, shift in enumerate(shifts):
