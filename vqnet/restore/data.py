@@ -10,7 +10,6 @@ in Gilbert-style bursts (the packetizer's two layouts), and rectangular blocks.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import torch
 from safetensors.torch import save_file
 
 from vqnet.codec.bundle import Codec, CodecError
-from vqnet.images import list_image_files, load_image
 
 WINDOW = 16
 
