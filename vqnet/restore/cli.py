@@ -1,7 +1,8 @@
 """``vqnet train prior``: train a concealment transformer on a codec's index maps and ship it.
 
-Wiring only: photos -> cached encoder outputs (:mod:`vqnet.restore.data`) -> index maps at K ->
-:func:`vqnet.restore.train.train_prior` -> fp16 file beside the codec (:mod:`vqnet.restore.store`).
+Wiring only: photos -> cached encoder outputs (:mod:`vqnet.codec.photos`) -> index maps at K
+(:mod:`vqnet.restore.data`) -> :func:`vqnet.restore.train.train_prior` -> fp16 file beside the
+codec (:mod:`vqnet.restore.store`).
 """
 from __future__ import annotations
 
