@@ -12,7 +12,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vqnet.channel.link import LinkConfig
 from vqnet.channel.loss import make_loss_model
+from vqnet.fec import MAX_N, FecCode
 from vqnet.restore import METHODS
 
 
@@ -31,6 +33,23 @@ class Images(_Strict):
     limit: int | None = Field(None, ge=1, le=10000, description="Use at most this many images (sorted by name).")
 
 
+class Fec(_Strict):
+    k: int | None = Field(None, ge=1, description="Data packets per Reed-Solomon block (with n).")
+    n: int | None = Field(None, ge=2, description=f"Packets per block, data and parity (with k), at most {MAX_N}.")
+    parity: float | None = Field(None, gt=0, le=MAX_N - 1, description="Instead of k and n: parity packets per "
+                                 "data packet, over blocks as long as the code allows.")
+
+    @model_validator(mode="after")
+    def _valid_code(self) -> "Fec":
+        if self.k == 1:
+            raise ValueError("k=1 makes every parity packet a copy of one packet; use k >= 2 or a parity ratio")
+        self.code()
+        return self
+
+    def code(self) -> FecCode:
+        return FecCode(self.k, self.n, self.parity)
+
+
 class Packets(_Strict):
     max_payload: int = Field(24, ge=8, le=65535, description="Max range-coded bytes per packet (headers come on top).")
     layout: Literal["raster", "interleaved"] = Field(
@@ -38,6 +57,8 @@ class Packets(_Strict):
     chroma_cells: int = Field(0, ge=0, le=16, description="Send the colour packet too (vqnet/chroma.py): block chroma "
                               "over this many index cells squared, coarser where it would not fit max_payload; it "
                               "crosses the channel like any packet (and counts in bpp). 0 = indices only.")
+    fec: Fec | None = Field(None, description="Reed-Solomon parity across the image's packets (vqnet/fec.py): "
+                            "{k, n} or {parity: ratio}; parity packets count in bpp. null = none.")
 
 
 class Channel(_Strict):
@@ -95,6 +116,15 @@ class Channel(_Strict):
         return make_loss_model(self.model, **self.params)
 
 
+class Arq(_Strict):
+    max_retransmissions: int = Field(3, ge=1, le=100, description="Times a packet may be sent again.")
+    return_delay_s: float | None = Field(None, ge=0, le=3600, description="One-way delay of the acknowledgements (s); "
+                                         "null = delay_s.")
+    return_loss: float = Field(0.0, ge=0, lt=1, description="Probability that an acknowledgement is lost.")
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="Wait for an acknowledgement before sending "
+                                    "again (s); null = the longest round trip.")
+
+
 class Link(_Strict):
     rate_bps: float | None = Field(None, gt=0, description="Link bit rate (bits/s); null = infinite.")
     delay_s: float = Field(0.0, ge=0, le=3600, description="One-way propagation delay (s).")
@@ -102,11 +132,18 @@ class Link(_Strict):
     queue_limit: int | None = Field(None, ge=0, description="Packets that may wait for the transmitter; null = unlimited.")
     deadline_s: float | None = Field(None, gt=0, description="Packets arriving later than this after the first send count as lost.")
     send_interval_s: float | None = Field(None, gt=0, description="Sender pacing between packets (s); null = back-to-back.")
+    arq: Arq | None = Field(None, description="Selective-repeat retransmission over a return channel "
+                            "(vqnet/channel/link.py); retransmitted bytes count. null = send once.")
 
     @model_validator(mode="after")
     def _jitter(self) -> "Link":
         if self.jitter_s > self.delay_s:
             raise ValueError("jitter_s must not exceed delay_s")
+        if self.arq is not None and self.deadline_s is not None:
+            round_trip = LinkConfig(**self.model_dump()).round_trip_s
+            if self.deadline_s < round_trip:
+                raise ValueError(f"deadline_s={self.deadline_s:g} is shorter than one round trip "
+                                 f"({round_trip:g} s), so ARQ could repair nothing in time")
         return self
 
 
