@@ -73,14 +73,26 @@ def test_a_deadline_shorter_than_a_round_trip_means_no_repair() -> None:
     assert result.channel_lost.tolist() == [False, True, False, True, False]
 
 
-def test_a_repair_that_arrives_after_the_deadline_is_late() -> None:
+def test_a_copy_that_cannot_make_the_deadline_is_not_sent() -> None:
     # 8 kbit/s: packet i leaves the transmitter at (i + 1) * 30 ms; its timer runs out a round trip
-    # (0.1 s) later, and the copy takes 30 ms to serialise and 50 ms to arrive.
+    # (0.1 s) later, and a copy takes 30 ms to serialise and 50 ms to arrive.
     link = LinkConfig(rate_bps=8000, delay_s=0.05, deadline_s=0.29, arq=ArqConfig())
     result = send([30] * 4, link, WireLoss(frozenset({0, 3})))
     assert result.delivered[0]  # 0.03 + 0.1 + 0.03 + 0.05 = 0.21 s
-    assert result.late[3]  # 0.12 + 0.1 + 0.03 + 0.05 = 0.30 s: sent (it could have made it), but late
-    assert result.retransmissions == 2 and one_fate_each(result)
+    assert result.channel_lost[3]  # 0.12 + 0.1 + 0.03 + 0.05 = 0.30 s: too late, so never sent
+    assert result.retransmissions == 1 and result.bytes_retransmitted == 30
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_repair_that_arrives_after_the_deadline_is_late(seed) -> None:
+    # As above with +-20 ms of jitter: packet 3's timer runs out at 0.12 + 0.05 + 0.02 + 0.05 s, its
+    # copy leaves at 0.27 s and could arrive by 0.30 s, so it is sent; whether it makes 0.31 s
+    # depends on its jitter, the 6th draw (first sends 0..3, then copies in order: packet 0's, 3's).
+    link = LinkConfig(rate_bps=8000, delay_s=0.05, jitter_s=0.02, deadline_s=0.31, arq=ArqConfig())
+    result = send([30] * 4, link, WireLoss(frozenset({0, 3})), seed=seed)
+    jitter = np.random.default_rng(seed).uniform(-0.02, 0.02, 16)
+    assert result.retransmissions == 2 and result.delivered[0]
+    assert result.late[3] == (0.27 + 0.05 + jitter[5] > 0.31) and one_fate_each(result)
 
 
 def test_a_lost_acknowledgement_costs_a_needless_copy_but_loses_nothing() -> None:

@@ -33,8 +33,9 @@ sender offers the first packet::
   the FIFO when the timer runs out unacknowledged, up to
   ``max_retransmissions`` times.  A retransmission takes the next slot of the
   channel's loss process (a burst that took a packet may take its copy too)
-  and counts in :attr:`TransmissionResult.bytes_retransmitted`.  A
-  retransmission that could not arrive before the deadline is not sent.
+  and counts in :attr:`TransmissionResult.bytes_retransmitted`.  A copy
+  that could not arrive before the deadline even with the least jitter,
+  behind the packets already queued, is not sent.
 
 Random numbers are drawn in a fixed order (loss mask for every possible
 transmission, then jitter for each, then the return channel's losses), never
@@ -270,8 +271,7 @@ class _LinkSim:
     def _offer(self, i: int, tx: int) -> None:
         """Offer packet ``i`` to the FIFO; ``tx`` numbers the transmission (propagation draw)."""
         now = self.env.now
-        while self.in_link and self.in_link[0] <= now + _SIMULTANEOUS_S:
-            self.in_link.popleft()
+        start = self._free_at()
         # One packet is being serialised, len - 1 are waiting; accepting this
         # one makes len waiting, which must not exceed queue_limit.
         limit = self.link.queue_limit
@@ -279,13 +279,21 @@ class _LinkSim:
             self.queue_dropped[i] = True
             self._arm_timer(i, now)
             return
-        rate = self.link.rate_bps
-        serialisation_s = 0.0 if rate is None else 8.0 * float(self.sizes[i]) / rate
-        start = self.in_link[-1] if self.in_link else now
-        end = start + serialisation_s
+        end = start + self._serialisation_s(i)
         self.in_link.append(end)
         self.env.process(self._packet(i, self.n_accepted, tx, end))
         self.n_accepted += 1
+
+    def _free_at(self) -> float:
+        """When the transmitter can start on a packet offered now (forgetting finished ones)."""
+        now = self.env.now
+        while self.in_link and self.in_link[0] <= now + _SIMULTANEOUS_S:
+            self.in_link.popleft()
+        return self.in_link[-1] if self.in_link else now
+
+    def _serialisation_s(self, i: int) -> float:
+        rate = self.link.rate_bps
+        return 0.0 if rate is None else 8.0 * float(self.sizes[i]) / rate
 
     def _packet(self, i: int, wire_index: int, tx: int, end: float) -> Generator[simpy.Event, None, None]:
         yield self.env.timeout(end - self.env.now)  # serialisation finished
@@ -314,8 +322,9 @@ class _LinkSim:
         if self.acked_s[i] <= self.env.now + _SIMULTANEOUS_S:
             return
         deadline = self.link.deadline_s
-        if deadline is not None and self.env.now + self.link.delay_s - self.link.jitter_s > deadline:
-            return  # a copy sent now would arrive late at best
+        earliest = self._free_at() + self._serialisation_s(i) + self.link.delay_s - self.link.jitter_s
+        if deadline is not None and earliest > deadline + _SIMULTANEOUS_S:
+            return  # behind the packets already queued, a copy would arrive late at best
         self.copies[i] += 1
         self._offer(i, self.sizes.size + self.n_retransmissions)
         self.n_retransmissions += 1
