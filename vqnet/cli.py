@@ -153,7 +153,8 @@ def run(
     with user_errors():
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_images
-        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss
+        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss, plot_protection
+        from vqnet.protection import crossovers, scheme_table, winners
         from vqnet.summary import compact_table
         from vqnet.scenario import load_scenario
         from vqnet.journal import PARTIAL_NAME
@@ -161,8 +162,8 @@ def run(
 
         sc = load_scenario(scenario)
         codec = load_codec(model or sc.model)
-        for K in sc.K:
-            codec.codebook(K)
+        for s in sc.protection_schemes():
+            codec.codebook(s.K)
         images = load_images(sc.images.source, sc.images.names, sc.images.limit)
         folder = out / sc.name
         total = count_trials(sc, len(images))
@@ -181,10 +182,20 @@ def run(
         examples = plot_examples(result, folder / "examples.png")
         typer.echo(f"\nmodel {codec.model_id}; summary.csv holds every column (docs/results.md)")
         typer.echo(compact_table(summary))
+        protection: list[Path] = []
+        if sc.schemes:  # the equal-rate comparison (docs/protection.md)
+            table = scheme_table(result.results)
+            table.to_csv(folder / "protection.csv", index=False, float_format="%.6g")
+            protection = [folder / "protection.csv",
+                          plot_protection(table, folder / "protection.png", f"{sc.name}: schemes at about equal bytes")]
+            typer.echo("\nmean LPIPS of each scheme with its best concealment, the best per loss ('clear': beyond "
+                       "its 95 % interval):")
+            typer.echo(winners(table).to_string(float_format=lambda v: f"{v:.4f}"))
+            typer.echo("\n".join(crossovers(table)) or "no crossover: one scheme is best at every loss")
         typer.echo("\nper method over all points (accuracy = top-1 on lost indices):")
         typer.echo(method_summary(result.results, result.timings).to_string(float_format=lambda v: f"{v:.4f}"))
         typer.echo(f"\n{len(result.results)} method-trials in {seconds:.1f} s")
-        for p in [paths["results"], paths["summary"], paths["timings"], plot, examples]:
+        for p in [paths["results"], paths["summary"], paths["timings"], plot, examples, *protection]:
             if p is not None:
                 typer.echo(f"wrote {p}")
 

@@ -25,17 +25,17 @@ def method_summary(results: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame
 
 
 def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
-    """One column per (K, burst). Top: mean LPIPS per method (95 % t interval) and the loss-free
+    """One column per (scheme, burst). Top: mean LPIPS per method (95 % t interval) and the loss-free
     LPIPS; bottom: each method's paired difference to the reference (95 % interval of the mean
     over (image, trial) pairs) around a zero line: below zero is better than the reference.
 
     The x axis is the target loss; each tick also shows the realised mean loss of that point
     (packets, or indices for the mask channel), since a few short bursty trials stray from it.
     """
-    panels = list(summary.groupby(["K", "burst"], dropna=False, sort=True))
+    panels = list(summary.groupby(["K", "scheme", "burst"], dropna=False, sort=True))
     fig, axes = plt.subplots(2, len(panels), figsize=(5.6 * len(panels), 7.4), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [3, 2]})
-    for col, ((K, burst), g) in enumerate(panels):
+    for col, ((_, scheme, burst), g) in enumerate(panels):
         top, bottom = axes[0][col], axes[1][col]
         methods = list(dict.fromkeys(g["method"]))
         ref = g["reference"].iloc[0]
@@ -60,7 +60,7 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
         what = "index" if per_point["packet_loss"].isna().all() else "packet"
         bottom.set_xlabel(f"target {what} loss ratio (realised mean)")
         burst_txt = "" if pd.isna(burst) else f", burst {burst:g}"
-        top.set_title(f"K={K}{burst_txt}, {g['bpp'].mean():.3f} bpp, n={int(g['n'].min())}-{int(g['n'].max())} pairs",
+        top.set_title(f"{scheme}{burst_txt}, {g['bpp'].mean():.3f} bpp, n={int(g['n'].min())}-{int(g['n'].max())} pairs",
                       fontsize=10)
         top.set_ylabel("LPIPS (alex), lower is better")
         bottom.set_ylabel(f"LPIPS - {ref}, same image and loss")
@@ -68,6 +68,28 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(title + "  (means with 95 % intervals; bottom: paired)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_protection(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """The equal-rate comparison (:func:`vqnet.protection.scheme_table`): LPIPS vs target loss, one
+    curve per scheme with its best concealment (95 % t interval), and in the legend the bytes it put
+    on the wire per image (mean; a range where retransmissions make it grow with the loss)."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    for i, (scheme, g) in enumerate(table.groupby("scheme", sort=False)):
+        g = g.sort_values("target_loss")
+        lo, hi = g["bytes_on_wire"].min(), g["bytes_on_wire"].max()
+        cost = f"{lo:.0f} B" if hi - lo < 0.01 * hi else f"{lo:.0f}-{hi:.0f} B"
+        ax.errorbar(g["target_loss"], g["lpips"], yerr=g["lpips_ci95"], marker="o", capsize=3, color=f"C{i}",
+                    label=f"{scheme} ({g['method'].iloc[0]}): {cost}/image")
+    ax.set_xlabel("target packet loss ratio")
+    ax.set_ylabel("LPIPS (alex), lower is better")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

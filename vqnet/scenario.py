@@ -158,12 +158,30 @@ class Link(_Strict):
     def _jitter(self) -> "Link":
         if self.jitter_s > self.delay_s:
             raise ValueError("jitter_s must not exceed delay_s")
-        if self.arq is not None and self.deadline_s is not None:
-            round_trip = LinkConfig(**self.model_dump()).round_trip_s
-            if self.deadline_s < round_trip:
-                raise ValueError(f"deadline_s={self.deadline_s:g} is shorter than one round trip "
-                                 f"({round_trip:g} s), so ARQ could repair nothing in time")
+        self.config(self.arq)
         return self
+
+    def config(self, arq: Arq | None) -> LinkConfig:
+        """The simulator's link with ``arq`` (a scheme's, or this link's own); a deadline that ARQ
+        cannot meet is refused."""
+        link = LinkConfig(**self.model_dump() | {"arq": None if arq is None else arq.model_dump()})
+        if arq is not None and self.deadline_s is not None and self.deadline_s < link.round_trip_s:
+            raise ValueError(f"deadline_s={self.deadline_s:g} is shorter than one round trip "
+                             f"({link.round_trip_s:g} s), so ARQ could repair nothing in time")
+        return link
+
+
+class Scheme(_Strict):
+    """One way of spending the bytes: a codebook size and its protection, compared with others on the
+    same channel (scenarios/protection.yaml)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.+=,() -]{1,40}$", description="Label in the tables and plots.")
+    K: int = Field(..., ge=2, le=65535, description="Codebook size (must exist in the model).")
+    fec: Fec | None = Field(None, description="Reed-Solomon parity, as packets.fec; null = none.")
+    arq: Arq | None = Field(None, description="Retransmission, as link.arq; null = send once.")
+    methods: list[str] | None = Field(None, min_length=1, description="Concealment methods of this scheme, from the "
+                                      "scenario's methods (a K may lack a method's model); null = all of them. A "
+                                      "scheme without compare_to's method has no paired differences in summary.csv.")
 
 
 class AdaptiveTrials(_Strict):
@@ -213,6 +231,9 @@ class Scenario(_Strict):
     compare_to: str | None = Field(None, description="Reference method of the paired differences in summary.csv "
                                    "(default: neighbor when swept, else the first method).")
     examples: Examples = Field(default_factory=Examples, description="The example-reconstruction grid.")
+    schemes: list[Scheme] = Field(default_factory=list, description="Protection schemes to compare on the same "
+                                  "channel, each its own K, parity and retransmission (instead of K, packets.fec "
+                                  "and link.arq); empty = one scheme per K with packets.fec and link.arq.")
 
     @field_validator("methods")
     @classmethod
@@ -229,6 +250,37 @@ class Scenario(_Strict):
         if self.compare_to is not None and self.compare_to not in self.methods:
             raise ValueError(f"compare_to {self.compare_to!r} is not one of the methods ({', '.join(self.methods)})")
         return self
+
+    @model_validator(mode="after")
+    def _schemes_fit(self) -> "Scenario":
+        protected = self.packets.fec is not None or self.link.arq is not None or \
+            any(s.fec is not None or s.arq is not None for s in self.schemes)
+        if protected and self.channel.model == "mask":
+            raise ValueError("the mask channel loses indices, not packets: packets.fec, link.arq and schemes' "
+                             "fec/arq do not apply to it")
+        if not self.schemes:
+            return self
+        given = [name for name, is_set in (("K", "K" in self.model_fields_set), ("packets.fec", self.packets.fec),
+                                           ("link.arq", self.link.arq)) if is_set]
+        if given:
+            raise ValueError(f"with schemes, give {', '.join(given)} in each scheme instead")
+        names = [s.name for s in self.schemes]
+        if len(set(names)) != len(names):
+            raise ValueError("two schemes have the same name")
+        for s in self.schemes:
+            unknown = [m for m in s.methods or [] if m not in self.methods]
+            if unknown:
+                raise ValueError(f"scheme {s.name!r}: methods {', '.join(unknown)} are not among the scenario's methods")
+            self.link.config(s.arq)
+        return self
+
+    def protection_schemes(self) -> list[Scheme]:
+        """The schemes to run: the scenario's, or one per K with packets.fec and link.arq."""
+        return self.schemes or [Scheme(name=f"K={K}", K=K, fec=self.packets.fec, arq=self.link.arq) for K in self.K]
+
+    def scheme_methods(self, scheme: Scheme) -> list[str]:
+        """A scheme's concealment methods, in the scenario's order."""
+        return [m for m in self.methods if scheme.methods is None or m in scheme.methods]
 
     @property
     def reference(self) -> str:

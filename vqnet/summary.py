@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-#: The columns that identify a sweep point (one channel setting at one K).
-POINT = ["K", "channel", "target_loss", "burst"]
+#: The columns that identify a sweep point (one channel setting for one scheme: K and its protection).
+POINT = ["K", "scheme", "channel", "target_loss", "burst"]
 #: A pair: the same image under the same loss pattern.
 PAIR = ["image", "trial"]
 
 #: summary.csv, in order (docs/results.md describes each column).
 SUMMARY_COLUMNS = [
-    "K", "channel", "target_loss", "burst", "method", "trials", "n", "stop",
+    "K", "scheme", "channel", "target_loss", "burst", "method", "trials", "n", "stop",
     "packet_loss", "index_loss", "lpips", "lpips_ci95", "psnr", "dlpips", "bpp",
     "reference", "diff", "diff_lo", "diff_hi", "wins", "losses", "ties",
 ]
@@ -116,10 +116,10 @@ def compact_table(summary: pd.DataFrame) -> str:
     """The table `vqnet run` prints: per point, each method's mean LPIPS and its paired difference
     to the reference with the 95 % interval, and how the point stopped."""
     lines = []
-    for (K, burst), g in summary.groupby(["K", "burst"], dropna=False, sort=True):
+    for (_, scheme, burst), g in summary.groupby(["K", "scheme", "burst"], dropna=False, sort=True):
         ref = g["reference"].iloc[0]
         burst_txt = "" if pd.isna(burst) else f", burst {burst:g}"
-        lines.append(f"K={K}{burst_txt}: mean LPIPS (alex), and LPIPS - {ref} per pair [95 % interval]")
+        lines.append(f"{scheme}{burst_txt}: mean LPIPS (alex), and LPIPS - {ref} per pair [95 % interval]")
         for loss, gp in g.groupby("target_loss", sort=True):
             first = gp.iloc[0]
             head = (f"  loss {loss:<5g} realised {first['packet_loss'] if not pd.isna(first['packet_loss']) else first['index_loss']:.3f}"

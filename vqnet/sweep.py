@@ -3,7 +3,10 @@
 Each stage is a plain function from its own module; this one only wires them and records a row per
 trial. Determinism: a trial's channel seed derives from the scenario seed and the trial's key
 (image, K, loss, burst, repetition) — not from the method — so every method sees the *same* loss
-pattern (a paired comparison) and the table does not depend on run order.
+pattern (a paired comparison) and the table does not depend on run order. A scenario's schemes
+(:meth:`Scenario.protection_schemes`: K with its parity and retransmission) run in turn; with FEC
+the sender sends :func:`vqnet.fec.protect`'s packets and the receiver runs :func:`vqnet.fec.recover`
+before depacketizing.
 
 Resuming: with a :class:`TrialJournal`, every finished trial is appended to ``partial.jsonl`` in
 the output folder as it completes, and a rerun after a crash or ``kill -9`` skips the trials found
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
+from vqnet.channel.link import TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
 from vqnet.channel.mask import IndexMask, mean_run
 from vqnet.chroma import (
@@ -34,27 +37,29 @@ from vqnet.chroma import (
     receiver_settings,
 )
 from vqnet.codec.bundle import Codec, load_codec
+from vqnet.fec import protect, recover
 from vqnet.images import NamedImage, load_images
 from vqnet.journal import Journal, fingerprint
 from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
 from vqnet.restore import MODEL_KIND, RestoreContext, restore
 from vqnet.restore.store import concealer_path, load_concealer
-from vqnet.scenario import Scenario
+from vqnet.scenario import Scenario, Scheme
 from vqnet.summary import resolved, summarize
 from vqnet.weights import sha256_of
 
 # Columns of results.csv, in order. Timings are kept out of it (timings.csv) so that the same
 # scenario and seed give a byte-identical table.
 RESULT_COLUMNS = [
-    "image", "height", "width", "K", "max_payload", "layout", "channel", "target_loss", "burst", "trial",
+    "image", "height", "width", "K", "scheme", "max_payload", "layout", "channel", "target_loss", "burst", "trial",
     "method", "n_packets", "packets_lost", "packet_loss", "index_loss", "mean_burst", "delivery_s", "bytes_sent", "bpp",
+    "parity_packets", "packets_recovered", "retransmissions", "bytes_on_wire", "bpp_on_wire",
     "lossless_lpips", "lossless_psnr", "lpips", "psnr", "lost_index_accuracy",
 ]
 
 
 # Bumped when the journal lines or what a row holds change, so an old journal is not reused.
-_JOURNAL_FORMAT = 1
+_JOURNAL_FORMAT = 2
 
 
 def trial_seed(root: int, *key: object) -> int:
@@ -70,7 +75,7 @@ class Encoded:
     image: NamedImage
     K: int
     indices: np.ndarray
-    packets: list[bytes]
+    packets: list[bytes]  # data packets: the index packets, then the colour packet
     colour: Chroma | None  # what the colour packet carries, if one was sent
     lossless: np.ndarray
     lossless_lpips: float
@@ -105,7 +110,8 @@ def encode_image(codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, 
 
 def count_trials(sc: Scenario, n_images: int) -> int:
     """Method-trials of the sweep: exact for a fixed trial count, the upper bound for adaptive ones."""
-    return n_images * len(sc.K) * len(sc.channel.points()) * sc.max_trials * len(sc.methods)
+    methods = sum(len(sc.scheme_methods(s)) for s in sc.protection_schemes())
+    return n_images * methods * len(sc.channel.points()) * sc.max_trials
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,9 @@ class TrialRecord:
     timings: list[dict]
 
 
-def _model_kinds(sc: Scenario) -> list[str]:
-    """The concealment transformers the scenario's methods load (``ar-mbr`` uses the ``ar`` file)."""
-    return sorted({MODEL_KIND[m] for m in sc.methods if m in MODEL_KIND})
+def _model_kinds(sc: Scenario, scheme: Scheme) -> list[str]:
+    """The concealment transformers a scheme's methods load (``ar-mbr`` uses the ``ar`` file)."""
+    return sorted({MODEL_KIND[m] for m in sc.scheme_methods(scheme) if m in MODEL_KIND})
 
 
 def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
@@ -126,8 +132,8 @@ def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> s
     the concealment models the scenario uses and the images' names and pixels. A journal written
     under another fingerprint is refused, because mixing its rows with new ones would give a table
     no single run could produce."""
-    concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
-                  for m in _model_kinds(sc) for K in sc.K}
+    concealers = {f"{m}.K{s.K}": sha256_of(path) if (path := concealer_path(codec, m, s.K)).is_file() else None
+                  for s in sc.protection_schemes() for m in _model_kinds(sc, s)}
     return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
                         "concealers": concealers, "columns": RESULT_COLUMNS}
                        | receiver_settings(sc.packets.chroma_cells), images)
@@ -152,8 +158,8 @@ class TrialJournal(Journal[TrialRecord]):
         return record
 
     @staticmethod
-    def key(image: str, K: int, target_loss: float | None, burst: float | None, trial: int) -> str:  # type: ignore[override]
-        return Journal.key(image, K, target_loss, burst, trial)
+    def key(image: str, scheme: str, target_loss: float | None, burst: float | None, trial: int) -> str:  # type: ignore[override]
+        return Journal.key(image, scheme, target_loss, burst, trial)
 
 
 def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage] | None = None,
@@ -170,11 +176,11 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
     """
     codec = codec or load_codec(sc.model)
     images = images if images is not None else load_images(sc.images.source, sc.images.names, sc.images.limit)
-    for K in sc.K:
-        codec.codebook(K)  # fail before any work if a K is missing, or a transformer for it
-        for kind in _model_kinds(sc):
-            load_concealer(codec, kind, K)
-    link = LinkConfig(**sc.link.model_dump())
+    schemes = sc.protection_schemes()
+    for scheme in schemes:
+        codec.codebook(scheme.K)  # fail before any work if a K is missing, or a transformer for it
+        for kind in _model_kinds(sc, scheme):
+            load_concealer(codec, kind, scheme.K)
     example_image = sc.examples.image or images[0].name
     points = sc.channel.points()
     records: dict[tuple[int, int, int, int], TrialRecord] = {}
@@ -187,7 +193,8 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
             latents[image_id] = (codec.encode_latent(images[image_id].pixels), 1000 * (time.perf_counter() - t0))
         return latents[image_id]
 
-    for k_i, K in enumerate(sc.K):
+    for k_i, scheme in enumerate(schemes):
+        K = scheme.K
         runners: dict[int, _TrialRunner] = {}
         for p_i, (target_loss, burst) in enumerate(points):
             loss_model = sc.channel.loss_model(target_loss, burst)
@@ -195,13 +202,13 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
             trial = 0
             while trial < sc.max_trials and trials_to_run(sc, point_rows, trial):
                 for image_id, image in enumerate(images):
-                    key = TrialJournal.key(image.name, K, target_loss, burst, trial)
+                    key = TrialJournal.key(image.name, scheme.name, target_loss, burst, trial)
                     done = journal.done.get(key) if journal else None
-                    example_k = image.name == example_image and K == sc.K[0]
+                    example_k = image.name == example_image and k_i == 0
                     shown = example_k and trial == 0 and burst == points[0][1] and _shown(target_loss, sc.examples.losses)
                     if done is None or shown:
                         if image_id not in runners:
-                            runners[image_id] = _TrialRunner(sc, codec, link, image, image_id, *latent_of(image_id), K)
+                            runners[image_id] = _TrialRunner(sc, codec, scheme, image, image_id, *latent_of(image_id))
                             if example_k:
                                 out.originals[image.name] = image.pixels
                                 out.lossless[image.name] = runners[image_id].enc.lossless
@@ -216,10 +223,11 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
                     point_rows += done.rows
                     if advance:
                         label = "" if target_loss is None else f" loss={target_loss:.2f}"
-                        advance(len(done.rows), f"{image.name} K={K}{label} trial {trial}")
+                        advance(len(done.rows), f"{image.name} {scheme.name}{label} trial {trial}")
                 trial += 1
             if advance and trial < sc.max_trials:  # stopped early: the bar's total counted up to max
-                advance((sc.max_trials - trial) * len(images) * len(sc.methods), f"K={K} point resolved")
+                advance((sc.max_trials - trial) * len(images) * len(sc.scheme_methods(scheme)),
+                        f"{scheme.name} point resolved")
             for runner in runners.values():
                 runner.scorer.forget()
     ordered = [records[k] for k in sorted(records)]
@@ -241,15 +249,20 @@ def trials_to_run(sc: Scenario, point_rows: list[dict], trial: int) -> bool:
 
 
 class _TrialRunner:
-    """Runs the trials of one (image, K): the image is encoded and packetized once, here."""
+    """Runs the trials of one (image, scheme): the image is encoded, packetized and given its parity
+    once, here."""
 
-    def __init__(self, sc: Scenario, codec: Codec, link: LinkConfig, image: NamedImage, image_id: int,
-                 latent: torch.Tensor, latent_ms: float, K: int):
+    def __init__(self, sc: Scenario, codec: Codec, scheme: Scheme, image: NamedImage, image_id: int,
+                 latent: torch.Tensor, latent_ms: float):
         t0 = time.perf_counter()
+        K = scheme.K
         self.enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id,
                                 sc.packets.chroma_cells)
+        self.sent = self.enc.packets if scheme.fec is None else protect(self.enc.packets, scheme.fec.code(), image_id)
         self.encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
-        self.sc, self.link, self.image_id, self.K, self.codec = sc, link, image_id, K, codec
+        self.sc, self.scheme, self.image_id, self.K, self.codec = sc, scheme, image_id, K, codec
+        self.link = sc.link.config(scheme.arq)
+        self.methods = sc.scheme_methods(scheme)
         self.prior = codec.codebook(K).prior
         self.scorer = GridScorer(codec, self.enc)
 
@@ -264,19 +277,24 @@ class _TrialRunner:
             lost = loss_model.draw(enc.indices.shape, rng)
             held = np.where(lost, 0, enc.indices)  # what depacketize leaves in a hole
             colour = enc.colour  # the experiment loses indices, not packets: side information arrives
-            base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, None, lost)
+            base = _trial_row(sc, self.scheme, enc, self.sent, loss_model, target_loss, burst, trial, None, 0, lost)
         else:
-            sent = transmit([len(p) for p in enc.packets], loss_model, self.link, rng)
-            received = [p for p, ok in zip(enc.packets, sent.delivered) if ok]
+            sent = transmit([len(p) for p in self.sent], loss_model, self.link, rng)
+            received = [p for p, ok in zip(self.sent, sent.delivered) if ok]
+            recovered = 0
+            if self.scheme.fec is not None:
+                fec = recover(received, image_id=self.image_id)
+                received, recovered = fec.packets, fec.packets_recovered
             colour = enc.colour if any(is_chroma_packet(p) for p in received) else None
             got = depacketize([p for p in received if not is_chroma_packet(p)], {K: prior}, shape=enc.indices.shape,
                               image_id=self.image_id)
             held, lost = got.indices, got.lost
-            base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, sent, lost)
+            base = _trial_row(sc, self.scheme, enc, self.sent, loss_model, target_loss, burst, trial, sent, recovered,
+                              lost)
         n_lost = int(lost.sum())
         record = TrialRecord([], [])
         recons: dict[str, np.ndarray] = {}
-        for method in sc.methods:
+        for method in self.methods:
             t1 = time.perf_counter()
             restored = restore(method, held, lost, RestoreContext(K, prior, seed, self.codec))
             restore_ms = 1000 * (time.perf_counter() - t1)
@@ -327,26 +345,33 @@ class GridScorer:
         return *self.cache[key], 1000 * (t1 - t0), 1000 * (t2 - t1)
 
 
-def _trial_row(sc: Scenario, enc: Encoded, loss_model: LossModel | IndexMask, target_loss: float | None,
-               burst: float | None, trial: int, sent: TransmissionResult | None, lost: np.ndarray) -> dict:
-    """The method-independent columns of a trial's rows. With no transmission (``sent`` None: the
-    index-mask experiment) no packet is lost, packet loss is undefined, and the mean burst is the
-    mean run of lost indices in raster order."""
+def _trial_row(sc: Scenario, scheme: Scheme, enc: Encoded, packets: list[bytes], loss_model: LossModel | IndexMask,
+               target_loss: float | None, burst: float | None, trial: int, sent: TransmissionResult | None,
+               recovered: int, lost: np.ndarray) -> dict:
+    """The method-independent columns of a trial's rows. ``packets`` are those sent once (parity
+    included: bytes_sent and bpp count them); bytes_on_wire adds the retransmissions. With no
+    transmission (``sent`` None: the index-mask experiment) no packet is lost, packet loss is
+    undefined, and the mean burst is the mean run of lost indices in raster order."""
     h, w = enc.image.pixels.shape[:2]
-    bytes_sent = int(sum(len(p) for p in enc.packets))
+    bytes_sent = int(sum(len(p) for p in packets))
     if sent is None:
-        link = {"packets_lost": 0, "packet_loss": np.nan, "mean_burst": mean_run(lost), "delivery_s": np.nan}
+        link = {"packets_lost": 0, "packet_loss": np.nan, "mean_burst": mean_run(lost), "delivery_s": np.nan,
+                "retransmissions": 0, "bytes_on_wire": bytes_sent}
     else:
         link = {"packets_lost": int(sent.n_sent - sent.n_delivered), "packet_loss": sent.packet_loss_ratio,
-                "mean_burst": sent.mean_burst, "delivery_s": sent.completion_s}
+                "mean_burst": sent.mean_burst, "delivery_s": sent.completion_s,
+                "retransmissions": sent.retransmissions, "bytes_on_wire": sent.bytes_on_wire}
     return {
-        "image": enc.image.name, "height": h, "width": w, "K": enc.K, "max_payload": sc.packets.max_payload,
+        "image": enc.image.name, "height": h, "width": w, "K": enc.K, "scheme": scheme.name,
+        "max_payload": sc.packets.max_payload,
         "layout": sc.packets.layout, "channel": loss_model.name,
         "target_loss": target_loss if target_loss is not None else round(loss_model.expected_loss, 6),
         "burst": burst if burst is not None else np.nan, "trial": trial,
-        "n_packets": len(enc.packets), "packets_lost": link["packets_lost"], "packet_loss": link["packet_loss"],
+        "n_packets": len(packets), "packets_lost": link["packets_lost"], "packet_loss": link["packet_loss"],
         "index_loss": float(lost.mean()), "mean_burst": link["mean_burst"], "delivery_s": link["delivery_s"],
-        "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w),
+        "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w), "parity_packets": len(packets) - len(enc.packets),
+        "packets_recovered": recovered, "retransmissions": link["retransmissions"],
+        "bytes_on_wire": link["bytes_on_wire"], "bpp_on_wire": bpp(link["bytes_on_wire"], h, w),
         "lossless_lpips": enc.lossless_lpips, "lossless_psnr": enc.lossless_psnr,
     }
 
