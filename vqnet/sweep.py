@@ -4,9 +4,10 @@ Each stage is a plain function from its own module; this one only wires them and
 trial. Determinism: a trial's channel seed derives from the scenario seed and the trial's key
 (image, K, loss, burst, repetition) — not from the method — so every method sees the *same* loss
 pattern (a paired comparison) and the table does not depend on run order. A scenario's schemes
-(:meth:`Scenario.protection_schemes`: K with its parity and retransmission) run in turn; with FEC
-the sender sends :func:`vqnet.fec.protect`'s packets and the receiver runs :func:`vqnet.fec.recover`
-before depacketizing.
+(:meth:`Scenario.protection_schemes`: K with its parity and retransmission) run in turn, and when the
+scenario lists them the seed leaves out K, so they all meet the same channel; with FEC the sender
+sends :func:`vqnet.fec.protect`'s packets and the receiver runs :func:`vqnet.fec.recover` before
+depacketizing.
 
 Resuming: with a :class:`TrialJournal`, every finished trial is appended to ``partial.jsonl`` in
 the output folder as it completes, and a rerun after a crash or ``kill -9`` skips the trials found
@@ -271,7 +272,9 @@ class _TrialRunner:
         """One channel realisation, scored for every method -> (record, reconstruction per method)."""
         sc, enc, K, prior = self.sc, self.enc, self.K, self.prior
         name = enc.image.name
-        seed = trial_seed(sc.seed, name, K, target_loss, burst, trial)
+        # A scenario's own schemes share one channel: the same seed, so the k-th packet on the wire meets
+        # the same channel state whichever scheme sent it (for loss models whose draws are prefix-stable).
+        seed = trial_seed(sc.seed, name, None if sc.schemes else K, target_loss, burst, trial)
         rng = np.random.default_rng(seed)
         if isinstance(loss_model, IndexMask):
             lost = loss_model.draw(enc.indices.shape, rng)
