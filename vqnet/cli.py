@@ -49,13 +49,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.entropy import EntropyError
     from vqnet.images import ImageError
     from vqnet.packets import PacketError
+    from vqnet.report import ReportError
     from vqnet.scenario import ScenarioError
     from vqnet.journal import JournalError
     from vqnet.vqn import VqnError
     from vqnet.weights import WeightsError
 
     return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, JournalError,
-            ClassicalError, FileExistsError, FileNotFoundError)
+            ClassicalError, ReportError, FileExistsError, FileNotFoundError)
 
 
 @contextmanager
@@ -145,7 +146,7 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/<name>/partial.jsonl of an interrupted run "
                                                         "instead of resuming from it.")] = False,
 ) -> None:
-    """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
+    """Run a sweep: results.csv, summary.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
 
     Finished trials are journalled to OUT/<name>/partial.jsonl as they complete; running the same
     command after an interruption skips them and writes the table an uninterrupted run would.
@@ -187,6 +188,58 @@ def run(
         for p in [paths["results"], paths["summary"], paths["timings"], plot, examples]:
             if p is not None:
                 typer.echo(f"wrote {p}")
+
+
+@app.command("summarize")
+def summarize_cmd(
+    scenario: Annotated[Path, typer.Argument(help="The scenario YAML the results were run from.")],
+    out: Annotated[Path, typer.Option(help="Results root; reads OUT/<scenario name>/results.csv.")] = Path("results"),
+) -> None:
+    """Rewrite summary.csv and lpips_vs_loss.png of a finished sweep from its results.csv, running no
+    trial: the paired statistics of a committed table, or of one summarised by an older vqnet."""
+    with user_errors():
+        import pandas as pd
+
+        from vqnet.plots import plot_lpips_vs_loss
+        from vqnet.scenario import ScenarioError, load_scenario
+        from vqnet.summary import compact_table
+        from vqnet.sweep import RESULT_COLUMNS, sweep_summary
+
+        sc = load_scenario(scenario)
+        path = out / sc.name / "results.csv"
+        try:
+            results = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise ScenarioError(f"cannot read {path}: {exc}") from None
+        if list(results.columns) != RESULT_COLUMNS:
+            raise ScenarioError(f"{path} is not a vqnet results.csv (its columns differ)")
+        summary = sweep_summary(sc, results)
+        summary.to_csv(path.with_name("summary.csv"), index=False, float_format="%.6g")
+        plot = plot_lpips_vs_loss(summary, path.with_name("lpips_vs_loss.png"), f"{sc.name}: {results['channel'].iloc[0]} channel")
+        typer.echo(compact_table(summary))
+        typer.echo(f"wrote {path.with_name('summary.csv')}\nwrote {plot}")
+
+
+@app.command("report")
+def report_cmd(
+    files: Annotated[list[Path] | None, typer.Argument(help="Markdown files (default: README.md and docs/*.md).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a table is out of date.")] = False,
+) -> None:
+    """Regenerate the tables marked `<!-- table: ... -->` in the docs from the committed results/."""
+    with user_errors():
+        from vqnet.report import ReportError, render, update
+
+        paths = files or [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
+        for path in paths:
+            if not path.is_file():
+                raise ReportError(f"{path} is not a file")
+        if check:
+            stale = [p for p in paths if render(p.read_text(), Path(".")) != p.read_text()]
+            for p in stale:
+                typer.echo(f"{p}: tables out of date; run `vqnet report`")
+            raise typer.Exit(1 if stale else 0)
+        for p in update(paths, Path(".")):
+            typer.echo(f"updated {p}")
 
 
 CHROMA_HELP = ("Add the colour packet (vqnet/chroma.py): the image's chroma averaged over blocks of this many "
