@@ -286,6 +286,7 @@ def eval_cmd(
     Each finished coding is journalled to OUT/partial.jsonl; running the same command after an
     interruption skips those and writes the tables an uninterrupted run would."""
     with user_errors():
+        from vqnet.bdrate import METHOD, format_bd, write_companions
         from vqnet.codec.bundle import load_codec
         from vqnet.evaluate import CODEBOOK_SETS, EvalJournal, count_steps, eval_fingerprint, eval_ladder, evaluate
         from vqnet.images import load_images
@@ -314,11 +315,43 @@ def eval_cmd(
         journal.discard()
         paths += [plot_rd(result.rd, out / "rd.png", f"{label}: {len(pixels)} images, model {codec.model_id}"),
                   plot_codec_grid(result, out / "grid.png")]
+        description = (f"vqnet eval {label}: {len(pixels)} images, model {codec.model_id}, .vqn files ({layout}, "
+                       f"{max_payload}-byte payloads, colour packet {'off' if not chroma_cells else chroma_cells})")
+        bd, companions = write_companions(result.rd, out, description)
+        paths += companions
         shown = result.rd.drop(columns=["target_bpp"] + ([] if dists else ["dists"]))
         typer.echo(f"\nmeans over {len(pixels)} images, model {codec.model_id} (f={codec.factor}):")
         typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+        if len(bd):
+            typer.echo(f"\nBjøntegaard deltas ({METHOD} interpolation; negative = test better):")
+            typer.echo(format_bd(bd))
         for note in result.notes:
             typer.echo(f"note: {note}")
+        for p in paths:
+            typer.echo(f"wrote {p}")
+
+
+@app.command("bd")
+def bd_cmd(
+    rd: Annotated[Path, typer.Argument(metavar="RD.csv", help="An rd.csv written by `vqnet eval`.")],
+    method: Annotated[str, typer.Option(help="Curve interpolation: pchip (2+ points) | akima | cubic (the "
+                                             "classic fit, 4+ points).")] = "pchip",
+    description: Annotated[str | None, typer.Option(help="Description in the CompressAI JSON files.")] = None,
+) -> None:
+    """Bjøntegaard deltas (BD-rate, BD-LPIPS, BD-PSNR) of an existing rd.csv: writes bd.csv and
+    compressai/<codec>.json beside it, as `vqnet eval` does after measuring."""
+    with user_errors():
+        from vqnet.bdrate import RDTableError, bd_from_file, format_bd
+
+        if method not in ("pchip", "akima", "cubic"):
+            raise typer.BadParameter(f"--method must be pchip, akima or cubic, got {method!r}")
+        try:
+            table, paths = bd_from_file(rd, method, description)
+        except RDTableError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"Bjøntegaard deltas of {rd} ({method} interpolation; negative = test better):")
+        typer.echo(format_bd(table))
         for p in paths:
             typer.echo(f"wrote {p}")
 
@@ -442,8 +475,12 @@ def _k_list(value: str, option: str = "--ks") -> list[int]:
 
 @codebook_app.command("kmeans")
 def codebook_kmeans(
-    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`.")],
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`, or "
+                                                  "an official taming VQGAN (Lightning last.ckpt or a .safetensors "
+                                                  "state_dict) with --config.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write (.safetensors, fp16).")],
+    config: Annotated[Path | None, typer.Option(help="The official checkpoint's model.yaml (taming's configs/*.yaml "
+                                                     "or the zoo's project.yaml); checked against the weights.")] = None,
     data: Annotated[Path, typer.Option(help="Photos used to count code usage and fit the priors.")] = Path("../shared/data/train"),
     ks: Annotated[str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")] = "1024,256,64,16",
     images: Annotated[int, typer.Option(min=1, help="How many photos to encode, each with its mirror image "
@@ -452,24 +489,40 @@ def codebook_kmeans(
     seed: Annotated[int, typer.Option(help="Seed for the photo sample and k-means++.")] = 0,
     device: Annotated[str, typer.Option(help="Where the encoder runs: cpu or cuda.")] = "cpu",
 ) -> None:
-    """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K."""
+    """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K.
+
+    The base model is a `vqnet train vqgan` checkpoint, or an official taming VQGAN (--config):
+    its `loss.*` keys are dropped and the config must match the weights."""
     with user_errors():
-        from vqnet.codec.bundle import Codec, save_codec
+        from vqnet.codec.bundle import Codec, CodecError, save_codec
         from vqnet.codec.ladder import build_ladder
-        from vqnet.codec.model import VQGANConfig, VQModel
-        from vqnet.codec.train import load_checkpoint
 
         k_list = _k_list(ks)
-        state = load_checkpoint(checkpoint)
-        model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
-        model.load_state_dict(state["model"])
+        if config is not None:
+            from vqnet.codec.taming import load_taming_checkpoint
+            from vqnet.weights import sha256_of
+
+            model = load_taming_checkpoint(checkpoint, config)
+            origin = {"taming_checkpoint": checkpoint.name, "checkpoint_sha256": sha256_of(checkpoint),
+                      "taming_config": model.config.to_dict()}
+        elif checkpoint.suffix in (".ckpt", ".safetensors"):
+            raise CodecError(f"{checkpoint} looks like an official taming checkpoint: pass its model.yaml as --config")
+        else:
+            from vqnet.codec.model import VQGANConfig, VQModel
+            from vqnet.codec.train import load_checkpoint
+
+            state = load_checkpoint(checkpoint)
+            model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
+            model.load_state_dict(state["model"])
+            origin = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"]}
+        if bad := [K for K in k_list if not 2 <= K <= model.config.n_embed]:
+            raise CodecError(f"--ks {bad[0]}: every K must lie in [2, {model.config.n_embed}] (the base codebook)")
         model.to(check_device(device))
         latents, views, described = _photo_views(Codec(model, {}), data, images, seed)
         model.cpu()
         codec = build_ladder(model, latents, k_list, seed, views)
-        codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
-                            "prior_images": images, "prior_views": described, "data": str(data),
-                            "kmeans": "usage-weighted"}
+        codec.provenance = origin | {"prior_images": images, "prior_views": described, "data": str(data),
+                                     "kmeans": "usage-weighted"}
         sha = save_codec(codec, out)
         for K in codec.ks:
             typer.echo(f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})")

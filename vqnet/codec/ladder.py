@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from vqnet.codec.bundle import Codebook, Codec, CodecError
 from vqnet.codec.kmeans import kmeans
-from vqnet.codec.model import VQModel, nearest_code
+from vqnet.codec.model import VQModel, nearest_code_chunked
 from vqnet.entropy import PAIR_EXPONENTS, Prior
 from vqnet.packets import context_refs
 
@@ -28,7 +28,7 @@ def quantized_vectors(latents: Sequence[torch.Tensor], qc_weight: torch.Tensor, 
 def code_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> np.ndarray:
     """Nearest code of every row of ``vectors`` (chunked, so memory stays flat)."""
     with torch.inference_mode():
-        return torch.cat([nearest_code(chunk, codebook) for chunk in vectors.split(8192)]).numpy()
+        return torch.cat([nearest_code_chunked(chunk, codebook) for chunk in vectors.split(8192)]).numpy()
 
 
 def code_counts(vectors: torch.Tensor, codebook: torch.Tensor) -> np.ndarray:
