@@ -134,6 +134,32 @@ def test_quick_official_layout_becomes_a_codec(tmp_path, monkeypatch, photos):
     _check_bundle(bundle, model, [64, 16])
     out = _round_trip(tmp_path, bundle, 16)
     assert out.shape == (256, 256, 3)
+    # the bundle is a codec like any other: a sweep (scenario's model) and an RD report (--model)
+    scenario = {"name": "imported", "seed": 1, "images": {"source": str(tmp_path / "in.png")}, "model": str(bundle),
+                "K": [16], "packets": {"max_payload": 24, "layout": "interleaved"},
+                "channel": {"model": "gilbert", "loss": [0.3], "burst": [4]}, "methods": ["neighbor"], "trials": 1}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    run = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "results"), "-q"])
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "results" / "imported" / "results.csv").is_file()
+    report = CliRunner().invoke(app, ["eval", str(tmp_path / "in.png"), "--model", str(bundle), "--out",
+                                      str(tmp_path / "eval"), "--no-dists", "--classical", "none", "-q"])
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "eval" / "compressai" / "vqnet.json").is_file()
+    # the paper's fine-tune (VQ_Frozen) and a concealment transformer, on the GPU recipe's bf16 path
+    tuned = tmp_path / "tuned.safetensors"
+    finetune = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(bundle), "--out", str(tuned), "--data",
+                                        str(photos), "--ks", "16", "--steps", "2", "--batch", "2", "--crop", "64",
+                                        "--perceptual-weight", "0", "--images", "1", "--bf16", "-q"])
+    assert finetune.exit_code == 0, finetune.output
+    codec = load_codec(tuned)
+    assert codec.codebook(16).finetuned and codec.codebook(16).raw is not None and not codec.codebook(64).finetuned
+    assert codec.provenance["finetune"]["bf16"] is True
+    prior = CliRunner().invoke(app, ["train", "prior", "--kind", "masked", "--K", "16", "--model", str(tuned), "--data",
+                                     str(photos), "--steps", "2", "--batch", "4", "--layers", "1", "--heads", "2",
+                                     "--embd", "32", "--bf16", "--out", str(tmp_path / "prior")])
+    assert prior.exit_code == 0, prior.output
+    assert (tmp_path / "tuned.masked.K16.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -619,6 +619,10 @@ def codebook_finetune(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop fine-tuning after this many minutes "
                                                              "(the steps run are recorded).")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast for the frozen encoder, "
+                                                                       "decoder and loss (codebook search in float32). "
+                                                                       "Default: on with --device cuda, off on the "
+                                                                       "CPU.")] = None,
 ) -> None:
     """Fine-tune each reduced codebook with its quant_conv/post_quant_conv (encoder and decoder
     frozen; L1 + LPIPS-VGG + codebook loss), as the paper does, and refit the priors."""
@@ -635,7 +639,7 @@ def codebook_finetune(
         codec.model.to(check_device(device))
         targets = finetune_targets(codec, None if ks is None else _k_list(ks))
         cfg = FinetuneConfig(steps=steps, batch=batch, crop=crop, lr=lr, perceptual_weight=perceptual_weight,
-                             seed=seed)
+                             seed=seed, bf16=device.startswith("cuda") if bf16 is None else bf16)
         history: dict[int, list[float]] = {K: [] for K in targets}
         with progress_bar(None, "loading photos", quiet) as advance:
             dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
