@@ -137,9 +137,11 @@ class Codec:
         """Codebook-space vectors (1, embed_dim, h, w) -> image in [-1, 1] through K's post_quant_conv.
 
         Not in inference mode, so that tools can differentiate through the decoder (or probe it
-        with vectors that are not codes)."""
+        with vectors that are not codes). The decoder runs where the model sits (a GPU for the
+        official model's sweeps); the image comes back on ``z``'s device."""
         cb = self.codebook(K)
-        return self.model.decoder(F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias))
+        h = F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias)
+        return self.model.decoder(h.to(self.model.quant_conv.weight.device)).to(z.device)
 
     @torch.inference_mode()
     def decode(self, indices: np.ndarray, K: int, size: tuple[int, int] | None = None) -> np.ndarray:
