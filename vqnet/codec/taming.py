@@ -16,6 +16,7 @@ mismatch rather than a model with silently random layers.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -79,14 +80,13 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as exc:
             raise CodecError(f"{path} is not a readable safetensors file ({exc})") from None
     try:
-        lightning = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path) if _is_lightning(name)]
-        with torch.serialization.safe_globals([(_placeholder(name), name) for name in lightning]):
-            try:
+        if zipfile.is_zipfile(path):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            lightning = [(_placeholder(name), name) for name in names if _is_lightning(name)]
+            with torch.serialization.safe_globals(lightning):
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:  # the legacy (pre-1.6, non-zip) format cannot be memory-mapped
-                if "mmap" not in str(exc):
-                    raise
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # torch's legacy (pre-1.6) format: neither scanned for globals nor memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
         raise CodecError(f"{path} cannot be loaded safely (weights_only=True): {str(exc).splitlines()[0]}") from None
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
