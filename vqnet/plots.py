@@ -68,7 +68,8 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
         bottom.set_ylabel(f"LPIPS - {ref} (paired)")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
     fig.suptitle(f"{title}\nmeans with 95 % intervals; bottom: paired difference, same image and loss pattern",
                  fontsize=10)
     fig.tight_layout()
