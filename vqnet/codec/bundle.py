@@ -24,6 +24,7 @@ and decoder, so a sweep encodes each image once and quantises it at every K.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,3 +282,15 @@ def load_codec(path: Path | str | None = None) -> Codec:
             raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
     return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")), path=path)
 
+
+
+def encoder_fingerprint(codec: Codec) -> str:
+    """Hash (16 hex) of the fp16 encoder weights: equal encoders give equal latents, so index maps
+    cached for one (and transformers trained on them) are valid for the other. The model may sit
+    on a GPU (`train prior --device cuda` keys its latent cache after moving it)."""
+    h = hashlib.sha256()
+    enc = codec.model.encoder.state_dict()
+    for name in sorted(enc):
+        h.update(name.encode())
+        h.update(enc[name].detach().half().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
