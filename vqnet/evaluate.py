@@ -158,11 +158,14 @@ class EvalJournal(Journal[Unit]):
 def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: bool, classical: Sequence[str],
                      max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved",
                      chroma_cells: int = 0) -> str:
-    """sha256 of everything an evaluation's rows depend on: the model, the options and the images."""
+    """sha256 of everything an evaluation's rows depend on: the model (and the device it runs on:
+    a GPU's scores differ from the CPU's in the last digits), the options and the images."""
+    device = codec.model.quant_conv.weight.device.type
     return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
                         "classical": list(classical), "max_payload": max_payload, "layout": layout,
                         "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS,
-                        "chroma_cells": chroma_cells} | receiver_settings(chroma_cells), images)
+                        "chroma_cells": chroma_cells} | receiver_settings(chroma_cells)
+                       | ({} if device == "cpu" else {"device": device}), images)
 
 
 def evaluate(

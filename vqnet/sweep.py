@@ -128,14 +128,20 @@ def _model_kinds(sc: Scenario, scheme: Scheme) -> list[str]:
     return sorted({MODEL_KIND[m] for m in sc.scheme_methods(scheme) if m in MODEL_KIND})
 
 
+#: Scenario fields no trial's rows depend on: how many trials run (a trial's rows depend only on its
+#: key), the free text, and which trials are drawn in examples.png. Raising ``trials`` and rerunning
+#: resumes from the journal and runs only the new trials.
+_NOT_IN_ROWS = {"trials", "description", "examples"}
+
+
 def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
-    """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id),
-    the concealment models the scenario uses and the images' names and pixels. A journal written
-    under another fingerprint is refused, because mixing its rows with new ones would give a table
-    no single run could produce."""
+    """sha256 of everything a trial's rows depend on: the scenario (but :data:`_NOT_IN_ROWS`), the
+    codec weights (model id), the concealment models the scenario uses and the images' names and
+    pixels. A journal written under another fingerprint is refused, because mixing its rows with
+    new ones would give a table no single run could produce."""
     concealers = {f"{m}.K{s.K}": sha256_of(path) if (path := concealer_path(codec, m, s.K)).is_file() else None
                   for s in sc.protection_schemes() for m in _model_kinds(sc, s)}
-    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
+    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS), "model": codec.model_id,
                         "concealers": concealers, "columns": RESULT_COLUMNS}
                        | receiver_settings(sc.packets.chroma_cells), images)
 
