@@ -83,12 +83,16 @@ def plot_protection(table: pd.DataFrame, path: Path, title: str) -> Path:
     curve per scheme with its best concealment (95 % t interval), and in the legend the bytes it put
     on the wire per image (mean; a range where retransmissions make it grow with the loss)."""
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
-    for i, (scheme, g) in enumerate(table.groupby("scheme", sort=False)):
+    schemes = list(table.groupby("scheme", sort=False))
+    losses = sorted(table["target_loss"].unique())
+    step = np.diff(losses).min() if len(losses) > 1 else 0.1
+    for i, (scheme, g) in enumerate(schemes):
         g = g.sort_values("target_loss")
         lo, hi = g["bytes_on_wire"].min(), g["bytes_on_wire"].max()
         cost = f"{lo:.0f} B" if hi - lo < 0.01 * hi else f"{lo:.0f}-{hi:.0f} B"
-        ax.errorbar(g["target_loss"], g["lpips"], yerr=g["lpips_ci95"], marker="o", capsize=3, color=f"C{i}",
-                    label=f"{scheme} ({g['method'].iloc[0]}): {cost}/image")
+        dodge = (i - (len(schemes) - 1) / 2) * step * 0.06  # keeps overlapping intervals apart
+        ax.errorbar(g["target_loss"] + dodge, g["lpips"], yerr=g["lpips_ci95"], marker="o", capsize=3,
+                    color=f"C{i}", label=f"{scheme} ({g['method'].iloc[0]}): {cost}/image")
     ax.set_xlabel("target packet loss ratio")
     ax.set_ylabel("LPIPS (alex), lower is better")
     ax.set_title(title, fontsize=10)
