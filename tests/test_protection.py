@@ -119,3 +119,20 @@ def test_bad_schemes_are_one_line_scenario_errors(extra, needle) -> None:
     with pytest.raises(ScenarioError, match=needle) as exc:
         parse_scenario(SCENARIO | extra)
     assert "\n" not in str(exc.value)
+
+
+def test_summarize_rewrites_the_comparison_from_the_committed_table(tmp_path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "protection").mkdir()
+    shutil.copy(root / "results" / "protection" / "results.csv", tmp_path / "protection" / "results.csv")
+    res = subprocess.run([sys.executable, "-m", "vqnet", "summarize", str(root / "scenarios" / "protection.yaml"),
+                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert "between loss" in res.stdout and (tmp_path / "protection" / "protection.png").is_file()
+    written = (tmp_path / "protection" / "protection.csv").read_bytes()
+    assert written == (root / "results" / "protection" / "protection.csv").read_bytes()

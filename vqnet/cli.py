@@ -158,8 +158,7 @@ def run(
     with user_errors():
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_images
-        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss, plot_protection
-        from vqnet.protection import crossovers, scheme_table, winners
+        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss
         from vqnet.summary import compact_table
         from vqnet.scenario import load_scenario
         from vqnet.journal import PARTIAL_NAME
@@ -188,16 +187,7 @@ def run(
         examples = plot_examples(result, folder / "examples.png")
         typer.echo(f"\nmodel {codec.model_id}; summary.csv holds every column (docs/results.md)")
         typer.echo(compact_table(summary))
-        protection: list[Path] = []
-        if sc.schemes:  # the equal-rate comparison (docs/protection.md)
-            table = scheme_table(result.results)
-            table.to_csv(folder / "protection.csv", index=False, float_format="%.6g")
-            protection = [folder / "protection.csv",
-                          plot_protection(table, folder / "protection.png", f"{sc.name}: schemes at about equal bytes")]
-            typer.echo("\nmean LPIPS of each scheme with its best concealment, the best per loss ('clear': beyond "
-                       "its 95 % interval):")
-            typer.echo(winners(table).to_string(float_format=lambda v: f"{v:.4f}"))
-            typer.echo("\n".join(crossovers(table)) or "no crossover: one scheme is best at every loss")
+        protection = write_protection(sc, result.results, folder)
         typer.echo("\nper method over all points (accuracy = top-1 on lost indices):")
         typer.echo(method_summary(result.results, result.timings).to_string(float_format=lambda v: f"{v:.4f}"))
         typer.echo(f"\n{len(result.results)} method-trials in {seconds:.1f} s")
@@ -206,13 +196,32 @@ def run(
                 typer.echo(f"wrote {p}")
 
 
+def write_protection(sc, results, folder: Path) -> list[Path]:  # noqa: ANN001 - Scenario, DataFrame (lazy imports)
+    """With ``schemes``, the equal-rate comparison (docs/protection.md): protection.csv and .png, and
+    the best scheme per loss printed; nothing otherwise."""
+    if not sc.schemes:
+        return []
+    from vqnet.plots import plot_protection
+    from vqnet.protection import crossovers, scheme_table, winners
+
+    table = scheme_table(results)
+    table.to_csv(folder / "protection.csv", index=False, float_format="%.6g")
+    plot = plot_protection(table, folder / "protection.png", f"{sc.name}: schemes at about equal bytes")
+    typer.echo("\nmean LPIPS of each scheme with its best concealment, the best per loss ('clear': beyond "
+               "its 95 % interval):")
+    typer.echo(winners(table).to_string(float_format=lambda v: f"{v:.4f}"))
+    typer.echo("\n".join(crossovers(table)) or "no crossover: one scheme is best at every loss")
+    return [folder / "protection.csv", plot]
+
+
 @app.command("summarize")
 def summarize_cmd(
     scenario: Annotated[Path, typer.Argument(help="The scenario YAML the results were run from.")],
     out: Annotated[Path, typer.Option(help="Results root; reads OUT/<scenario name>/results.csv.")] = Path("results"),
 ) -> None:
-    """Rewrite summary.csv and lpips_vs_loss.png of a finished sweep from its results.csv, running no
-    trial: the paired statistics of a committed table, or of one summarised by an older vqnet."""
+    """Rewrite summary.csv and lpips_vs_loss.png (with schemes, protection.csv and .png too) of a
+    finished sweep from its results.csv, running no trial: the paired statistics of a committed
+    table, or of one summarised by an older vqnet."""
     with user_errors():
         import pandas as pd
 
@@ -233,7 +242,8 @@ def summarize_cmd(
         summary.to_csv(path.with_name("summary.csv"), index=False, float_format="%.6g")
         plot = plot_lpips_vs_loss(summary, path.with_name("lpips_vs_loss.png"), f"{sc.name}: {results['channel'].iloc[0]} channel")
         typer.echo(compact_table(summary))
-        typer.echo(f"wrote {path.with_name('summary.csv')}\nwrote {plot}")
+        protection = write_protection(sc, results, path.parent)
+        typer.echo("\n".join(f"wrote {p}" for p in [path.with_name("summary.csv"), plot, *protection]))
 
 
 @app.command("report")
