@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the heavy imports stay inside the commands that need them
 
     from vqnet.codec.bundle import Codec
     from vqnet.images import NamedImage
+    from vqnet.journal import Journal
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -114,6 +115,13 @@ def scorable(images: list[NamedImage]) -> list[NamedImage]:
     return images
 
 
+def note_dropped(journal: Journal) -> None:
+    """Say on stderr how many damaged journal lines were not trusted (their units run again)."""
+    if journal.dropped:
+        typer.echo(f"note: {journal.dropped} damaged or repeated line(s) of {journal.path} ignored; "
+                   "their work is done again", err=True)
+
+
 def _photo_views(codec: Codec, data: Path, images: int, seed: int, shifts: Sequence[int] = (0,),
                  quiet: bool = False) -> tuple[list[torch.Tensor], int, str]:
     """Encoder outputs of ``images`` whole training photos (seeded choice) and of their mirror
@@ -173,6 +181,7 @@ def run(
             if journal.done:
                 n_done = sum(len(r.rows) for r in journal.done.values())
                 typer.echo(f"resuming: {n_done} of {total} trials already done ({journal.path})")
+            note_dropped(journal)
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
                 result = run_sweep(sc, codec, images, advance, journal)
         seconds = time.perf_counter() - t0
@@ -313,6 +322,7 @@ def eval_cmd(
         with EvalJournal.open(out / PARTIAL_NAME, eval_fingerprint(codec, pixels, **options), fresh) as journal:
             if journal.done:
                 typer.echo(f"resuming: {len(journal.done)} of {total} codings already done ({journal.path})")
+            note_dropped(journal)
             with progress_bar(total, f"eval {label}", quiet) as advance:
                 result = evaluate(codec, pixels, advance=advance, journal=journal, **options)
         paths = [out / "rd.csv", out / "rd_images.csv"]
