@@ -54,10 +54,11 @@ def to_rgb(arr: np.ndarray) -> np.ndarray:
     elif arr.dtype == np.uint16:
         arr = np.round(arr / 257.0).astype(np.uint8)
     elif arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-            raise ImageError(f"float pixels must lie in [0, 1], got [{np.nanmin(arr):g}, {np.nanmax(arr):g}]"
-                             f"{'' if np.isfinite(arr).all() else ' with NaN or inf'}; save the image as 8- or "
-                             "16-bit")
+        if not np.isfinite(arr).all():
+            raise ImageError("float pixels must be finite numbers in [0, 1], found NaN or inf")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageError(f"float pixels must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]; save the "
+                             "image as 8- or 16-bit")
         arr = np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
     else:
         raise ImageError(f"{arr.dtype} pixels have no known range; save the image as 8- or 16-bit")
