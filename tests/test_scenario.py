@@ -36,6 +36,11 @@ def _with(path: str, value):
 BAD = [
     ("name", "has space", "name"),
     ("name", "", "name"),
+    ("name", "..", "not a folder name"),  # results would land beside --out, not in it
+    ("name", ".", "not a folder name"),
+    ("name", "../x", "name"),
+    ("channel", {"model": "trace", "params": {"path": 5}}, "must be a file name"),
+    ("channel", {"model": "trace", "params": {"path": "/dev/zero"}}, "not a regular file"),  # never ends
     ("seed", -1, "seed"),
     ("trials", 0, "trials"),
     ("K", [], "K"),
