@@ -84,6 +84,30 @@ def test_a_run_of_an_image_too_small_to_score_fails_before_coding(files, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("key,value,needle", [
+    ("config", "{not json", "JSONDecodeError"),
+    ("config", '{"embed_dim": "x"}', "KeyError"),
+    ("ks", '"32"', "ks must be a list"),
+    ("ks", "[32.5]", "ks must be a list"),
+    ("finetuned", "[64]", "finetuned must list some of its ks"),
+    ("provenance", "[]", "provenance must be an object"),
+])
+def test_a_bundle_with_broken_metadata_is_one_line(files, tmp_path, key, value, needle):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from conftest import tiny_model
+    from vqnet.codec.bundle import Codebook, Codec, save_codec
+
+    save_codec(Codec(tiny_model(), {32: Codebook.from_model(tiny_model())}), tmp_path / "ok.safetensors")
+    with safe_open(tmp_path / "ok.safetensors", "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(tensors, tmp_path / "bad.safetensors", meta | {key: value})
+    line = _one_error_line(CliRunner().invoke(app, ["encode", str(files / "a.png"), "-o", str(tmp_path / "x.vqn"),
+                                                    "--K", "32", "--model", str(tmp_path / "bad.safetensors")]))
+    assert "bad.safetensors: broken metadata" in line and needle in line
+
+
 @given(st.lists(st.text(alphabet="-abcdefgkloprstuwyz=,.0123456789 ", max_size=12), max_size=5),
        st.sampled_from(["encode", "decode", "eval", "run", "score", "channel stats", "scenario check"]))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

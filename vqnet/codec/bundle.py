@@ -261,7 +261,7 @@ def load_codec(path: Path | str | None = None) -> Codec:
     if meta.get("version") not in VERSIONS:
         raise CodecError(f"{path} has bundle version {meta.get('version')!r}; this vqnet reads versions "
                          f"{', '.join(VERSIONS)}")
-    cfg = VQGANConfig.from_dict(json.loads(meta["config"]))
+    cfg, ks, finetuned, provenance = _metadata(meta, path)
     model = VQModel(cfg).eval()
     base = {k: v.float() for k, v in tensors.items() if not k.startswith(("codebooks.", "priors."))}
     try:
@@ -269,16 +269,30 @@ def load_codec(path: Path | str | None = None) -> Codec:
     except RuntimeError as exc:
         raise CodecError(f"{path}: weights do not match its config ({str(exc).splitlines()[0]})") from None
     model.to(memory_format=torch.channels_last)  # same numbers; oneDNN's CPU convolutions run ~15 % faster
-    finetuned = set(json.loads(meta.get("finetuned", "[]")))
     codebooks = {}
-    for K in json.loads(meta["ks"]):
+    for K in ks:
         try:
             codebooks[K] = _read_codebook(tensors, K, raw=False, finetuned=K in finetuned)
             if _names(K, raw=True)[0] + "embedding" in tensors:
                 codebooks[K].raw = _read_codebook(tensors, K, raw=True, finetuned=False)
         except KeyError as exc:
             raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
-    return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")), path=path)
+    return Codec(model, codebooks, model_id=sha[:16], provenance=provenance, path=path)
+
+
+def _metadata(meta: dict[str, str], path: Path) -> tuple[VQGANConfig, list[int], set[int], dict]:
+    """The bundle's config, K list, fine-tuned K and provenance, or one CodecError naming what is broken."""
+    try:
+        cfg = VQGANConfig.from_dict(json.loads(meta["config"]))
+        ks, finetuned = json.loads(meta["ks"]), json.loads(meta.get("finetuned", "[]"))
+        provenance = json.loads(meta.get("provenance", "{}"))
+        if not (isinstance(ks, list) and ks and all(type(K) is int and K >= 2 for K in ks)):
+            raise ValueError(f"ks must be a list of codebook sizes, got {str(ks)[:40]}")
+        if not (isinstance(finetuned, list) and set(finetuned) <= set(ks)) or not isinstance(provenance, dict):
+            raise ValueError("finetuned must list some of its ks, provenance must be an object")
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CodecError(f"{path}: broken metadata ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return cfg, ks, set(finetuned), provenance
 
 
 def load_taming_checkpoint(path: Path | str, config: VQGANConfig | dict | Path | str) -> VQModel:
