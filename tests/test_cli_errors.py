@@ -37,6 +37,8 @@ def files(tmp_path_factory) -> Path:
     Image.fromarray(np.zeros((20, 64, 3), dtype=np.uint8)).save(d / "small" / "tiny.png")
     (d / "folder").mkdir()
     (d / "s.yaml").write_text("name: s\nimages: {source: a.png}\n")
+    (d / "k.yaml").write_text("name: s\nK: [999]\n")
+    (d / "m.yaml").write_text("name: s\nimages: {source: nowhere}\n")
     return d
 
 
@@ -65,6 +67,8 @@ def test_option_errors_are_one_line(files, args, needle):
     (["eval", "{d}/a.png", "--out", "{d}/a.png", "--classical", "none", "--no-dists"], "a.png"),
     (["score", "{d}/folder", "{d}/a.png"], "is a folder"),
     (["score", "{d}/small/tiny.png", "{d}/small/tiny.png"], "LPIPS needs both sides >= 31 px"),
+    (["scenario", "check", "{d}/k.yaml"], "no codebook with K=999"),  # what `run` would refuse
+    (["scenario", "check", "{d}/m.yaml"], "no such image file or folder: nowhere"),
 ])
 def test_file_system_and_size_errors_are_one_line(files, args, needle, monkeypatch):
     monkeypatch.chdir(files)
@@ -111,9 +115,9 @@ def test_a_bundle_with_broken_metadata_is_one_line(files, tmp_path, key, value, 
 @given(st.lists(st.text(alphabet="-abcdefgkloprstuwyz=,.0123456789 ", max_size=12), max_size=5),
        st.sampled_from(["encode", "decode", "eval", "run", "score", "channel stats", "scenario check"]))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_random_arguments_end_in_a_result_or_one_error_line(tmp_path, args, command):
+def test_random_arguments_end_in_a_result_or_one_error_line(tmp_path, monkeypatch, args, command):
     """Whatever is typed, parsing ends in help, a result or one Error: line, never a traceback."""
-    os.chdir(tmp_path)  # relative outputs land in the test's folder
+    monkeypatch.chdir(tmp_path)  # relative outputs land in the test's folder
     res = CliRunner().invoke(app, [*command.split(), *args])
     assert res.exception is None or isinstance(res.exception, SystemExit), res.output
     if res.exit_code == 2:

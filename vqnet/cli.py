@@ -342,13 +342,22 @@ def eval_cmd(
 
 @scenario_app.command("check")
 def scenario_check(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")]) -> None:
-    """Validate a scenario and print how many trials it expands to."""
+    """Validate a scenario, its model's K and its image source (what `run` checks before any
+    work), and print how many trials it expands to."""
     with user_errors():
+        from vqnet.codec.bundle import load_codec
+        from vqnet.images import SKIMAGE_DEFAULTS, list_image_files
         from vqnet.scenario import load_scenario
         from vqnet.sweep import count_trials
 
         sc = load_scenario(file)
-        typer.echo(f"{file}: ok ({sc.name}: {count_trials(sc, 1)} trials per image)")
+        codec = load_codec(sc.model)
+        for K in sc.K:
+            codec.codebook(K)
+        source = sc.images.source
+        n = len(list_image_files(source) if source else sc.images.names or SKIMAGE_DEFAULTS)
+        n = min(n, sc.images.limit or n)
+        typer.echo(f"{file}: ok ({sc.name}: {count_trials(sc, 1)} trials per image, {n} images)")
 
 
 @scenario_app.command("schema")
