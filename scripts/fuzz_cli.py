@@ -25,6 +25,7 @@ is fuzzed). Exit status 1 on any failure.
 from __future__ import annotations
 
 import functools
+import os
 import random
 import signal
 import sys
@@ -226,7 +227,9 @@ def _photo() -> Path:
 def run(n: int, first: int, seed: int, max_seconds: float) -> int:
     vqnet.codec.bundle.load_codec = functools.cache(vqnet.codec.bundle.load_codec)  # load the codec once
     signal.signal(signal.SIGALRM, _on_alarm)
+    home = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="vqnet-fuzz-cli-") as tmp:
+        os.chdir(tmp)  # commands given no output path write to their defaults, under here
         t_start = time.perf_counter()
         campaign = Campaign(Path(tmp), seed, max_seconds)
         outcomes: Counter[str] = Counter()
@@ -254,6 +257,7 @@ def run(n: int, first: int, seed: int, max_seconds: float) -> int:
                 outcomes[f"{kind}: FAILED"] += 1
                 failures.append(f"case {i} ({kind}) {argv!r}: {what}")
         seconds = time.perf_counter() - t_start
+        os.chdir(home)
     print(f"{n} CLI cases (seed {seed}, first {first}) in {seconds:.0f} s:")
     for key, count in sorted(outcomes.items()):
         print(f"  {key:<30} {count}")
