@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 from vqnet.cli import app
 from vqnet.errors import VqnetError
 from vqnet.lock import LOCK_NAME, FolderBusy, job_folder, locked_folder
+from vqnet.scenario import ScenarioError, parse_scenario
 
 HOLDER = textwrap.dedent("""
     import sys, time
@@ -110,3 +113,13 @@ def test_a_killed_holder_never_blocks(tmp_path):
     holder.wait()
     with locked_folder(tmp_path / "f"):
         pass
+
+
+@given(st.text(min_size=1, max_size=70))
+def test_a_scenario_name_is_refused_or_lands_inside_out(name):
+    try:
+        parse_scenario({"name": name})
+    except ScenarioError:
+        return
+    folder = job_folder(Path("/results"), name)
+    assert folder.parent == Path("/results") and folder.name == name

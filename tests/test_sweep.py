@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vqnet.codec.bundle import Codebook, Codec
 from conftest import tiny_model
@@ -170,6 +172,40 @@ def test_damaged_or_malformed_journal_lines_are_not_trusted(tmp_path):
         assert list(journal.done) == [TrialJournal.key("img0", 32, 0.2, 3.0, t) for t in (5, 6)]
     with TrialJournal.open(path, "f") as journal:  # rewritten without them
         assert journal.dropped == 0 and len(journal.done) == 2
+
+
+@given(st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "swap"]), st.integers(0, 10**6),
+                          st.integers(0, 255)), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_damage_to_a_journal_makes_it_hand_back_a_unit_it_was_not_given(tmp_path, edits):
+    """Whatever bytes change, each unit read back is one that was written under its key, or the
+    journal is refused as a whole (a damaged first line); never a changed row."""
+    path = tmp_path / PARTIAL_NAME
+    path.unlink(missing_ok=True)
+    written = {TrialJournal.key("img0", 32, 0.2, 3.0, t): _record("img0", t, lpips=t / 10) for t in range(5)}
+    with TrialJournal.open(path, "f") as journal:
+        for key, record in written.items():
+            journal.append(key, record)
+    data = bytearray(path.read_bytes())
+    for op, at, byte in edits:
+        at %= len(data) + 1
+        if op == "flip" and at < len(data):
+            data[at] ^= 1 << (byte % 8)
+        elif op == "cut":
+            del data[at:at + byte % 40]
+        elif op == "insert":
+            data[at:at] = bytes([byte]) * (1 + byte % 3)
+        elif op == "swap" and data.count(b"\n") > 2:
+            lines = bytes(data).split(b"\n")
+            i = 1 + at % (len(lines) - 2)
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+            data = bytearray(b"\n".join(lines))
+    path.write_bytes(bytes(data))
+    try:
+        with TrialJournal.open(path, "f") as journal:
+            assert all(written[key] == unit for key, unit in journal.done.items())
+    except JournalError as exc:
+        assert "not a sweep journal" in str(exc)
 
 
 @pytest.mark.parametrize("content", [b"not json\n", b'{"fingerprint": "f"}\n'])  # none, and format 1
