@@ -81,6 +81,21 @@ def test_decode_to_a_folder_says_so(files):
     assert "is a folder; name the image file to write" in line
 
 
+def test_a_vqn_header_asking_for_more_than_this_machine_codes_is_one_line(files, tmp_path):
+    """A 33-byte header may name 8192 x 8192 (the format's limit); the decoder would allocate for it."""
+    import struct
+    import zlib
+
+    assert CliRunner().invoke(app, ["encode", str(files / "a.png"), "-o", str(tmp_path / "a.vqn")]).exit_code == 0
+    data = bytearray((tmp_path / "a.vqn").read_bytes()[:33])
+    struct.pack_into("!II", data, 14, 8192, 8192)  # height, width
+    struct.pack_into("!I", data, 25, 0)  # no packet records follow
+    struct.pack_into("!I", data, 29, zlib.crc32(bytes(data[:29])))
+    (tmp_path / "big.vqn").write_bytes(bytes(data))
+    line = _one_error_line(CliRunner().invoke(app, ["decode", str(tmp_path / "big.vqn"), "-o", str(tmp_path / "b.png")]))
+    assert "8192x8192 (67.1 Mpx) is more than this machine can code" in line
+
+
 def test_a_run_of_an_image_too_small_to_score_fails_before_coding(files, tmp_path):
     (tmp_path / "s.yaml").write_text(f"name: s\nimages: {{source: {files}}}\n")
     line = _one_error_line(CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path)]))

@@ -118,3 +118,27 @@ def test_an_image_larger_than_this_machine_codes_is_refused_from_its_header(tmp_
         load_image(big, limit)
     # the limit follows the memory: a 24 GB machine codes ~9 Mpx, 128 GB ~28 Mpx, never the format's 67 Mpx
     assert 5e6 < codable_pixels(memory=24 << 30) < codable_pixels(memory=128 << 30) < 1 << 26
+
+
+def test_run_and_eval_keep_images_with_one_stem_apart(tmp_path):
+    """x.png and x.jpg used to share the name x: the second was never coded and copied the first's rows."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from vqnet.cli import app
+
+    rng = np.random.default_rng(1)
+    _save(tmp_path / "img" / "x.png", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    _save(tmp_path / "img" / "x.jpg", np.full((48, 64, 3), 128, dtype=np.uint8))
+    (tmp_path / "s.yaml").write_text(f"name: two\nimages: {{source: {tmp_path / 'img'}}}\nmethods: [none]\n"
+                                     "channel: {model: bernoulli, loss: [0.0]}\ntrials: 1\n")
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(tmp_path / "r" / "two" / "results.csv").set_index("image")
+    assert list(df.index) == ["x.jpg", "x.png"]
+    assert df.loc["x.jpg", "lossless_psnr"] != df.loc["x.png", "lossless_psnr"]  # each coded from its own pixels
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "img"), "--out", str(tmp_path / "e"), "--ks", "16",
+                                   "--classical", "none", "--no-dists", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_csv(tmp_path / "e" / "rd_images.csv").set_index("image")
+    assert list(rows.index) == ["x.jpg", "x.png"] and rows["psnr"].nunique() == 2
