@@ -63,10 +63,11 @@ def test_option_errors_are_one_line(files, args, needle):
 @pytest.mark.parametrize("args,needle", [
     (["encode", "{d}/a.png", "-o", "{d}/folder"], "folder: is a directory"),
     (["encode", "{d}/folder", "-o", "{d}/x.vqn"], "is a folder, not an image file"),
-    (["run", "{d}/s.yaml", "--out", "{d}/a.png"], "not a directory"),
+    (["run", "{d}/s.yaml", "--out", "{d}/a.png"], "a.png/s: a part of this path is a file, not a folder"),
     (["eval", "{d}/a.png", "--out", "{d}/a.png", "--classical", "none", "--no-dists"], "a.png"),
     (["score", "{d}/folder", "{d}/a.png"], "is a folder"),
     (["score", "{d}/small/tiny.png", "{d}/small/tiny.png"], "LPIPS needs both sides >= 31 px"),
+    (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--model", "{d}/folder"], "folder is a folder; a codec is one"),
     (["scenario", "check", "{d}/k.yaml"], "no codebook with K=999"),  # what `run` would refuse
     (["scenario", "check", "{d}/m.yaml"], "no such image file or folder: nowhere"),
 ])

@@ -6,6 +6,7 @@ typer), which scripts cannot parse and users read as a crash. Tracebacks stay fo
 """
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,9 +30,13 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(USER_ERROR)
 
 
+#: Causes worded for this program's users: where vqnet meets these, it was making a folder.
+_REASONS = {errno.EEXIST: "exists and is not a folder", errno.ENOTDIR: "a part of this path is a file, not a folder"}
+
+
 def describe_os_error(exc: OSError) -> str:
     """``[Errno 21] Is a directory: 'x'`` -> ``x: is a directory``: the path first, then the cause."""
-    reason = (exc.strerror or str(exc)).lower()
+    reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
     names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
     return f"{' -> '.join(names)}: {reason}" if names else reason
 

@@ -248,6 +248,8 @@ def load_codec(path: Path | str | None = None) -> Codec:
     """
     bundled = not path
     path = Path(path) if path else DEFAULT_MODEL
+    if path.is_dir():
+        raise CodecError(f"{path} is a folder; a codec is one bundle file (.safetensors)")
     if not path.is_file():
         hint = f"; {_restore_hint(path)}" if bundled else ""
         raise CodecError(f"codec file not found: {path}{hint}")
