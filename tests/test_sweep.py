@@ -127,7 +127,7 @@ def test_resume_from_a_torn_journal_gives_the_same_table(codec, images, tmp_path
         resumed = run_sweep(sc, codec, images, journal=journal)
     a = write_results(full, tmp_path / "a")["results"].read_bytes()
     assert write_results(resumed, tmp_path / "b")["results"].read_bytes() == a
-    journalled = [json.loads(line)["key"] for line in lines[1:4]]
+    journalled = [read_line(line)["key"] for line in lines[1:4]]
     kept = [(t["image"], t["target_loss"], t["trial"]) in {(k[0], k[2], k[4]) for k in journalled}
             for _, t in full.timings.iterrows()]
     assert sum(kept) == 6  # three trials x two methods, kept, not re-measured:

@@ -185,8 +185,9 @@ def run(
         t0 = time.perf_counter()
         with TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images), fresh) as journal:
             if journal.done:
-                n_done = sum(len(r.rows) for r in journal.done.values())
-                typer.echo(f"resuming: {n_done} of {total} trials already done ({journal.path})")
+                bound = "" if isinstance(sc.trials, int) else "at most "
+                typer.echo(f"resuming: {len(journal.done)} of {bound}{total // len(sc.methods)} trials already done "
+                           f"({journal.path})")
             note_dropped(journal)
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
                 result = run_sweep(sc, codec, images, advance, journal)
