@@ -40,7 +40,7 @@ from vqnet.chroma import (
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.fec import protect, recover
 from vqnet.images import NamedImage, load_images
-from vqnet.journal import Journal, fingerprint
+from vqnet.journal import Journal, fingerprint, require_scalars
 from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
 from vqnet.restore import MODEL_KIND, RestoreContext, restore
@@ -58,6 +58,8 @@ RESULT_COLUMNS = [
     "lossless_lpips", "lossless_psnr", "lpips", "psnr", "lost_index_accuracy",
 ]
 
+#: The columns of RESULT_COLUMNS that hold text; every other one holds a number (or null).
+_TEXT_COLUMNS = {"image", "scheme", "layout", "channel", "method"}
 
 # Bumped when the journal lines or what a row holds change, so an old journal is not reused.
 _JOURNAL_FORMAT = 2
@@ -109,10 +111,12 @@ def encode_image(codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, 
                    psnr(image.pixels, lossless))
 
 
-def count_trials(sc: Scenario, n_images: int) -> int:
-    """Method-trials of the sweep: exact for a fixed trial count, the upper bound for adaptive ones."""
-    methods = sum(len(sc.scheme_methods(s)) for s in sc.protection_schemes())
-    return n_images * methods * len(sc.channel.points()) * sc.max_trials
+def count_trials(sc: Scenario, n_images: int, per_method: bool = True) -> int:
+    """Method-trials of the sweep (trials alone with ``per_method`` False): exact for a fixed trial
+    count, the upper bound for adaptive ones."""
+    schemes = sc.protection_schemes()
+    per_point = sum(len(sc.scheme_methods(s)) for s in schemes) if per_method else len(schemes)
+    return n_images * per_point * len(sc.channel.points()) * sc.max_trials
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,10 @@ def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> s
     new ones would give a table no single run could produce."""
     concealers = {f"{m}.K{s.K}": sha256_of(path) if (path := concealer_path(codec, m, s.K)).is_file() else None
                   for s in sc.protection_schemes() for m in _model_kinds(sc, s)}
-    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS), "model": codec.model_id,
-                        "concealers": concealers, "columns": RESULT_COLUMNS}
+    trace = sc.channel.params.get("path") if sc.channel.model == "trace" else None
+    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS),
+                        "model": codec.model_id, "concealers": concealers, "columns": RESULT_COLUMNS,
+                        "trace": None if trace is None else sha256_of(Path(str(trace)))}
                        | receiver_settings(sc.packets.chroma_cells), images)
 
 
@@ -159,10 +165,18 @@ class TrialJournal(Journal[TrialRecord]):
 
     @staticmethod
     def parse(entry: dict) -> TrialRecord:
-        record = TrialRecord(entry["rows"], entry["timings"])
-        if not all(isinstance(r, dict) for r in (*record.rows, *record.timings)):
-            raise TypeError("rows must be objects")
-        return record
+        image, scheme, _, _, trial = entry["key"]
+        rows, timings = entry["rows"], entry["timings"]
+        if not (isinstance(rows, list) and isinstance(timings, list) and rows and len(rows) == len(timings)):
+            raise TypeError("a trial has one row and one timing per method")
+        for row in rows:
+            require_scalars(row, RESULT_COLUMNS)
+            if (row["image"], row["scheme"], row["trial"]) != (image, scheme, trial) or not all(
+                    isinstance(v, str) == (c in _TEXT_COLUMNS) for c, v in row.items() if v is not None):
+                raise TypeError("a row does not belong to its trial, or a value has the wrong type")
+        if len({row["method"] for row in rows}) < len(rows):
+            raise TypeError("a method is listed twice")
+        return TrialRecord(rows, [require_scalars(t) for t in timings])
 
     @staticmethod
     def key(image: str, scheme: str, target_loss: float | None, burst: float | None, trial: int) -> str:  # type: ignore[override]
