@@ -149,9 +149,9 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
     path = tmp_path / PARTIAL_NAME
     fp = sweep_fingerprint(sc, codec, images)
     with TrialJournal.open(path, fp) as journal:
-        journal.append(TrialJournal.key("img0", 32, 0.2, 3.0, 0), _record("img0", 0))
+        journal.append(TrialJournal.key("img0", "K=32", 0.2, 3.0, 0), _record("img0", 0))
     with TrialJournal.open(path, fp) as journal:
-        assert journal.done[TrialJournal.key("img0", 32, 0.2, 3.0, 0)].timings == [{"decode_ms": 1.5}]
+        assert journal.done[TrialJournal.key("img0", "K=32", 0.2, 3.0, 0)].timings == [{"decode_ms": 1.5}]
     other = sweep_fingerprint(parse_scenario(dict(SCENARIO, seed=8)), codec, images)
     with pytest.raises(JournalError, match="another scenario.*--fresh"):
         TrialJournal.open(path, other)
@@ -166,8 +166,9 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
 
 
 def _record(image: str, trial: int, **values: object) -> TrialRecord:
-    """A well-formed trial record of key (image, 32, 0.2, 3.0, trial) with one method."""
-    row = {c: 0.5 for c in RESULT_COLUMNS} | {"image": image, "K": 32, "trial": trial, "layout": "interleaved",
+    """A well-formed trial record of key (image, "K=32", 0.2, 3.0, trial) with one method."""
+    row = {c: 0.5 for c in RESULT_COLUMNS} | {"image": image, "K": 32, "scheme": "K=32", "trial": trial,
+                                             "layout": "interleaved",
                                              "channel": "gilbert", "method": "none"}
     return TrialRecord([row | values], [{"decode_ms": 1.5}])
 
@@ -176,7 +177,7 @@ def test_damaged_or_malformed_journal_lines_are_not_trusted(tmp_path):
     path = tmp_path / PARTIAL_NAME
     with TrialJournal.open(path, "f") as journal:
         for trial in range(7):
-            journal.append(TrialJournal.key("img0", 32, 0.2, 3.0, trial), _record("img0", trial))
+            journal.append(TrialJournal.key("img0", "K=32", 0.2, 3.0, trial), _record("img0", trial))
     lines = path.read_bytes().splitlines(keepends=True)
 
     def forged(trial: int, **changes: object) -> bytes:
@@ -191,7 +192,7 @@ def test_damaged_or_malformed_journal_lines_are_not_trusted(tmp_path):
     path.write_bytes(b"".join(lines) + lines[7])  # ... and a repeated line
     with TrialJournal.open(path, "f") as journal:
         assert journal.dropped == 6
-        assert list(journal.done) == [TrialJournal.key("img0", 32, 0.2, 3.0, t) for t in (5, 6)]
+        assert list(journal.done) == [TrialJournal.key("img0", "K=32", 0.2, 3.0, t) for t in (5, 6)]
     with TrialJournal.open(path, "f") as journal:  # rewritten without them
         assert journal.dropped == 0 and len(journal.done) == 2
 
@@ -204,7 +205,7 @@ def test_no_damage_to_a_journal_makes_it_hand_back_a_unit_it_was_not_given(tmp_p
     journal is refused as a whole (a damaged first line); never a changed row."""
     path = tmp_path / PARTIAL_NAME
     path.unlink(missing_ok=True)
-    written = {TrialJournal.key("img0", 32, 0.2, 3.0, t): _record("img0", t, lpips=t / 10) for t in range(5)}
+    written = {TrialJournal.key("img0", "K=32", 0.2, 3.0, t): _record("img0", t, lpips=t / 10) for t in range(5)}
     with TrialJournal.open(path, "f") as journal:
         for key, record in written.items():
             journal.append(key, record)

@@ -91,7 +91,8 @@ class FecCode:
             if self.k >= self.n:
                 raise ValueError(f"fec needs k < n (n - k parity packets per block), got k={self.k}, n={self.n}")
             if self.n > MAX_N:
-                raise ValueError(f"fec n={self.n} is above the Reed-Solomon limit of {MAX_N} packets a block (zfec, GF(2^8))")
+                raise ValueError(f"fec n={self.n} is above the Reed-Solomon limit of {MAX_N} packets a block "
+                                 "(zfec, GF(2^8))")
 
     def blocks(self, n_data: int) -> list[Block]:
         """The blocks of an image of ``n_data`` packets, in sending order."""
