@@ -51,11 +51,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.packets import PacketError
     from vqnet.scenario import ScenarioError
     from vqnet.journal import JournalError
+    from vqnet.runtime import DeviceError
     from vqnet.vqn import VqnError
     from vqnet.weights import WeightsError
 
     return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, JournalError,
-            ClassicalError, FileExistsError, FileNotFoundError)
+            ClassicalError, DeviceError, FileExistsError, FileNotFoundError)
 
 
 @contextmanager
@@ -85,18 +86,25 @@ def check_layout(layout: str) -> str:
 
 
 def check_device(device: str) -> str:
-    """``--device`` as torch names it, refused in one line when this machine has no such device."""
-    import torch
+    """``--device`` as torch names it (``auto`` resolved), refused in one line when this machine
+    has no such device."""
+    from vqnet.runtime import resolve_device
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise typer.BadParameter(f"--device must be cpu or cuda[:N], got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("--device cuda: no CUDA GPU is visible on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise typer.BadParameter(f"--device must be cpu or cuda[:N], got {device!r}")
-    return device
+    return str(resolve_device(device))
+
+
+RUN_DEVICE_HELP = ("cpu | cuda[:N] | auto (a GPU when one is visible): where the codec, the concealment "
+                   "transformers and LPIPS run.")
+PRECISION_HELP = ("float32 | bf16: the decoder's arithmetic. bf16 is refused where it is not fast (CPUs without "
+                  "AMX or AVX512-BF16); its tolerance is in docs/performance.md.")
+
+
+def placed(codec: Codec, device: str, precision: str = "float32") -> Codec:
+    """``codec`` moved to ``device`` and set to decode in ``precision``, both checked first
+    (:func:`vqnet.runtime.prepare`, which also sets this process up for them)."""
+    from vqnet.runtime import prepare
+
+    return codec.to(*prepare(device, precision))
 
 
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -144,6 +152,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/<name>/partial.jsonl of an interrupted run "
                                                         "instead of resuming from it.")] = False,
+    device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP + " Default: the scenario's.")] = None,
 ) -> None:
     """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
 
@@ -159,7 +169,7 @@ def run(
         from vqnet.sweep import TrialJournal, count_trials, run_sweep, sweep_fingerprint, write_results
 
         sc = load_scenario(scenario)
-        codec = load_codec(model or sc.model)
+        codec = placed(load_codec(model or sc.model), device, precision or sc.precision)
         for K in sc.K:
             codec.codebook(K)
         images = load_images(sc.images.source, sc.images.names, sc.images.limit)
@@ -204,6 +214,8 @@ def encode(
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet (headers come on top).")] = 24,
     layout: Annotated[str, typer.Option(help="raster | interleaved (see vqnet/packets.py).")] = "interleaved",
     chroma_cells: Annotated[int, typer.Option(min=0, max=MAX_CELLS, help=CHROMA_HELP)] = CELLS,
+    device: Annotated[str, typer.Option(help="cpu | cuda[:N] | auto: where the encoder runs (always in float32: "
+                                             "the indices are what is sent).")] = "cpu",
 ) -> None:
     """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
     with user_errors():
@@ -214,7 +226,7 @@ def encode(
         from vqnet.metrics import bpp
         from vqnet.vqn import encode_vqn, write_vqn
 
-        codec = load_codec(model)
+        codec = placed(load_codec(model), device)
         pixels = load_image(image)
         vqn = encode_vqn(codec, pixels, K, max_payload, layout, chroma_cells)  # type: ignore[arg-type]
         data = write_vqn(vqn)
@@ -233,6 +245,8 @@ def decode(
                                                  "(the last three need that K's transformer beside the codec; "
                                                  "the bundled model has them for K=256).")] = "neighbor",
     model: Annotated[Path | None, typer.Option(help="Codec bundle the file was made with (default: bundled).")] = None,
+    device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
 ) -> None:
     """Decode a .vqn file, concealing what missing or damaged packets held; print what was lost."""
     with user_errors():
@@ -244,7 +258,7 @@ def decode(
         if method not in METHODS:
             raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         vqn = read_vqn(vqn_file.read_bytes(), str(vqn_file))
-        out = decode_vqn(load_codec(model), vqn, method)
+        out = decode_vqn(placed(load_codec(model), device, precision), vqn, method)
         save_image(output, out.image)
         got = out.received
         expected = "?" if got.n_packets_expected is None else got.n_packets_expected
@@ -279,6 +293,8 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/partial.jsonl of an interrupted run instead "
                                                         "of resuming from it.")] = False,
+    device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP + " DISTS too.")] = "cpu",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
 ) -> None:
     """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
     MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates.
@@ -296,7 +312,7 @@ def eval_cmd(
         if codebooks not in CODEBOOK_SETS:
             raise typer.BadParameter(f"--codebooks must be one of {', '.join(CODEBOOK_SETS)}, got {codebooks!r}")
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
-        codec = load_codec(model)
+        codec = placed(load_codec(model), device, precision)
         k_list = eval_ladder(codec, _k_list(ks) if ks else None)
         pixels = load_images(str(images))
         label = images.resolve().name

@@ -55,7 +55,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise DeviceError(f"--device must be cpu, cuda[:N] or auto, got {name!r}")
+        raise DeviceError(f"--device must be cpu or cuda[:N] (or auto), got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"--device {name}: no CUDA GPU is visible on this machine; use --device cpu (or auto)")
     return device

@@ -121,6 +121,9 @@ class Scenario(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Root seed; each trial's seed derives from it and the trial's key.")
     images: Images = Field(default_factory=Images, description="Which images to send.")
     model: str | None = Field(None, description="Codec bundle (.safetensors); null = the bundled default model.")
+    precision: Literal["float32", "bf16"] = Field(
+        "float32", description="The decoder's arithmetic; bf16 only where it is fast (a CPU with AMX or AVX512-BF16, "
+        "or a GPU), see docs/performance.md. `vqnet run --precision` overrides it.")
     K: list[int] = Field(default_factory=lambda: [256], min_length=1, description="Codebook sizes to sweep (must exist in the model).")
     packets: Packets = Field(default_factory=Packets, description="Packetisation.")
     channel: Channel = Field(default_factory=lambda: Channel(loss=[0.3], burst=[4.0]), description="Loss process and swept points.")

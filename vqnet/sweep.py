@@ -39,6 +39,7 @@ from vqnet.metrics import bpp, lpips_distance, psnr
 from vqnet.packets import depacketize, packetize
 from vqnet.restore import MODEL_KIND, RestoreContext, restore
 from vqnet.restore.store import concealer_path, load_concealer
+from vqnet.runtime import describe
 from vqnet.scenario import Scenario
 from vqnet.weights import sha256_of
 
@@ -120,14 +121,15 @@ def _model_kinds(sc: Scenario) -> list[str]:
 
 def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
     """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id),
-    the concealment models the scenario uses and the images' names and pixels. A journal written
-    under another fingerprint is refused, because mixing its rows with new ones would give a table
-    no single run could produce."""
+    the concealment models the scenario uses, the images' names and pixels, and where and in
+    which precision the codec runs (:func:`vqnet.runtime.describe`). A journal written under
+    another fingerprint is refused, because mixing its rows with new ones would give a table no
+    single run could produce."""
     concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
                   for m in _model_kinds(sc) for K in sc.K}
     return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
-                        "concealers": concealers, "columns": RESULT_COLUMNS}
-                       | receiver_settings(sc.packets.chroma_cells), images)
+                        "concealers": concealers, "columns": RESULT_COLUMNS, "precision": codec.precision}
+                       | describe(codec.device) | receiver_settings(sc.packets.chroma_cells), images)
 
 
 class TrialJournal(Journal[TrialRecord]):

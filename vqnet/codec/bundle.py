@@ -132,7 +132,7 @@ class Codec:
         if not any(cb.raw for cb in self.codebooks.values()):
             raise CodecError(f"model {self.model_id} keeps no codebooks from before fine-tuning (raw)")
         return Codec(self.model, {K: cb.raw or cb for K, cb in self.codebooks.items()}, self.model_id,
-                     self.provenance)
+                     self.provenance, precision=self.precision)
 
     @torch.inference_mode()
     def encode_latent(self, img: np.ndarray) -> torch.Tensor:
