@@ -14,11 +14,12 @@ from conftest import tiny_model
 from vqnet.entropy import Prior
 from vqnet.images import NamedImage
 from vqnet.journal import PARTIAL_NAME, JournalError
-from vqnet.plots import plot_examples, plot_lpips_vs_loss, summarize
+from vqnet.plots import plot_examples, plot_lpips_vs_loss
+from vqnet.summary import SUMMARY_COLUMNS, mean_interval
 from vqnet.scenario import parse_scenario
 from vqnet.chroma import is_chroma_packet
 from vqnet.sweep import (RESULT_COLUMNS, GridScorer, TrialJournal, TrialRecord, encode_image, run_sweep,
-                         sweep_fingerprint, trial_seed, write_results)
+                         sweep_fingerprint, sweep_summary, trial_seed, write_results)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +79,25 @@ def test_trial_seed_is_stable_and_key_sensitive():
 
 
 def test_plots_and_summary(codec, images, tmp_path):
-    out = run_sweep(parse_scenario(SCENARIO), codec, images)
-    summary = summarize(out.results)
+    sc = parse_scenario(SCENARIO)
+    out = run_sweep(sc, codec, images)
+    summary = sweep_summary(sc, out.results)
+    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == 2 * 2  # losses x methods
     assert set(summary["method"]) == {"none", "neighbor"} and (summary["n"] == 4).all()
-    assert (summary["lpips_ci95"] >= 0).all()
-    png = plot_lpips_vs_loss(out.results, tmp_path / "p.png", "t")
+    assert (summary["trials"] == 2).all() and (summary["stop"] == "fixed").all()
+    assert (summary["lpips_ci95"] >= 0).all() and (summary["reference"] == "neighbor").all()
+    # the paired difference is the mean over (image, trial) of none - neighbor, with its t interval
+    df = out.results
+    for _, row in summary[summary["method"] == "none"].iterrows():
+        at = df[df["target_loss"] == row["target_loss"]]
+        d = (at[at["method"] == "none"].set_index(["image", "trial"])["lpips"]
+             - at[at["method"] == "neighbor"].set_index(["image", "trial"])["lpips"])
+        m, lo, hi = mean_interval(d.to_numpy())
+        assert (row["diff"], row["diff_lo"], row["diff_hi"]) == pytest.approx((m, lo, hi), nan_ok=True)
+        assert row["wins"] + row["losses"] + row["ties"] == 4 and row["wins"] == (d < 0).sum()
+        assert row["dlpips"] == pytest.approx((at[at["method"] == "none"]["lpips"] - at["lossless_lpips"]).mean())
+    assert summary[summary["method"] == "neighbor"]["diff"].isna().all()  # the reference itself
+    png = plot_lpips_vs_loss(summary, tmp_path / "p.png", "t")
     ex = plot_examples(out, tmp_path / "e.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ex is not None and ex.stat().st_size > 1000
 
@@ -110,7 +125,11 @@ def test_resume_from_a_torn_journal_gives_the_same_table(codec, images, tmp_path
         resumed = run_sweep(sc, codec, images, journal=journal)
     a = write_results(full, tmp_path / "a")["results"].read_bytes()
     assert write_results(resumed, tmp_path / "b")["results"].read_bytes() == a
-    pd.testing.assert_frame_equal(resumed.timings.iloc[:6], full.timings.iloc[:6])  # kept, not re-measured
+    journalled = [json.loads(line)["key"] for line in lines[1:4]]
+    kept = [(t["image"], t["target_loss"], t["trial"]) in {(k[0], k[2], k[4]) for k in journalled}
+            for _, t in full.timings.iterrows()]
+    assert sum(kept) == 6  # three trials x two methods, kept, not re-measured:
+    pd.testing.assert_frame_equal(resumed.timings[kept], full.timings[kept])
     assert set(resumed.examples) == set(full.examples)  # the example trial was rerun for its picture
     entries = [json.loads(line) for line in partial.read_bytes().splitlines()[1:]]
     keys = [json.dumps(e["key"]) for e in entries]
@@ -171,3 +190,37 @@ def test_colour_packet_crosses_the_channel_like_any_packet(codec):
     _, lp, ps, _, _ = scorer(enc.indices, enc.colour)
     assert (lp, ps) == (enc.lossless_lpips, enc.lossless_psnr)
     assert scorer(enc.indices, None)[2] < ps - 3
+
+
+def test_adaptive_trials_stop_on_precision_or_at_max(codec, images, tmp_path):
+    """A loose precision stops every point at min; an unreachable one runs the lossy point to max,
+    while a point where nothing is lost (every difference 0) resolves at min."""
+    base = dict(SCENARIO, channel={"model": "bernoulli", "loss": [0.0, 0.6]})
+    loose = parse_scenario(dict(base, trials={"min": 2, "max": 5, "precision": 1.0}))
+    tight = parse_scenario(dict(base, trials={"min": 2, "max": 5, "precision": 1e-9}))
+    s_loose = sweep_summary(loose, run_sweep(loose, codec, images).results)
+    out = run_sweep(tight, codec, images)
+    s_tight = sweep_summary(tight, out.results)
+    assert (s_loose["trials"] == 2).all() and (s_loose["stop"] == "precision").all()
+    assert dict(zip(s_tight["target_loss"], s_tight["trials"])) == {0.0: 2, 0.6: 5}
+    assert dict(zip(s_tight["target_loss"], s_tight["stop"])) == {0.0: "precision", 0.6: "max"}
+    assert (s_tight["n"] == 2 * s_tight["trials"]).all()  # every image ran every trial of its point
+    # deterministic: a second run writes the same bytes
+    again = run_sweep(tight, codec, images)
+    a = write_results(out, tmp_path / "a", s_tight)
+    b = write_results(again, tmp_path / "b", sweep_summary(tight, again.results))
+    assert a["results"].read_bytes() == b["results"].read_bytes()
+    assert a["summary"].read_bytes() == b["summary"].read_bytes()
+
+
+@pytest.mark.parametrize("pattern,size", [("iid", None), ("burst", 3), ("block", 2)])
+def test_mask_channel_loses_exactly_round_r_n_indices(codec, images, pattern, size):
+    channel = {"model": "mask", "loss": [0.1, 0.35, 0.7], "pattern": pattern} | ({"burst": [size]} if size else {})
+    sc = parse_scenario(dict(SCENARIO, channel=channel, trials=2))
+    df = run_sweep(sc, codec, images).results
+    n = 10 * 13  # the tiny f=4 codec's grid for a 40 x 52 image
+    assert (df["index_loss"] * n).round(9).isin([round(r * n) for r in (0.1, 0.35, 0.7)]).all()
+    for r in (0.1, 0.35, 0.7):
+        assert np.allclose(df[df["target_loss"] == r]["index_loss"], round(r * n) / n, atol=1e-12)
+    assert (df["packets_lost"] == 0).all() and df["packet_loss"].isna().all() and (df["channel"] == f"mask-{pattern}").all()
+    assert (df["bytes_sent"] > 0).all()  # packets are still built and counted in bpp

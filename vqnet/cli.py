@@ -163,10 +163,11 @@ def run(
     with user_errors():
         from vqnet.codec.bundle import load_codec
         from vqnet.images import load_images
-        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss, summarize
+        from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss
+        from vqnet.summary import compact_table
         from vqnet.scenario import load_scenario
         from vqnet.journal import PARTIAL_NAME
-        from vqnet.sweep import TrialJournal, count_trials, run_sweep, sweep_fingerprint, write_results
+        from vqnet.sweep import TrialJournal, count_trials, run_sweep, sweep_fingerprint, sweep_summary, write_results
 
         sc = load_scenario(scenario)
         codec = placed(load_codec(model or sc.model), device, precision or sc.precision)
@@ -183,18 +184,17 @@ def run(
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
                 result = run_sweep(sc, codec, images, advance, journal)
         seconds = time.perf_counter() - t0
-        paths = write_results(result, folder)
+        summary = sweep_summary(sc, result.results)
+        paths = write_results(result, folder, summary)
         journal.discard()
-        plot = plot_lpips_vs_loss(result.results, folder / "lpips_vs_loss.png", f"{sc.name}: {result.results['channel'].iloc[0]} channel")
+        plot = plot_lpips_vs_loss(summary, folder / "lpips_vs_loss.png", f"{sc.name}: {result.results['channel'].iloc[0]} channel")
         examples = plot_examples(result, folder / "examples.png")
-        summary = summarize(result.results)
-        table = summary.pivot_table(index="target_loss", columns="method", values="lpips_mean", sort=False)
-        typer.echo(f"\nmean LPIPS (alex) by target loss, model {codec.model_id}, K={','.join(map(str, sc.K))}:")
-        typer.echo(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        typer.echo(f"\nmodel {codec.model_id}; summary.csv holds every column (docs/results.md)")
+        typer.echo(compact_table(summary))
         typer.echo("\nper method over all points (accuracy = top-1 on lost indices):")
         typer.echo(method_summary(result.results, result.timings).to_string(float_format=lambda v: f"{v:.4f}"))
-        typer.echo(f"\n{len(result.results)} trials in {seconds:.1f} s")
-        for p in [paths["results"], paths["timings"], plot, examples]:
+        typer.echo(f"\n{len(result.results)} method-trials in {seconds:.1f} s")
+        for p in [paths["results"], paths["summary"], paths["timings"], plot, examples]:
             if p is not None:
                 typer.echo(f"wrote {p}")
 

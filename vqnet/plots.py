@@ -1,4 +1,4 @@
-"""Figures of a sweep (LPIPS vs loss, mean and 95 % CI per method, and a grid of reconstructions)
+"""Figures of a sweep (LPIPS vs loss with paired differences, and a grid of reconstructions)
 and of an evaluation (LPIPS vs bpp per codec, and a grid of one image at every codec and K)."""
 from __future__ import annotations
 
@@ -10,36 +10,9 @@ matplotlib.use("Agg")  # headless: the sweep runs on servers and in CI
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from vqnet.evaluate import VQNET, EvalOutput
 from vqnet.sweep import SweepOutput
-
-
-def mean_ci(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t confidence interval (0 for a single value)."""
-    v = values.dropna().to_numpy(dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), 0.0
-    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(half)
-
-
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean LPIPS/PSNR/realized loss per (K, burst, method, target loss), with the LPIPS 95 % CI."""
-    keys = ["K", "burst", "method", "target_loss"]
-    rows = []
-    for key, g in results.groupby(keys, dropna=False, sort=True):
-        m, half = mean_ci(g["lpips"])
-        rows.append(dict(zip(keys, key)) | {
-            "n": len(g), "lpips_mean": m, "lpips_ci95": half, "psnr_mean": g["psnr"].mean(),
-            "packet_loss_mean": g["packet_loss"].mean(), "index_loss_mean": g["index_loss"].mean(),
-            "lost_index_accuracy": g["lost_index_accuracy"].mean(), "bpp_mean": g["bpp"].mean(),
-            "lossless_lpips": g["lossless_lpips"].mean(),
-        })
-    return pd.DataFrame(rows)
 
 
 def method_summary(results: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
@@ -51,24 +24,50 @@ def method_summary(results: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame
     return acc.join(ms)
 
 
-def plot_lpips_vs_loss(results: pd.DataFrame, path: Path, title: str) -> Path:
-    """One panel per (K, burst); one curve per method; dashed line: LPIPS with no loss."""
-    summary = summarize(results)
+def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
+    """One column per (K, burst). Top: mean LPIPS per method (95 % t interval) and the loss-free
+    LPIPS; bottom: each method's paired difference to the reference (95 % interval of the mean
+    over (image, trial) pairs) around a zero line: below zero is better than the reference.
+
+    The x axis is the target loss; each tick also shows the realised mean loss of that point
+    (packets, or indices for the mask channel), since a few short bursty trials stray from it.
+    """
     panels = list(summary.groupby(["K", "burst"], dropna=False, sort=True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, ((K, burst), g) in zip(axes[0], panels):
-        for method, gm in g.groupby("method", sort=False):
-            gm = gm.sort_values("target_loss")
-            ax.errorbar(gm["target_loss"], gm["lpips_mean"], yerr=gm["lpips_ci95"], marker="o", capsize=3, label=method)
-        ax.axhline(g["lossless_lpips"].mean(), color="k", ls="--", lw=1, label="no loss")
-        bpp = g["bpp_mean"].mean()
-        burst_txt = "" if pd.isna(burst) else f", mean burst {burst:g} pkts"
-        ax.set_title(f"K={K}{burst_txt}, {bpp:.3f} bpp", fontsize=10)
-        ax.set_xlabel("target packet loss ratio")
-        ax.set_ylabel("LPIPS (alex), lower is better")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title + "  (mean, 95 % CI)")
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.6 * len(panels), 7.4), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [3, 2]})
+    for col, ((K, burst), g) in enumerate(panels):
+        top, bottom = axes[0][col], axes[1][col]
+        methods = list(dict.fromkeys(g["method"]))
+        ref = g["reference"].iloc[0]
+        step = np.diff(sorted(g["target_loss"].unique())).min() if g["target_loss"].nunique() > 1 else 0.1
+        others = [m for m in methods if m != ref]
+        for i, method in enumerate(methods):
+            gm = g[g["method"] == method].sort_values("target_loss")
+            colour = f"C{i}"
+            top.errorbar(gm["target_loss"], gm["lpips"], yerr=gm["lpips_ci95"], marker="o", capsize=3,
+                         label=method, color=colour)
+            if method != ref:
+                shift = (others.index(method) - (len(others) - 1) / 2) * step * 0.08
+                x = gm["target_loss"] + shift
+                yerr = np.vstack([gm["diff"] - gm["diff_lo"], gm["diff_hi"] - gm["diff"]])
+                bottom.errorbar(x, gm["diff"], yerr=yerr, marker="o", capsize=3, color=colour, label=method, ls="-")
+        per_point = g.drop_duplicates("target_loss")
+        top.axhline((g["lpips"] - g["dlpips"]).mean(), color="k", ls="--", lw=1, label="no loss")
+        bottom.axhline(0.0, color="k", lw=1)
+        realised = per_point["packet_loss"].where(per_point["packet_loss"].notna(), per_point["index_loss"])
+        ticks = per_point["target_loss"].to_numpy()
+        bottom.set_xticks(ticks, [f"{t:g}\n({r:.2f})" for t, r in zip(ticks, realised)], fontsize=8)
+        what = "index" if per_point["packet_loss"].isna().all() else "packet"
+        bottom.set_xlabel(f"target {what} loss ratio (realised mean)")
+        burst_txt = "" if pd.isna(burst) else f", burst {burst:g}"
+        top.set_title(f"K={K}{burst_txt}, {g['bpp'].mean():.3f} bpp, n={int(g['n'].min())}-{int(g['n'].max())} pairs",
+                      fontsize=10)
+        top.set_ylabel("LPIPS (alex), lower is better")
+        bottom.set_ylabel(f"LPIPS - {ref}, same image and loss")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(title + "  (means with 95 % intervals; bottom: paired)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

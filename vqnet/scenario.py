@@ -7,12 +7,13 @@ minutes on a typo is worse than one that refuses to start.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from vqnet.channel.loss import make_loss_model
+from vqnet.channel.mask import IndexMask
 from vqnet.restore import METHODS
 
 
@@ -41,10 +42,16 @@ class Packets(_Strict):
 
 
 class Channel(_Strict):
-    model: Literal["bernoulli", "gilbert", "gilbert_elliott", "state", "trace"] = Field(
-        "gilbert", description="Loss process (netem semantics).")
-    loss: list[float] = Field(default_factory=list, description="Target packet loss ratios to sweep (bernoulli, gilbert).")
-    burst: list[float] = Field(default_factory=list, description="Mean burst lengths in packets to sweep (gilbert only).")
+    model: Literal["bernoulli", "gilbert", "gilbert_elliott", "state", "trace", "mask"] = Field(
+        "gilbert", description="Loss process (netem semantics), or mask: exactly round(loss x N) of an image's N "
+        "indices lost, drawn on the index grid (the paper's mask ratio; packets are still built and counted in bpp).")
+    loss: list[float] = Field(default_factory=list, description="Target loss ratios to sweep: of packets (bernoulli, "
+                              "gilbert) or of indices (mask).")
+    burst: list[float] = Field(default_factory=list, description="Mean burst lengths in packets to sweep (gilbert); "
+                               "for mask, the mean run length in indices (pattern burst) or the side of the square "
+                               "holes in index cells (pattern block).")
+    pattern: Literal["iid", "burst", "block"] | None = Field(
+        None, description="mask only: iid positions, runs along raster order, or square holes (default iid).")
     params: dict[str, float | str] = Field(default_factory=dict, description="Fixed parameters of gilbert_elliott (p, r, loss_bad, loss_good), state (p13, p31, p32, p23, p14) or trace (path).")
 
     @field_validator("loss")
@@ -65,29 +72,41 @@ class Channel(_Strict):
 
     @model_validator(mode="after")
     def _axes_match_model(self) -> "Channel":
-        if self.model in ("bernoulli", "gilbert") and not self.loss:
+        swept = ("bernoulli", "gilbert", "mask")
+        sized = self.model == "gilbert" or (self.model == "mask" and self.pattern in ("burst", "block"))
+        if self.model in swept and not self.loss:
             raise ValueError(f"model {self.model} needs a list of loss ratios in 'loss'")
-        if self.model == "gilbert" and not self.burst:
-            raise ValueError("model gilbert needs a list of mean burst lengths in 'burst'")
-        if self.model != "gilbert" and self.burst:
-            raise ValueError(f"'burst' applies only to model gilbert, not {self.model}")
-        if self.model not in ("bernoulli", "gilbert") and self.loss:
+        if sized and not self.burst:
+            what = "mean burst lengths" if self.model == "gilbert" else f"{self.pattern} sizes (index cells)"
+            raise ValueError(f"{self._label()} needs a list of {what} in 'burst'")
+        if not sized and self.burst:
+            raise ValueError(f"'burst' applies only to gilbert and to mask with pattern burst or block, not "
+                             f"{self._label()}")
+        if self.model not in swept and self.loss:
             raise ValueError(f"'loss' cannot be swept for model {self.model}; set its parameters in 'params'")
-        if self.model in ("bernoulli", "gilbert") and self.params:
+        if self.model in swept and self.params:
             raise ValueError(f"'params' is not used by model {self.model}; use 'loss'/'burst'")
+        if self.model != "mask" and self.pattern is not None:
+            raise ValueError(f"'pattern' applies only to model mask, not {self.model}")
         for point in self.points():  # every combination must be a valid loss model
             self.loss_model(*point)
         return self
 
+    def _label(self) -> str:
+        return f"model mask, pattern {self.pattern or 'iid'}" if self.model == "mask" else f"model {self.model}"
+
     def points(self) -> list[tuple[float | None, float | None]]:
         """(target loss, burst) pairs of the sweep; (None, None) for fixed-parameter models."""
-        if self.model == "gilbert":
+        if self.burst:
             return [(loss, b) for b in self.burst for loss in self.loss]
-        if self.model == "bernoulli":
+        if self.loss:
             return [(loss, None) for loss in self.loss]
         return [(None, None)]
 
     def loss_model(self, loss: float | None, burst: float | None):
+        """The packet loss model of a point, or for ``mask`` the :class:`IndexMask`."""
+        if self.model == "mask":
+            return IndexMask(loss, self.pattern or "iid", burst)
         if self.model == "gilbert":
             return make_loss_model("gilbert", loss=loss, burst=burst)
         if self.model == "bernoulli":
@@ -110,6 +129,31 @@ class Link(_Strict):
         return self
 
 
+class AdaptiveTrials(_Strict):
+    """Trials until the answer is clear (as Sionna's sim_ber runs an SNR point until it has seen
+    enough errors): a point gets trial t while t < min, or while t < max and some method's paired
+    difference to the reference still has a 95 % interval wider than +-precision over trials 0..t-1."""
+
+    min: int = Field(2, ge=2, le=1000, description="Trials every point gets (at least 2: an interval needs them).")
+    max: int = Field(20, ge=2, le=1000, description="Trials a point never exceeds.")
+    precision: float = Field(0.005, gt=0, le=1, description="Target half-width of every method's 95 % paired-"
+                             "difference interval (LPIPS) against compare_to.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AdaptiveTrials":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+# A number, or the adaptive bounds; the discriminator picks the branch so an error names only it.
+Trials = Annotated[
+    Annotated[Annotated[int, Field(ge=1, le=1000, strict=True)], Tag("count")] | Annotated[AdaptiveTrials, Tag("adaptive")],
+    Discriminator(lambda v: "adaptive" if isinstance(v, dict | AdaptiveTrials) else "count"),
+]
+_UNION_TAGS = {"count", "adaptive"}
+
+
 class Examples(_Strict):
     image: str | None = Field(None, description="Image shown in examples.png (default: the first).")
     losses: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7], description="Target losses shown as columns.")
@@ -129,7 +173,11 @@ class Scenario(_Strict):
     channel: Channel = Field(default_factory=lambda: Channel(loss=[0.3], burst=[4.0]), description="Loss process and swept points.")
     link: Link = Field(default_factory=Link, description="simpy link: rate, delay, queue, deadline.")
     methods: list[str] = Field(default_factory=lambda: ["none", "neighbor"], min_length=1, description="Concealment methods.")
-    trials: int = Field(3, ge=1, le=1000, description="Independent channel realisations per point.")
+    trials: Trials = Field(3, description="Independent channel realisations per "
+                                         "point and image: a number, or {min, max, precision} to add trials until "
+                                         "the paired differences are resolved.")
+    compare_to: str | None = Field(None, description="Reference method of the paired differences in summary.csv "
+                                   "(default: neighbor when swept, else the first method).")
     examples: Examples = Field(default_factory=Examples, description="The example-reconstruction grid.")
 
     @field_validator("methods")
@@ -142,6 +190,21 @@ class Scenario(_Strict):
             raise ValueError("methods are listed twice")
         return v
 
+    @model_validator(mode="after")
+    def _reference_is_swept(self) -> "Scenario":
+        if self.compare_to is not None and self.compare_to not in self.methods:
+            raise ValueError(f"compare_to {self.compare_to!r} is not one of the methods ({', '.join(self.methods)})")
+        return self
+
+    @property
+    def reference(self) -> str:
+        """The method every other is compared with, pair by pair."""
+        return self.compare_to or ("neighbor" if "neighbor" in self.methods else self.methods[0])
+
+    @property
+    def max_trials(self) -> int:
+        return self.trials if isinstance(self.trials, int) else self.trials.max
+
     @field_validator("K")
     @classmethod
     def _k_range(cls, v: list[int]) -> list[int]:
@@ -153,7 +216,7 @@ class Scenario(_Strict):
 
 def _format_error(source: str, exc: ValidationError) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = ".".join(str(p) for p in err["loc"] if p not in _UNION_TAGS) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{source}: {where}: {msg}{more}"

@@ -24,6 +24,7 @@ import torch
 
 from vqnet.channel.link import LinkConfig, TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
+from vqnet.channel.mask import IndexMask, mean_run
 from vqnet.chroma import (
     Chroma,
     decode_in_colour,
@@ -41,6 +42,7 @@ from vqnet.restore import MODEL_KIND, RestoreContext, restore
 from vqnet.restore.store import concealer_path, load_concealer
 from vqnet.runtime import describe
 from vqnet.scenario import Scenario
+from vqnet.summary import resolved, summarize
 from vqnet.weights import sha256_of
 
 # Columns of results.csv, in order. Timings are kept out of it (timings.csv) so that the same
@@ -70,7 +72,7 @@ class Encoded:
     K: int
     indices: np.ndarray
     packets: list[bytes]
-    colour: Chroma | None  # what the colour packet (the last packet) carries, if one was sent
+    colour: Chroma | None  # what the colour packet carries, if one was sent
     lossless: np.ndarray
     lossless_lpips: float
     lossless_psnr: float
@@ -103,7 +105,8 @@ def encode_image(codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, 
 
 
 def count_trials(sc: Scenario, n_images: int) -> int:
-    return n_images * len(sc.K) * len(sc.channel.points()) * sc.trials * len(sc.methods)
+    """Method-trials of the sweep: exact for a fixed trial count, the upper bound for adaptive ones."""
+    return n_images * len(sc.K) * len(sc.channel.points()) * sc.max_trials * len(sc.methods)
 
 
 @dataclass(frozen=True)
@@ -159,10 +162,13 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
               advance: Callable[[int, str], None] | None = None, journal: TrialJournal | None = None) -> SweepOutput:
     """Run every trial of ``sc`` and return the tables; ``advance(n, label)`` reports progress.
 
-    With a ``journal``, trials it holds are not run again (rows and timings come from it) and
-    each newly finished trial is appended to it. An image is encoded only if one of its trials
-    still has to run; trials that feed examples.png are rerun for their picture, keeping the
-    journal's rows (the rerun's rows are the same, since the trial's seed is).
+    Points (one K and channel setting) run in turn; a point runs trial t for every image, then
+    decides whether to run trial t+1 (:func:`trials_to_run`). With a ``journal``, trials it holds are
+    not run again (rows and timings come from it) and each newly finished trial is appended to it.
+    An image is encoded only if one of its trials still has to run; trials that feed examples.png
+    are rerun for their picture, keeping the journal's rows (the rerun's rows are the same, since
+    the trial's seed is). Rows come out in (image, K, point, trial, method) order whatever order
+    they ran in.
     """
     codec = codec or load_codec(sc.model)
     images = images if images is not None else load_images(sc.images.source, sc.images.names, sc.images.limit)
@@ -173,46 +179,67 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
     link = LinkConfig(**sc.link.model_dump())
     example_image = sc.examples.image or images[0].name
     points = sc.channel.points()
-    rows: list[dict] = []
-    timing_rows: list[dict] = []
+    records: dict[tuple[int, int, int, int], TrialRecord] = {}
     out = SweepOutput(pd.DataFrame(), pd.DataFrame())
-    for image_id, image in enumerate(images):
-        latent: torch.Tensor | None = None
-        latent_ms = 0.0
-        for K in sc.K:
-            example_k = image.name == example_image and K == sc.K[0]
-            trial_run: _TrialRunner | None = None
-            for target_loss, burst in points:
-                loss_model = sc.channel.loss_model(target_loss, burst)
-                for trial in range(sc.trials):
+    latents: dict[int, tuple[torch.Tensor, float]] = {}
+
+    def latent_of(image_id: int) -> tuple[torch.Tensor, float]:
+        if image_id not in latents:
+            t0 = time.perf_counter()
+            latents[image_id] = (codec.encode_latent(images[image_id].pixels), 1000 * (time.perf_counter() - t0))
+        return latents[image_id]
+
+    for k_i, K in enumerate(sc.K):
+        runners: dict[int, _TrialRunner] = {}
+        for p_i, (target_loss, burst) in enumerate(points):
+            loss_model = sc.channel.loss_model(target_loss, burst)
+            point_rows: list[dict] = []
+            trial = 0
+            while trial < sc.max_trials and trials_to_run(sc, point_rows, trial):
+                for image_id, image in enumerate(images):
                     key = TrialJournal.key(image.name, K, target_loss, burst, trial)
                     done = journal.done.get(key) if journal else None
+                    example_k = image.name == example_image and K == sc.K[0]
                     shown = example_k and trial == 0 and burst == points[0][1] and _shown(target_loss, sc.examples.losses)
                     if done is None or shown:
-                        if trial_run is None:
-                            if latent is None:
-                                t0 = time.perf_counter()
-                                latent = codec.encode_latent(image.pixels)
-                                latent_ms = 1000 * (time.perf_counter() - t0)
-                            trial_run = _TrialRunner(sc, codec, link, image, image_id, latent, latent_ms, K)
+                        if image_id not in runners:
+                            runners[image_id] = _TrialRunner(sc, codec, link, image, image_id, *latent_of(image_id), K)
                             if example_k:
                                 out.originals[image.name] = image.pixels
-                                out.lossless[image.name] = trial_run.enc.lossless
-                        record, recons = trial_run(loss_model, target_loss, burst, trial)
+                                out.lossless[image.name] = runners[image_id].enc.lossless
+                        record, recons = runners[image_id](loss_model, target_loss, burst, trial)
                         if shown:
                             out.examples.update({(m, target_loss): r for m, r in recons.items()})
                         if done is None:
                             done = record
                             if journal:
                                 journal.append(key, record)
-                    rows += done.rows
-                    timing_rows += done.timings
+                    records[(image_id, k_i, p_i, trial)] = done
+                    point_rows += done.rows
                     if advance:
                         label = "" if target_loss is None else f" loss={target_loss:.2f}"
                         advance(len(done.rows), f"{image.name} K={K}{label} trial {trial}")
-    out.results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    out.timings = pd.DataFrame(timing_rows)
+                trial += 1
+            if advance and trial < sc.max_trials:  # stopped early: the bar's total counted up to max
+                advance((sc.max_trials - trial) * len(images) * len(sc.methods), f"K={K} point resolved")
+            for runner in runners.values():
+                runner.scorer.forget()
+    ordered = [records[k] for k in sorted(records)]
+    out.results = pd.DataFrame([r for rec in ordered for r in rec.rows], columns=RESULT_COLUMNS)
+    out.timings = pd.DataFrame([t for rec in ordered for t in rec.timings])
     return out
+
+
+def trials_to_run(sc: Scenario, point_rows: list[dict], trial: int) -> bool:
+    """Whether a point runs trial ``trial``, judged only on its trials 0..trial-1 (``point_rows``),
+    so the decision, like each trial's seed, is the same in every run and after a resume."""
+    if isinstance(sc.trials, int):
+        return trial < sc.trials
+    if trial < sc.trials.min:
+        return True
+    if trial >= sc.trials.max:
+        return False
+    return not resolved(pd.DataFrame(point_rows, columns=RESULT_COLUMNS), sc.reference, sc.trials.precision)
 
 
 class _TrialRunner:
@@ -234,21 +261,29 @@ class _TrialRunner:
         sc, enc, K, prior = self.sc, self.enc, self.K, self.prior
         name = enc.image.name
         seed = trial_seed(sc.seed, name, K, target_loss, burst, trial)
-        sent = transmit([len(p) for p in enc.packets], loss_model, self.link, np.random.default_rng(seed))
-        received = [p for p, ok in zip(enc.packets, sent.delivered) if ok]
-        colour = enc.colour if enc.colour is not None and sent.delivered[-1] else None
-        got = depacketize([p for p in received if not is_chroma_packet(p)], {K: prior}, shape=enc.indices.shape,
-                          image_id=self.image_id)
-        base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, sent, got.lost)
-        n_lost = int(got.lost.sum())
+        rng = np.random.default_rng(seed)
+        if isinstance(loss_model, IndexMask):
+            lost = loss_model.draw(enc.indices.shape, rng)
+            held = np.where(lost, 0, enc.indices)  # what depacketize leaves in a hole
+            colour = enc.colour  # the experiment loses indices, not packets: side information arrives
+            base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, None, lost)
+        else:
+            sent = transmit([len(p) for p in enc.packets], loss_model, self.link, rng)
+            received = [p for p, ok in zip(enc.packets, sent.delivered) if ok]
+            colour = enc.colour if any(is_chroma_packet(p) for p in received) else None
+            got = depacketize([p for p in received if not is_chroma_packet(p)], {K: prior}, shape=enc.indices.shape,
+                              image_id=self.image_id)
+            held, lost = got.indices, got.lost
+            base = _trial_row(sc, enc, loss_model, target_loss, burst, trial, sent, lost)
+        n_lost = int(lost.sum())
         record = TrialRecord([], [])
         recons: dict[str, np.ndarray] = {}
         for method in sc.methods:
             t1 = time.perf_counter()
-            restored = restore(method, got.indices, got.lost, RestoreContext(K, prior, seed, self.codec))
+            restored = restore(method, held, lost, RestoreContext(K, prior, seed, self.codec))
             restore_ms = 1000 * (time.perf_counter() - t1)
             recons[method], lp, ps, decode_ms, lpips_ms = self.scorer(restored, colour)
-            acc = float((restored[got.lost] == enc.indices[got.lost]).mean()) if n_lost else np.nan
+            acc = float((restored[lost] == enc.indices[lost]).mean()) if n_lost else np.nan
             record.rows.append(base | {"method": method, "lpips": lp, "psnr": ps, "lost_index_accuracy": acc})
             record.timings.append({"image": name, "K": K, "target_loss": base["target_loss"], "burst": base["burst"],
                                    "trial": trial, "method": method, "encode_ms": self.encode_ms,
@@ -270,6 +305,12 @@ class GridScorer:
             (enc.indices.astype(np.int64).tobytes(), enc.colour is not None):
                 (enc.lossless, enc.lossless_lpips, enc.lossless_psnr)}
 
+    def forget(self) -> None:
+        """Drop every decode but the loss-free one: grids rarely recur across trials, and a sweep
+        that keeps an image's scorer through many trials must not keep all its reconstructions."""
+        lossless = next(iter(self.cache))
+        self.cache = {lossless: self.cache[lossless]}
+
     def __call__(self, grid: np.ndarray, colour: Chroma | None = None) -> tuple[np.ndarray, float, float, float, float]:
         """-> (reconstruction, LPIPS, PSNR, decode ms, LPIPS ms); times are 0 for a cached grid.
 
@@ -288,19 +329,26 @@ class GridScorer:
         return *self.cache[key], 1000 * (t1 - t0), 1000 * (t2 - t1)
 
 
-def _trial_row(sc: Scenario, enc: Encoded, loss_model: LossModel, target_loss: float | None, burst: float | None,
-               trial: int, sent: TransmissionResult, lost: np.ndarray) -> dict:
-    """The method-independent columns of a trial's rows."""
+def _trial_row(sc: Scenario, enc: Encoded, loss_model: LossModel | IndexMask, target_loss: float | None,
+               burst: float | None, trial: int, sent: TransmissionResult | None, lost: np.ndarray) -> dict:
+    """The method-independent columns of a trial's rows. With no transmission (``sent`` None: the
+    index-mask experiment) no packet is lost, packet loss is undefined, and the mean burst is the
+    mean run of lost indices in raster order."""
     h, w = enc.image.pixels.shape[:2]
     bytes_sent = int(sum(len(p) for p in enc.packets))
+    if sent is None:
+        link = {"packets_lost": 0, "packet_loss": np.nan, "mean_burst": mean_run(lost), "delivery_s": np.nan}
+    else:
+        link = {"packets_lost": int(sent.n_sent - sent.n_delivered), "packet_loss": sent.packet_loss_ratio,
+                "mean_burst": sent.mean_burst, "delivery_s": sent.completion_s}
     return {
         "image": enc.image.name, "height": h, "width": w, "K": enc.K, "max_payload": sc.packets.max_payload,
         "layout": sc.packets.layout, "channel": loss_model.name,
         "target_loss": target_loss if target_loss is not None else round(loss_model.expected_loss, 6),
         "burst": burst if burst is not None else np.nan, "trial": trial,
-        "n_packets": len(enc.packets), "packets_lost": int(sent.n_sent - sent.n_delivered),
-        "packet_loss": sent.packet_loss_ratio, "index_loss": float(lost.mean()), "mean_burst": sent.mean_burst,
-        "delivery_s": sent.completion_s, "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w),
+        "n_packets": len(enc.packets), "packets_lost": link["packets_lost"], "packet_loss": link["packet_loss"],
+        "index_loss": float(lost.mean()), "mean_burst": link["mean_burst"], "delivery_s": link["delivery_s"],
+        "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w),
         "lossless_lpips": enc.lossless_lpips, "lossless_psnr": enc.lossless_psnr,
     }
 
@@ -309,11 +357,18 @@ def _shown(target_loss: float | None, losses: list[float]) -> bool:
     return target_loss is None or any(abs(target_loss - x) < 1e-9 for x in losses)
 
 
-def write_results(out: SweepOutput, folder: Path) -> dict[str, Path]:
-    """Write results.csv (deterministic), timings.csv and return the paths."""
+def sweep_summary(sc: Scenario, results: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv of a sweep's results (:func:`vqnet.summary.summarize` with the scenario's reference
+    method and trial bounds)."""
+    return summarize(results, sc.reference, None if isinstance(sc.trials, int) else sc.trials.precision)
+
+
+def write_results(out: SweepOutput, folder: Path, summary: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write results.csv (deterministic), timings.csv, summary.csv when given, and return the paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"results": folder / "results.csv", "timings": folder / "timings.csv"}
-    for key, df in (("results", out.results), ("timings", out.timings)):
+    tables = {"results": out.results, "timings": out.timings} | ({} if summary is None else {"summary": summary})
+    paths = {key: folder / f"{key}.csv" for key in tables}
+    for key, df in tables.items():
         tmp = paths[key].with_suffix(".tmp")
         df.to_csv(tmp, index=False, float_format="%.6g")
         tmp.replace(paths[key])
