@@ -187,9 +187,9 @@ def test_colour_packet_crosses_the_channel_like_any_packet(codec):
     enc = encode_image(codec, NamedImage("c", img), codec.encode_latent(img), 32, 64, "interleaved", 0, 1)
     assert is_chroma_packet(enc.packets[-1]) and enc.colour is not None
     scorer = GridScorer(codec, enc)
-    _, lp, ps, _, _ = scorer(enc.indices, enc.colour)
+    [(_, lp, ps, _, _)] = scorer.score([enc.indices], enc.colour)
     assert (lp, ps) == (enc.lossless_lpips, enc.lossless_psnr)
-    assert scorer(enc.indices, None)[2] < ps - 3
+    assert scorer.score([enc.indices], None)[0][2] < ps - 3
 
 
 def test_adaptive_trials_stop_on_precision_or_at_max(codec, images, tmp_path):
