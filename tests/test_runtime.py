@@ -109,11 +109,12 @@ def test_fingerprint_records_precision_and_device():
 
 @pytest.mark.skipif(not cpu_flags() & set(BF16_CPU_FLAGS), reason="this CPU has no fast bf16 (AMX/AVX512-BF16)")
 def test_bf16_decode_stays_within_its_documented_tolerance():
-    """docs/performance.md: on Kodak a bf16 decode moves a pixel by at most ~0.06 on [-1, 1]."""
+    """docs/performance.md: on Kodak a bf16 decode changes 16 % of the 8-bit sub-pixels, nearly all
+    by one level, the worst by 38 levels (kodim20)."""
     codec = load_codec()
     pixels = load_images(None, ["astronaut"])[0].pixels[:128, :128]
     grid = codec.encode(pixels, 256)
     f32 = codec.decode(grid, 256)
     b16 = codec.to(torch.device("cpu"), "bf16").decode(grid, 256)
     diff = np.abs(f32.astype(int) - b16)
-    assert 0 < diff.max() <= 10 and diff.mean() < 0.5
+    assert 0 < diff.max() <= 40 and diff.mean() < 0.5

@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +25,10 @@ from vqnet.score_cli import app as score_app
 if TYPE_CHECKING:  # the heavy imports stay inside the commands that need them
     import torch
 
+    from vqnet.cluster import RayPool
     from vqnet.codec.bundle import Codec
+    from vqnet.images import NamedImage
+    from vqnet.scenario import Scenario
 
 app = typer.Typer(
     add_completion=False,
@@ -45,6 +48,7 @@ app.add_typer(codebook_app, name="codebook")
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.classical import ClassicalError
+    from vqnet.cluster import ClusterError
     from vqnet.codec.bundle import CodecError
     from vqnet.entropy import EntropyError
     from vqnet.images import ImageError
@@ -56,7 +60,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.weights import WeightsError
 
     return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, JournalError,
-            ClassicalError, DeviceError, FileExistsError, FileNotFoundError)
+            ClassicalError, DeviceError, ClusterError, FileExistsError, FileNotFoundError)
 
 
 @contextmanager
@@ -97,6 +101,14 @@ RUN_DEVICE_HELP = ("cpu | cuda[:N] | auto (a GPU when one is visible): where the
                    "transformers and LPIPS run.")
 PRECISION_HELP = ("float32 | bf16: the decoder's arithmetic. bf16 is refused where it is not fast (CPUs without "
                   "AMX or AVX512-BF16); its tolerance is in docs/performance.md.")
+
+
+def cluster_pool(spec: str, sc: Scenario, model: Path | str | None, images: list[NamedImage], codec: Codec) -> RayPool:
+    """The Ray workers of ``vqnet run --cluster SPEC``, set up like ``codec`` (device, precision)."""
+    from vqnet.cluster import RayPool, parse_cluster
+
+    parse_cluster(spec)  # a malformed spec is refused before Ray is looked for
+    return RayPool(spec, sc, None if model is None else Path(model), images, codec.device, codec.precision)
 
 
 def placed(codec: Codec, device: str, precision: str = "float32") -> Codec:
@@ -154,6 +166,10 @@ def run(
                                                         "instead of resuming from it.")] = False,
     device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP + " Default: the scenario's.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Run the trials on Ray workers (each loads the codec once): "
+                                                     "local[:N] starts N on this machine (default: one per core), "
+                                                     "ray://HOST:PORT or auto joins a running cluster. Needs "
+                                                     "pip install 'vqnet[ray]'; docs/performance.md.")] = None,
 ) -> None:
     """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
 
@@ -176,13 +192,15 @@ def run(
         images = load_images(sc.images.source, sc.images.names, sc.images.limit)
         folder = out / sc.name
         total = count_trials(sc, len(images))
+        pool = nullcontext() if cluster is None else cluster_pool(cluster, sc, model or sc.model, images, codec)
         t0 = time.perf_counter()
-        with TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images), fresh) as journal:
+        with pool as workers, TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images),
+                                                fresh) as journal:
             if journal.done:
                 n_done = sum(len(r.rows) for r in journal.done.values())
                 typer.echo(f"resuming: {n_done} of {total} trials already done ({journal.path})")
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
-                result = run_sweep(sc, codec, images, advance, journal)
+                result = run_sweep(sc, codec, images, advance, journal, workers)
         seconds = time.perf_counter() - t0
         summary = sweep_summary(sc, result.results)
         paths = write_results(result, folder, summary)
