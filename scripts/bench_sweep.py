@@ -69,7 +69,7 @@ def run_sweep(label: str, pythonpath: Path, scenario: Path, out: Path, extra: li
     if proc.returncode:
         reason = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
         return {"label": label, "skipped": reason}
-    found = re.search(r"^(\d+) trials in ([\d.]+) s$", proc.stdout, re.M)
+    found = re.search(r"^(\d+) (?:method-)?trials in ([\d.]+) s$", proc.stdout, re.M)
     if not found:
         return {"label": label, "skipped": "no timing line in its output"}
     rows, seconds = int(found.group(1)), float(found.group(2))
