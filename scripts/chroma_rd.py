@@ -1,5 +1,5 @@
 """Rate and LPIPS-alex of `.vqn` files with and without the colour packet, at several thumbnail
-settings: the measurement behind the README's *Colour* table and the defaults in vqnet/chroma.py.
+settings: the measurement behind the *Colour* table in docs/colour.md and the defaults in vqnet/chroma.py.
 
 Each image is coded once per K (index packets as `vqnet eval` makes them) and the colour packet
 of every setting is added to those packets, so the rows differ only by their colour packet. A

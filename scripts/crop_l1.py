@@ -1,5 +1,5 @@
 """Mean L1 through the codes (K=1024) of codec bundles on their GPU training crops and on held-out
-Kodak crops: the check that showed a decoder memorising its data (README, run D).
+Kodak crops: the check that showed a decoder memorising its data (docs/experiment-log.md, run D).
 
 Why: a training log only shows the loss on the crops the run trains on. A run that lowers L1 there
 while raising it on photos it never saw has memorised them, and more steps make it worse.

@@ -11,9 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import shared_path, tiny_model
-from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, load_taming_checkpoint, save_codec
+from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
 from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQGANConfig, VQModel
+from vqnet.codec.taming import load_taming_checkpoint
 from vqnet.entropy import Prior
 
 

@@ -1,6 +1,7 @@
 """MS-SSIM, classical baselines at a target rate, and `vqnet eval` on a tiny saved codec."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import tiny_model
+from vqnet.bdrate import bd_table
 from vqnet.classical import ClassicalCoder, ClassicalError, RateError, encode_at_bpp, unavailable_reason
 from vqnet.chroma import CELLS
 from vqnet.cli import app
@@ -185,6 +187,14 @@ def test_eval_command_writes_report(codec_path: Path, image_dir: Path, tmp_path:
     classical = per_image[per_image["codec"] != "vqnet"]
     assert (classical["bpp"] <= classical["target_bpp"]).all()
     assert np.allclose(classical.groupby("K")["target_bpp"].first().sort_index(), vq["bpp"].sort_index())
+    # Table 1 beside rd.csv: vqnet against each classical codec, and the RD points for CompressAI's tools
+    bd = pd.read_csv(out / "bd.csv")
+    assert list(zip(bd["test"], bd["anchor"])) == [("vqnet", "jpeg"), ("vqnet", "webp")]
+    assert np.allclose(bd["bd_lpips"], bd_table(rd)["bd_lpips"], rtol=1e-5, equal_nan=True)
+    assert "Bjøntegaard deltas" in result.output and "bd_lpips" in result.output
+    doc = json.loads((out / "compressai" / "vqnet.json").read_text())
+    assert doc["name"] == "vqnet" and doc["results"]["bpp"] == sorted(vq["bpp"]) and doc["results"]["K"] == [8, 32]
+    assert set(doc["results"]) == {"bpp", "lpips", "dists", "psnr-rgb", "ms-ssim-rgb", "K"}
 
 
 def test_eval_without_dists_or_baselines(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:

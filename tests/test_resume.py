@@ -1,5 +1,6 @@
 """`vqnet run` killed with SIGKILL mid-sweep and rerun: it skips the journalled trials and writes
-the results.csv an uninterrupted run writes, byte for byte (real subprocesses, tiny saved codec)."""
+the results.csv and summary.csv an uninterrupted run writes, byte for byte (real subprocesses, tiny
+saved codec), also with adaptive trials, whose stopping rule reads the journalled rows."""
 from __future__ import annotations
 
 import json
@@ -28,10 +29,11 @@ K: [32]
 packets: {{max_payload: 8, layout: interleaved}}
 channel: {{model: gilbert, loss: [0.1, 0.3, 0.5, 0.7], burst: [3]}}
 methods: [none, neighbor]
-trials: 6
+compare_to: none
+trials: {{min: 2, max: 6, precision: 0.02}}
 examples: {{losses: [0.3]}}
 """
-N_TRIALS = 2 * 4 * 6  # images x losses x trials; each has one journal line and one row per method
+N_TRIALS = 2 * 4 * 6  # images x losses x max trials; each has one journal line and one row per method
 
 
 def _command(tmp_path: Path, out: str) -> list[str]:
@@ -67,6 +69,9 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path: Path) -> None:
     clean = _run(tmp_path, "clean")
     assert "resuming" not in clean.stdout
     expected = (tmp_path / "clean" / "resume" / "results.csv").read_bytes()
+    expected_summary = (tmp_path / "clean" / "resume" / "summary.csv").read_bytes()
+    stops = set(pd.read_csv(tmp_path / "clean" / "resume" / "summary.csv")["stop"])
+    assert stops <= {"precision", "max"}
     assert not (tmp_path / "clean" / "resume" / PARTIAL_NAME).exists()  # removed once the tables are written
 
     partial = tmp_path / "killed" / "resume" / PARTIAL_NAME
@@ -91,9 +96,11 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path: Path) -> None:
     assert f"resuming: {2 * len(journalled)} of {2 * N_TRIALS} trials already done" in resumed.stdout
     folder = tmp_path / "killed" / "resume"
     assert (folder / "results.csv").read_bytes() == expected
+    assert (folder / "summary.csv").read_bytes() == expected_summary
     assert not partial.exists()
     df = pd.read_csv(folder / "results.csv")
-    assert len(df) == 2 * N_TRIALS and not df.duplicated(["image", "target_loss", "trial", "method"]).any()
+    assert len(df) == len(pd.read_csv(tmp_path / "clean" / "resume" / "results.csv"))
+    assert not df.duplicated(["image", "target_loss", "trial", "method"]).any()
     # the journalled trials were skipped: their timings are the recorded ones, not new measurements
     timings = pd.read_csv(folder / "timings.csv")
     first = journalled[0]["timings"]

@@ -155,6 +155,9 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
         TrialJournal.open(path, other)
     with TrialJournal.open(path, other, fresh=True) as journal:
         assert not journal.done
+    # the number of trials is not in a trial's rows: raising it resumes from the journal
+    more = parse_scenario(dict(SCENARIO, trials={"min": 2, "max": 6, "precision": 0.01}, description="more"))
+    assert sweep_fingerprint(more, codec, images) == fp
     changed_pixels = [NamedImage(images[0].name, images[0].pixels ^ 1), images[1]]
     assert len({fp, sweep_fingerprint(sc, codec, images[:1]), sweep_fingerprint(sc, codec, changed_pixels),
                 sweep_fingerprint(sc, replace(codec, model_id="0123456789abcdef"), images)}) == 4
@@ -195,7 +198,8 @@ def test_colour_packet_crosses_the_channel_like_any_packet(codec):
 def test_adaptive_trials_stop_on_precision_or_at_max(codec, images, tmp_path):
     """A loose precision stops every point at min; an unreachable one runs the lossy point to max,
     while a point where nothing is lost (every difference 0) resolves at min."""
-    base = dict(SCENARIO, channel={"model": "bernoulli", "loss": [0.0, 0.6]})
+    # neighbor against none: the tiny codec has no transformers, and none is compared only as reference
+    base = dict(SCENARIO, channel={"model": "bernoulli", "loss": [0.0, 0.6]}, compare_to="none")
     loose = parse_scenario(dict(base, trials={"min": 2, "max": 5, "precision": 1.0}))
     tight = parse_scenario(dict(base, trials={"min": 2, "max": 5, "precision": 1e-9}))
     s_loose = sweep_summary(loose, run_sweep(loose, codec, images).results)

@@ -53,6 +53,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.entropy import EntropyError
     from vqnet.images import ImageError
     from vqnet.packets import PacketError
+    from vqnet.report import ReportError
     from vqnet.scenario import ScenarioError
     from vqnet.journal import JournalError
     from vqnet.runtime import DeviceError
@@ -60,7 +61,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vqnet.weights import WeightsError
 
     return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, JournalError,
-            ClassicalError, DeviceError, ClusterError, FileExistsError, FileNotFoundError)
+            ClassicalError, ReportError, DeviceError, ClusterError, FileExistsError, FileNotFoundError)
 
 
 @contextmanager
@@ -98,7 +99,7 @@ def check_device(device: str) -> str:
 
 
 RUN_DEVICE_HELP = ("cpu | cuda[:N] | auto (a GPU when one is visible): where the codec, the concealment "
-                   "transformers and LPIPS run.")
+                   "transformers and LPIPS run. A GPU's scores match the CPU's only to float tolerance.")
 PRECISION_HELP = ("float32 | bf16: the decoder's arithmetic. bf16 is refused where it is not fast (CPUs without "
                   "AMX or AVX512-BF16); its tolerance is in docs/performance.md.")
 
@@ -171,7 +172,7 @@ def run(
                                                      "ray://HOST:PORT or auto joins a running cluster. Needs "
                                                      "pip install 'vqnet[ray]'; docs/performance.md.")] = None,
 ) -> None:
-    """Run a sweep: results.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
+    """Run a sweep: results.csv, summary.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
 
     Finished trials are journalled to OUT/<name>/partial.jsonl as they complete; running the same
     command after an interruption skips them and writes the table an uninterrupted run would.
@@ -215,6 +216,58 @@ def run(
         for p in [paths["results"], paths["summary"], paths["timings"], plot, examples]:
             if p is not None:
                 typer.echo(f"wrote {p}")
+
+
+@app.command("summarize")
+def summarize_cmd(
+    scenario: Annotated[Path, typer.Argument(help="The scenario YAML the results were run from.")],
+    out: Annotated[Path, typer.Option(help="Results root; reads OUT/<scenario name>/results.csv.")] = Path("results"),
+) -> None:
+    """Rewrite summary.csv and lpips_vs_loss.png of a finished sweep from its results.csv, running no
+    trial: the paired statistics of a committed table, or of one summarised by an older vqnet."""
+    with user_errors():
+        import pandas as pd
+
+        from vqnet.plots import plot_lpips_vs_loss
+        from vqnet.scenario import ScenarioError, load_scenario
+        from vqnet.summary import compact_table
+        from vqnet.sweep import RESULT_COLUMNS, sweep_summary
+
+        sc = load_scenario(scenario)
+        path = out / sc.name / "results.csv"
+        try:
+            results = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise ScenarioError(f"cannot read {path}: {exc}") from None
+        if list(results.columns) != RESULT_COLUMNS:
+            raise ScenarioError(f"{path} is not a vqnet results.csv (its columns differ)")
+        summary = sweep_summary(sc, results)
+        summary.to_csv(path.with_name("summary.csv"), index=False, float_format="%.6g")
+        plot = plot_lpips_vs_loss(summary, path.with_name("lpips_vs_loss.png"), f"{sc.name}: {results['channel'].iloc[0]} channel")
+        typer.echo(compact_table(summary))
+        typer.echo(f"wrote {path.with_name('summary.csv')}\nwrote {plot}")
+
+
+@app.command("report")
+def report_cmd(
+    files: Annotated[list[Path] | None, typer.Argument(help="Markdown files (default: README.md and docs/*.md).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a table is out of date.")] = False,
+) -> None:
+    """Regenerate the tables marked `<!-- table: ... -->` in the docs from the committed results/."""
+    with user_errors():
+        from vqnet.report import ReportError, render, update
+
+        paths = files or [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
+        for path in paths:
+            if not path.is_file():
+                raise ReportError(f"{path} is not a file")
+        if check:
+            stale = [p for p in paths if render(p.read_text(), Path(".")) != p.read_text()]
+            for p in stale:
+                typer.echo(f"{p}: tables out of date; run `vqnet report`")
+            raise typer.Exit(1 if stale else 0)
+        for p in update(paths, Path(".")):
+            typer.echo(f"updated {p}")
 
 
 CHROMA_HELP = ("Add the colour packet (vqnet/chroma.py): the image's chroma averaged over blocks of this many "
@@ -320,6 +373,7 @@ def eval_cmd(
     Each finished coding is journalled to OUT/partial.jsonl; running the same command after an
     interruption skips those and writes the tables an uninterrupted run would."""
     with user_errors():
+        from vqnet.bdrate import METHOD, format_bd, write_companions
         from vqnet.codec.bundle import load_codec
         from vqnet.evaluate import CODEBOOK_SETS, EvalJournal, count_steps, eval_fingerprint, eval_ladder, evaluate
         from vqnet.images import load_images
@@ -348,11 +402,43 @@ def eval_cmd(
         journal.discard()
         paths += [plot_rd(result.rd, out / "rd.png", f"{label}: {len(pixels)} images, model {codec.model_id}"),
                   plot_codec_grid(result, out / "grid.png")]
+        description = (f"vqnet eval {label}: {len(pixels)} images, model {codec.model_id}, .vqn files ({layout}, "
+                       f"{max_payload}-byte payloads, colour packet {'off' if not chroma_cells else chroma_cells})")
+        bd, companions = write_companions(result.rd, out, description)
+        paths += companions
         shown = result.rd.drop(columns=["target_bpp"] + ([] if dists else ["dists"]))
         typer.echo(f"\nmeans over {len(pixels)} images, model {codec.model_id} (f={codec.factor}):")
         typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+        if len(bd):
+            typer.echo(f"\nBjøntegaard deltas ({METHOD} interpolation; negative = test better):")
+            typer.echo(format_bd(bd))
         for note in result.notes:
             typer.echo(f"note: {note}")
+        for p in paths:
+            typer.echo(f"wrote {p}")
+
+
+@app.command("bd")
+def bd_cmd(
+    rd: Annotated[Path, typer.Argument(metavar="RD.csv", help="An rd.csv written by `vqnet eval`.")],
+    method: Annotated[str, typer.Option(help="Curve interpolation: pchip (2+ points) | akima | cubic (the "
+                                             "classic fit, 4+ points).")] = "pchip",
+    description: Annotated[str | None, typer.Option(help="Description in the CompressAI JSON files.")] = None,
+) -> None:
+    """Bjøntegaard deltas (BD-rate, BD-LPIPS, BD-PSNR) of an existing rd.csv: writes bd.csv and
+    compressai/<codec>.json beside it, as `vqnet eval` does after measuring."""
+    with user_errors():
+        from vqnet.bdrate import RDTableError, bd_from_file, format_bd
+
+        if method not in ("pchip", "akima", "cubic"):
+            raise typer.BadParameter(f"--method must be pchip, akima or cubic, got {method!r}")
+        try:
+            table, paths = bd_from_file(rd, method, description)
+        except RDTableError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"Bjøntegaard deltas of {rd} ({method} interpolation; negative = test better):")
+        typer.echo(format_bd(table))
         for p in paths:
             typer.echo(f"wrote {p}")
 
@@ -476,34 +562,55 @@ def _k_list(value: str, option: str = "--ks") -> list[int]:
 
 @codebook_app.command("kmeans")
 def codebook_kmeans(
-    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`.")],
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`, or "
+                                                  "an official taming VQGAN (Lightning last.ckpt or a .safetensors "
+                                                  "state_dict) with --config.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write (.safetensors, fp16).")],
+    config: Annotated[Path | None, typer.Option(help="The official checkpoint's model.yaml (taming's configs/*.yaml "
+                                                     "or the zoo's project.yaml); checked against the weights.")] = None,
     data: Annotated[Path, typer.Option(help="Photos used to count code usage and fit the priors.")] = Path("../shared/data/train"),
     ks: Annotated[str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")] = "1024,256,64,16",
     images: Annotated[int, typer.Option(min=1, help="How many photos to encode, each with its mirror image "
                                                   "(cached under ./runs/prior-data), for usage counts and "
                                                   "priors.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample and k-means++.")] = 0,
-    device: Annotated[str, typer.Option(help="Where the encoder runs: cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Where the encoder and the code-usage count run: cpu or cuda "
+                                             "(K-means and the priors stay on the CPU).")] = "cpu",
 ) -> None:
-    """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K."""
+    """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K.
+
+    The base model is a `vqnet train vqgan` checkpoint, or an official taming VQGAN (--config):
+    its `loss.*` keys are dropped and the config must match the weights."""
     with user_errors():
-        from vqnet.codec.bundle import Codec, save_codec
+        from vqnet.codec.bundle import Codec, CodecError, save_codec
         from vqnet.codec.ladder import build_ladder
-        from vqnet.codec.model import VQGANConfig, VQModel
-        from vqnet.codec.train import load_checkpoint
 
         k_list = _k_list(ks)
-        state = load_checkpoint(checkpoint)
-        model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
-        model.load_state_dict(state["model"])
+        if config is not None:
+            from vqnet.codec.taming import load_taming_checkpoint
+            from vqnet.weights import sha256_of
+
+            model = load_taming_checkpoint(checkpoint, config)
+            origin = {"taming_checkpoint": checkpoint.name, "checkpoint_sha256": sha256_of(checkpoint),
+                      "taming_config": model.config.to_dict()}
+        elif checkpoint.suffix in (".ckpt", ".safetensors"):
+            raise CodecError(f"{checkpoint} looks like an official taming checkpoint: pass its model.yaml as --config")
+        else:
+            from vqnet.codec.model import VQGANConfig, VQModel
+            from vqnet.codec.train import load_checkpoint
+
+            state = load_checkpoint(checkpoint)
+            model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
+            model.load_state_dict(state["model"])
+            origin = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"]}
+        if bad := [K for K in k_list if not 2 <= K <= model.config.n_embed]:
+            raise CodecError(f"--ks {bad[0]}: every K must lie in [2, {model.config.n_embed}] (the base codebook)")
         model.to(check_device(device))
         latents, views, described = _photo_views(Codec(model, {}), data, images, seed)
         model.cpu()
-        codec = build_ladder(model, latents, k_list, seed, views)
-        codec.provenance = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"],
-                            "prior_images": images, "prior_views": described, "data": str(data),
-                            "kmeans": "usage-weighted"}
+        codec = build_ladder(model, latents, k_list, seed, views, device)
+        codec.provenance = origin | {"prior_images": images, "prior_views": described, "data": str(data),
+                                     "kmeans": "usage-weighted"}
         sha = save_codec(codec, out)
         for K in codec.ks:
             typer.echo(f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})")
@@ -600,6 +707,10 @@ def codebook_finetune(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop fine-tuning after this many minutes "
                                                              "(the steps run are recorded).")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast for the frozen encoder, "
+                                                                       "decoder and loss (codebook search in float32). "
+                                                                       "Default: on with --device cuda, off on the "
+                                                                       "CPU.")] = None,
 ) -> None:
     """Fine-tune each reduced codebook with its quant_conv/post_quant_conv (encoder and decoder
     frozen; L1 + LPIPS-VGG + codebook loss), as the paper does, and refit the priors."""
@@ -616,7 +727,7 @@ def codebook_finetune(
         codec.model.to(check_device(device))
         targets = finetune_targets(codec, None if ks is None else _k_list(ks))
         cfg = FinetuneConfig(steps=steps, batch=batch, crop=crop, lr=lr, perceptual_weight=perceptual_weight,
-                             seed=seed)
+                             seed=seed, bf16=device.startswith("cuda") if bf16 is None else bf16)
         history: dict[int, list[float]] = {K: [] for K in targets}
         with progress_bar(None, "loading photos", quiet) as advance:
             dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))

@@ -161,7 +161,8 @@ def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: 
                      max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved",
                      chroma_cells: int = 0) -> str:
     """sha256 of everything an evaluation's rows depend on: the model, where and in which
-    precision it runs, the options and the images."""
+    precision it runs (a GPU's scores differ from the CPU's in the last digits), the options and
+    the images."""
     return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
                         "classical": list(classical), "max_payload": max_payload, "layout": layout,
                         "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS,

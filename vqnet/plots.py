@@ -27,26 +27,28 @@ def method_summary(results: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame
 def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
     """One column per (K, burst). Top: mean LPIPS per method (95 % t interval) and the loss-free
     LPIPS; bottom: each method's paired difference to the reference (95 % interval of the mean
-    over (image, trial) pairs) around a zero line: below zero is better than the reference.
+    over (image, trial) pairs) around a zero line: below zero is better than the reference. ``none``
+    (no concealment) is left out of the bottom panel when it is not the reference: it is a floor
+    many times further off than the methods differ, and would flatten their intervals to dots.
 
     The x axis is the target loss; each tick also shows the realised mean loss of that point
     (packets, or indices for the mask channel), since a few short bursty trials stray from it.
     """
     panels = list(summary.groupby(["K", "burst"], dropna=False, sort=True))
-    fig, axes = plt.subplots(2, len(panels), figsize=(5.6 * len(panels), 7.4), squeeze=False, sharex="col",
+    fig, axes = plt.subplots(2, len(panels), figsize=(max(7.0, 5.6 * len(panels)), 7.4), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [3, 2]})
     for col, ((K, burst), g) in enumerate(panels):
         top, bottom = axes[0][col], axes[1][col]
         methods = list(dict.fromkeys(g["method"]))
         ref = g["reference"].iloc[0]
         step = np.diff(sorted(g["target_loss"].unique())).min() if g["target_loss"].nunique() > 1 else 0.1
-        others = [m for m in methods if m != ref]
+        others = [m for m in methods if m not in (ref, "none")]
         for i, method in enumerate(methods):
             gm = g[g["method"] == method].sort_values("target_loss")
             colour = f"C{i}"
             top.errorbar(gm["target_loss"], gm["lpips"], yerr=gm["lpips_ci95"], marker="o", capsize=3,
                          label=method, color=colour)
-            if method != ref:
+            if method in others:
                 shift = (others.index(method) - (len(others) - 1) / 2) * step * 0.08
                 x = gm["target_loss"] + shift
                 yerr = np.vstack([gm["diff"] - gm["diff_lo"], gm["diff_hi"] - gm["diff"]])
@@ -63,11 +65,13 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
         top.set_title(f"K={K}{burst_txt}, {g['bpp'].mean():.3f} bpp, n={int(g['n'].min())}-{int(g['n'].max())} pairs",
                       fontsize=10)
         top.set_ylabel("LPIPS (alex), lower is better")
-        bottom.set_ylabel(f"LPIPS - {ref}, same image and loss")
+        bottom.set_ylabel(f"LPIPS - {ref} (paired)")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle(title + "  (means with 95 % intervals; bottom: paired)")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\nmeans with 95 % intervals; bottom: paired difference, same image and loss pattern",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

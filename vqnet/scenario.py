@@ -131,13 +131,15 @@ class Link(_Strict):
 
 class AdaptiveTrials(_Strict):
     """Trials until the answer is clear (as Sionna's sim_ber runs an SNR point until it has seen
-    enough errors): a point gets trial t while t < min, or while t < max and some method's paired
-    difference to the reference still has a 95 % interval wider than +-precision over trials 0..t-1."""
+    enough errors): a point gets trial t while t < min, or while t < max and some concealment method's
+    paired difference to the reference (``none`` aside) still has a 95 % interval wider than
+    +-precision over trials 0..t-1."""
 
     min: int = Field(2, ge=2, le=1000, description="Trials every point gets (at least 2: an interval needs them).")
     max: int = Field(20, ge=2, le=1000, description="Trials a point never exceeds.")
-    precision: float = Field(0.005, gt=0, le=1, description="Target half-width of every method's 95 % paired-"
-                             "difference interval (LPIPS) against compare_to.")
+    precision: float = Field(0.005, gt=0, le=1, description="Target half-width of every concealment method's 95 % "
+                             "paired-difference interval (LPIPS) against compare_to (none, the no-concealment floor, "
+                             "aside).")
 
     @model_validator(mode="after")
     def _bounds(self) -> "AdaptiveTrials":

@@ -125,16 +125,23 @@ def _model_kinds(sc: Scenario) -> list[str]:
     return sorted({MODEL_KIND[m] for m in sc.methods if m in MODEL_KIND})
 
 
+#: Scenario fields no trial's rows depend on: how many trials run (a trial's rows depend only on its
+#: key), the free text, and which trials are drawn in examples.png. Raising ``trials`` and rerunning
+#: resumes from the journal and runs only the new trials.
+_NOT_IN_ROWS = {"trials", "description", "examples"}
+
+
 def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> str:
-    """sha256 of everything a trial's rows depend on: the scenario, the codec weights (model id),
-    the concealment models the scenario uses, the images' names and pixels, and where and in
-    which precision the codec runs (:func:`vqnet.runtime.describe`). A journal written under
-    another fingerprint is refused, because mixing its rows with new ones would give a table no
-    single run could produce."""
+    """sha256 of everything a trial's rows depend on: the scenario (but :data:`_NOT_IN_ROWS`), the
+    codec weights (model id), the concealment models the scenario uses, the images' names and
+    pixels, and where and in which precision the codec runs (:func:`vqnet.runtime.describe`). A
+    journal written under another fingerprint is refused, because mixing its rows with new ones
+    would give a table no single run could produce."""
     concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
                   for m in _model_kinds(sc) for K in sc.K}
-    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json"), "model": codec.model_id,
-                        "concealers": concealers, "columns": RESULT_COLUMNS, "precision": codec.precision}
+    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS),
+                        "model": codec.model_id, "concealers": concealers, "columns": RESULT_COLUMNS,
+                        "precision": codec.precision}
                        | describe(codec.device) | receiver_settings(sc.packets.chroma_cells), images)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from vqnet.codec.model import VQGANConfig, VQModel, nearest_code
+from vqnet.codec.model import VQGANConfig, VQModel, nearest_code_chunked
 from vqnet.entropy import Prior
 from vqnet.images import pad_to_multiple, to_tensor, to_uint8_batch
 from vqnet.runtime import autocast
@@ -147,7 +147,7 @@ class Codec:
         cb = self.codebook(K)
         h = F.conv2d(latent, cb.quant_conv_weight, cb.quant_conv_bias)
         _, c, gh, gw = h.shape
-        idx = nearest_code(h.permute(0, 2, 3, 1).reshape(-1, c), cb.embedding)
+        idx = nearest_code_chunked(h.permute(0, 2, 3, 1).reshape(-1, c), cb.embedding)
         return idx.view(gh, gw).numpy().astype(np.int64)
 
     def encode(self, img: np.ndarray, K: int) -> np.ndarray:
@@ -157,11 +157,11 @@ class Codec:
         """Codebook-space vectors (1, embed_dim, h, w) -> image in [-1, 1] through K's post_quant_conv.
 
         Not in inference mode, so that tools can differentiate through the decoder (or probe it
-        with vectors that are not codes)."""
+        with vectors that are not codes). The decoder runs where the model sits (a GPU for the
+        official model's sweeps); the image comes back on ``z``'s device."""
         cb = self.codebook(K)
-        z = z.to(self.device)
-        return self.model.decoder(F.conv2d(z, cb.post_quant_conv_weight.to(z.device),
-                                           cb.post_quant_conv_bias.to(z.device)))
+        h = F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias)
+        return self.model.decoder(h.to(self.model.quant_conv.weight.device)).to(z.device)
 
     def decode(self, indices: np.ndarray, K: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """Index grid -> uint8 image, cropped to ``size`` (H, W) when the original was padded."""
@@ -311,39 +311,3 @@ def load_codec(path: Path | str | None = None) -> Codec:
             raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
     return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")), path=path)
 
-
-def load_taming_checkpoint(path: Path | str, config: VQGANConfig | dict | Path | str) -> VQModel:
-    """Load an official taming VQGAN: a Lightning ``.ckpt`` (weights under ``state_dict``) or a
-    ``.safetensors`` state_dict, plus its config (VQGANConfig, dict, or the ``model.yaml`` path).
-
-    ``loss.*`` keys (LPIPS and discriminator, present in official checkpoints) are dropped; every
-    other key must match exactly, so a wrong config is an error rather than silently random layers.
-    """
-    if isinstance(config, (str, Path)):
-        import yaml
-
-        config = yaml.safe_load(Path(config).read_text())
-    cfg = config if isinstance(config, VQGANConfig) else VQGANConfig.from_dict(config)
-    path = Path(path)
-    if not path.is_file():
-        raise CodecError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        sd = load_file(str(path))
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means "refuse"
-            raise CodecError(f"{path} cannot be loaded safely (weights_only=True): {str(exc).splitlines()[0]}") from None
-        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-        if not isinstance(sd, dict):
-            raise CodecError(f"{path} holds no state_dict")
-    sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
-    model = VQModel(cfg).eval()
-    try:
-        missing, unexpected = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
-        raise CodecError(f"{path} does not match the config: {detail}") from None
-    if missing or unexpected:
-        raise CodecError(f"{path} does not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model

@@ -9,6 +9,19 @@ from __future__ import annotations
 
 import torch
 
+#: Largest distance matrix (entries) one assignment step builds: 32 MB. The official codebook has
+#: 16384 codes, so a large K would otherwise hold 16384 x K floats at once.
+MAX_DISTANCES = 1 << 23
+
+
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of each row's nearest centroid, in row chunks of at most :data:`MAX_DISTANCES`
+    distances (one call when they fit, so small problems compute what they always did)."""
+    rows = max(1, MAX_DISTANCES // centroids.shape[0])
+    if x.shape[0] <= rows:
+        return torch.cdist(x, centroids).argmin(dim=1)
+    return torch.cat([torch.cdist(chunk, centroids).argmin(dim=1) for chunk in x.split(rows)])
+
 
 def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 50, seed: int = 0) -> torch.Tensor:
     """Weighted Lloyd's k-means with k-means++ seeding. Returns (k, d) float32 centroids."""
@@ -25,7 +38,7 @@ def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, it
         centroids = torch.cat([centroids, nxt])
         d2 = torch.minimum(d2, (torch.cdist(x, nxt).squeeze(1)) ** 2)
     for _ in range(iters):
-        assign = torch.cdist(x, centroids).argmin(dim=1)
+        assign = nearest_centroid(x, centroids)
         mass = torch.zeros(k).index_add_(0, assign, w)
         sums = torch.zeros(k, x.shape[1]).index_add_(0, assign, x * w[:, None])
         empty = mass <= 1e-9

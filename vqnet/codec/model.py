@@ -285,6 +285,17 @@ def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return torch.argmin(d, dim=1)
 
 
+def nearest_code_chunked(z_flat: torch.Tensor, codebook: torch.Tensor, max_elements: int = 1 << 23) -> torch.Tensor:
+    """:func:`nearest_code` over row chunks whose distance matrix holds at most ``max_elements``
+    entries (32 MB). Why: the official codebook has 16384 codes, and the positions of a few
+    hundred photos against it would need gigabytes at once; rows are independent, and inputs that
+    fit one chunk take the unchunked call, so small codebooks give exactly what they gave before."""
+    rows = max(1, max_elements // codebook.shape[0])
+    if z_flat.shape[0] <= rows:
+        return nearest_code(z_flat, codebook)
+    return torch.cat([nearest_code(chunk, codebook) for chunk in z_flat.split(rows)])
+
+
 class VectorQuantizer2(nn.Module):
     """taming's VectorQuantizer2 with legacy=True and sane_index_shape=True (indices are B,H,W).
 
@@ -304,7 +315,7 @@ class VectorQuantizer2(nn.Module):
         """Return (straight-through z_q in B,C,H,W; emb_loss; indices B,H,W)."""
         b, _, h, w = z.shape
         z = z.permute(0, 2, 3, 1).contiguous()
-        idx = nearest_code(z.view(-1, self.e_dim), self.embedding.weight)
+        idx = nearest_code_chunked(z.view(-1, self.e_dim), self.embedding.weight)
         z_q = self.embedding(idx).view(z.shape)
         loss = torch.mean((z_q.detach() - z) ** 2) + self.beta * torch.mean((z_q - z.detach()) ** 2)
         z_q = z + (z_q - z).detach()

@@ -59,6 +59,9 @@ def train_prior_cmd(
     maps: Annotated[Path | None, typer.Option(help="Index-map file: read when it exists (it must come from this "
                                                    "codec's K), else written after encoding --data. Lets a GPU "
                                                    "machine train on maps encoded elsewhere.")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast for the forward passes. "
+                                                                       "Default: on with --device cuda, off on the "
+                                                                       "CPU (where it is slower).")] = None,
     install: Annotated[bool, typer.Option("--install", help="With the bundled codec: replace its shipped "
                                                             "transformer and manifest entry. Without it the file "
                                                             "goes to OUT beside a copy of the codec.")] = False,
@@ -108,7 +111,8 @@ def train_prior_cmd(
             start_model, start_sha = load_concealer_file(start, kind, K, fingerprint)
             start_weights = start_model.state_dict()
         cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
-                               lr=lr, seed=seed, init=init, corrupt=corrupt, start=start_sha, dropout=dropout)
+                               lr=lr, seed=seed, init=init, corrupt=corrupt, start=start_sha, dropout=dropout,
+                               bf16=device.startswith("cuda") if bf16 is None else bf16)
         layout = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_unmasked")
         if start is not None and any(getattr(start_model.config, f) != getattr(cfg.gpt_config(), f) for f in layout):
             c = start_model.config

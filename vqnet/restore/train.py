@@ -55,6 +55,7 @@ class PriorTrainConfig:
     init: Literal["taming", "codes"] = "codes"  # upstream's init, or :func:`init_for_codes`
     corrupt: bool = False  # ``ar``: read own guesses at sampled lost positions (:func:`make_batch`)
     start: str = ""  # sha256 of the concealment file the weights started from ("" = ``init``)
+    bf16: bool = False  # bf16 autocast for the forward passes (a GPU's fast path; weights stay float32)
 
     def gpt_config(self) -> GPTConfig:
         """Vocabulary K+1: the extra id is SOS for ``ar`` and the mask token for ``masked``."""
@@ -93,25 +94,30 @@ def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor,
     return codes.masked_fill(masks, K), codes, masks
 
 
-def own_guesses(model: GPT, K: int, codes: torch.Tensor) -> torch.Tensor:
+def _mixed(model: GPT, bf16: bool) -> torch.autocast:
+    return torch.autocast(model.pos_emb.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def own_guesses(model: GPT, K: int, codes: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """The ``ar`` model's greedy code at every position of clean windows (teacher-forced, one
     batched pass, no gradient): a cheap stand-in for the guesses a concealment run would make."""
     inputs, _, _ = make_batch("ar", K, codes, torch.zeros_like(codes, dtype=torch.bool))
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _mixed(model, bf16):
         guesses = model(inputs.to(model.pos_emb.device))[..., :K].argmax(-1).cpu()
     model.train(was_training)
     return guesses
 
 
 def loss_and_accuracy(model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor,
-                      corrupt: bool = False) -> tuple[torch.Tensor, float]:
+                      corrupt: bool = False, bf16: bool = False) -> tuple[torch.Tensor, float]:
     device = model.pos_emb.device
-    guesses = own_guesses(model, K, codes) if corrupt and kind == "ar" else None
+    guesses = own_guesses(model, K, codes, bf16) if corrupt and kind == "ar" else None
     inputs, targets, counted = (t.to(device) for t in make_batch(kind, K, codes, masks, guesses))
-    logits = model(inputs)[..., :K]
-    sel_logits, sel_targets = logits[counted], targets[counted]
+    with _mixed(model, bf16):
+        logits = model(inputs)[..., :K]
+    sel_logits, sel_targets = logits[counted].float(), targets[counted]
     loss = F.cross_entropy(sel_logits, sel_targets)
     acc = float((sel_logits.argmax(-1) == sel_targets).float().mean())
     return loss, acc
@@ -197,7 +203,8 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             raise ValueError(f"--resume: {ckpt_path} comes from an older vqnet that drew its windows from one "
                              "running generator, so it cannot continue the same way; start a new run "
                              "(--start continues an exported concealment file)")
-        saved = {"init": "taming", "corrupt": False, "start": "", "dropout": 0.0} | state["train_config"]  # older checkpoints
+        saved = ({"init": "taming", "corrupt": False, "start": "", "dropout": 0.0, "bf16": False}  # older checkpoints
+                 | state["train_config"])
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
         for key, value in extra.items():
@@ -226,7 +233,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             for group in opt.param_groups:
                 group["lr"] = lr
             codes, masks = batches(step)
-            loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks, corrupt=cfg.corrupt)
+            loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks, corrupt=cfg.corrupt, bf16=cfg.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
