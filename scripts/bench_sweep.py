@@ -11,8 +11,9 @@ Runs one fixed small scenario (below) with ``vqnet run`` in fresh processes:
 4. ``cluster``: this checkout with ``--cluster local:2`` (Ray), where Ray is installed.
 
 For each it prints method-trials per second (rows of results.csv over the sweep's own time, the
-``N trials in S s`` line, so imports and plotting are left out) and whether its results.csv equals
-the float32 run's byte for byte. Then, in this process, the decoder alone on one 512 x 512 grid:
+``N trials in S s`` line, so imports and plotting are left out; a cluster's start is inside it)
+and whether its results.csv equals the baseline's byte for byte (float32 runs must; bf16 ones
+cannot). Then, in this process, the decoder alone on one 512 x 512 grid:
 its FLOPs (torch's FlopCounterMode), its best time of a few in float32 and bf16, and the achieved
 GFLOP/s beside this machine's matmul peak (best of a few 2048^3 products) in the same dtype.
 
@@ -159,7 +160,7 @@ def main() -> int:
         if args.cluster:
             runs.append(run_sweep(f"new, --cluster {args.cluster}, float32, {device.type}", ROOT, scenario,
                                   tmp / "o3", dev + ["--cluster", args.cluster]))
-    reference = runs[1].get("csv")
+    reference = runs[0].get("csv")
     base = runs[0].get("per_s")
     print(f"\nscenario: 1 image (astronaut 512x512), K=256, 3 losses x 2 trials x 4 methods "
           f"(none, neighbor, ar, masked)")
@@ -168,7 +169,7 @@ def main() -> int:
         if "skipped" in r:
             print(f"{r['label']:48} skipped: {r['skipped']}")
             continue
-        same = "= float32 run" if r["csv"] == reference else "DIFFERS from the float32 run"
+        same = "= baseline's" if r["csv"] == reference else "differs from the baseline's"
         ratio = f"{r['per_s'] / base:.2f}x" if base else "-"
         print(f"{r['label']:48} {r['per_s']:16.3f} {ratio:>12} {r['sweep_s']:8.1f}  {same}")
 
