@@ -11,11 +11,12 @@ Runs one fixed small scenario (below) with ``vqnet run`` in fresh processes:
 4. ``cluster``: this checkout with ``--cluster local:2`` (Ray), where Ray is installed.
 
 For each it prints method-trials per second (rows of results.csv over the sweep's own time, the
-``N trials in S s`` line, so imports and plotting are left out; a cluster's start is inside it)
-and whether its results.csv equals the baseline's byte for byte (float32 runs must; bf16 ones
-cannot). Then, in this process, the decoder alone on one 512 x 512 grid:
-its FLOPs (torch's FlopCounterMode), its best time of a few in float32 and bf16, and the achieved
-GFLOP/s beside this machine's matmul peak (best of a few 2048^3 products) in the same dtype.
+``N method-trials in S s`` line, so imports and plotting are left out, as is Ray's start; the
+workers' loading of the codec is inside it) and whether its results.csv equals the baseline's
+byte for byte (float32 runs must; bf16 ones cannot). Then, in this process, the decoder alone on
+one 512 x 512 grid: its FLOPs (torch's FlopCounterMode), its best time of a few in float32 and
+bf16, and the achieved GFLOP/s beside this machine's matmul peak (best of a few 2048^3 products)
+in the same dtype.
 
 On a shared machine, run it when nothing else does: every figure is a best-of or a whole-run
 wall time, and another process on the cores skews them all.
