@@ -43,9 +43,9 @@ seed: 7
 images: {names: [astronaut]}
 K: [256]
 packets: {max_payload: 24, layout: interleaved, chroma_cells: 2}
-channel: {model: gilbert, loss: [0.2, 0.4, 0.6], burst: [4]}
+channel: {model: gilbert, loss: [0.3, 0.6], burst: [4]}
 methods: [none, neighbor, ar, masked]
-trials: 2
+trials: 1
 """
 
 
@@ -163,7 +163,7 @@ def main() -> int:
                                   tmp / "o3", dev + ["--cluster", args.cluster]))
     reference = runs[0].get("csv")
     base = runs[0].get("per_s")
-    print(f"\nscenario: 1 image (astronaut 512x512), K=256, 3 losses x 2 trials x 4 methods "
+    print(f"\nscenario: 1 image (astronaut 512x512), K=256, 2 losses x 1 trial x 4 methods "
           f"(none, neighbor, ar, masked)")
     print(f"{'run':48} {'method-trials/s':>16} {'vs baseline':>12} {'sweep s':>8}  results.csv")
     for r in runs:
