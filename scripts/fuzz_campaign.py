@@ -10,6 +10,10 @@ longer than ``--max-seconds``. Input i is generated from ``(seed, i)`` alone, so
 reproduced with ``--first i --n 1``.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/fuzz_campaign.py --n 100000
+
+With ``--cli`` the campaign drives the ``vqnet`` command line itself instead (``scripts/fuzz_cli.py``:
+options, images of every mode and damage, mutated ``.vqn`` files, hostile scenarios, damaged
+journals resumed), e.g. ``--cli --n 400 --max-seconds 60``.
 """
 from __future__ import annotations
 
@@ -231,7 +235,12 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=0, help="index of the first input (to reproduce one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable single input")
+    ap.add_argument("--cli", action="store_true", help="fuzz the vqnet command line (scripts/fuzz_cli.py)")
     args = ap.parse_args()
+    if args.cli:
+        from fuzz_cli import run
+
+        return run(args.n, args.first, args.seed, args.max_seconds)
 
     corpus = build_corpus()
     counts: Counter[str] = Counter()

@@ -64,7 +64,11 @@ def test_undefined_values_become_json_null() -> None:
         (("--model", "bernoulli", "--loss", "0.1", "--p13", "0.2"), "does not take p13"),
         (("--model", "wifi"), "unknown loss model 'wifi'"),
         (("--model", "state", "--p13", "0.6", "--p14", "0.6"), "p13 + p14"),
-        (("--model", "bernoulli", "--loss", "0.1", "--packets", "0"), "--packets must be >= 1"),
+        (("--model", "bernoulli", "--loss", "0.1", "--packets", "0"), "--packets must be in [1, "),
+        (("--model", "bernoulli", "--loss", "0.1", "--packets", "99999999999999"), "--packets must be in [1, "),
+        (("--model", "bernoulli", "--loss", "0.1", "--seed", "-1"), "--seed must be >= 0"),
+        (("--model", "bernoulli", "--loss", "1"), "--loss must be in [0, 1)"),
+        (("--model", "trace", "--trace", "/dev/zero"), "not a regular file"),
     ],
 )
 def test_bad_parameters_exit_2_with_one_error_line(args: tuple[str, ...], fragment: str) -> None:

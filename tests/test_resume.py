@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, save_codec
 from vqnet.entropy import Prior
-from vqnet.journal import PARTIAL_NAME
+from vqnet.journal import PARTIAL_NAME, read_line
 
 SCENARIO = """\
 name: resume
@@ -89,11 +89,11 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "resume" / "results.csv").exists()
     data = partial.read_bytes()
-    journalled = [json.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines()[1:]]  # minus a torn tail
+    journalled = [read_line(line) for line in data[:data.rfind(b"\n") + 1].splitlines()[1:]]  # minus a torn tail
     assert 3 <= len(journalled) < N_TRIALS
 
     resumed = _run(tmp_path, "killed")
-    assert f"resuming: {2 * len(journalled)} of {2 * N_TRIALS} trials already done" in resumed.stdout
+    assert f"resuming: {len(journalled)} of at most {N_TRIALS} trials already done" in resumed.stdout
     folder = tmp_path / "killed" / "resume"
     assert (folder / "results.csv").read_bytes() == expected
     assert (folder / "summary.csv").read_bytes() == expected_summary

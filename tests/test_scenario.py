@@ -38,6 +38,11 @@ def _with(path: str, value):
 BAD = [
     ("name", "has space", "name"),
     ("name", "", "name"),
+    ("name", "..", "not a folder name"),  # results would land beside --out, not in it
+    ("name", ".", "not a folder name"),
+    ("name", "../x", "name"),
+    ("channel", {"model": "trace", "params": {"path": 5}}, "must be a file name"),
+    ("channel", {"model": "trace", "params": {"path": "/dev/zero"}}, "not a regular file"),  # never ends
     ("seed", -1, "seed"),
     ("trials", 0, "trials"),
     ("K", [], "K"),
@@ -107,6 +112,9 @@ def test_file_errors(tmp_path):
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(ScenarioError, match="invalid YAML at line"):
         load_scenario(tmp_path / "broken.yaml")
+    (tmp_path / "twice.yaml").write_text("name: a\nchannel: {model: bernoulli, loss: [0.1], loss: [0.2]}\n")
+    with pytest.raises(ScenarioError, match="invalid YAML at line 2: duplicate key 'loss'"):
+        load_scenario(tmp_path / "twice.yaml")  # safe_load would keep the second silently
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ScenarioError, match="mapping"):
         load_scenario(tmp_path / "list.yaml")

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vqnet.codec.bundle import Codebook, Codec
 from conftest import tiny_model
 from vqnet.entropy import Prior
 from vqnet.images import NamedImage
-from vqnet.journal import PARTIAL_NAME, JournalError
+from vqnet.journal import PARTIAL_NAME, JournalError, make_line, read_line
 from vqnet.plots import plot_examples, plot_lpips_vs_loss
 from vqnet.summary import SUMMARY_COLUMNS, mean_interval
 from vqnet.scenario import parse_scenario
@@ -125,13 +127,13 @@ def test_resume_from_a_torn_journal_gives_the_same_table(codec, images, tmp_path
         resumed = run_sweep(sc, codec, images, journal=journal)
     a = write_results(full, tmp_path / "a")["results"].read_bytes()
     assert write_results(resumed, tmp_path / "b")["results"].read_bytes() == a
-    journalled = [json.loads(line)["key"] for line in lines[1:4]]
+    journalled = [read_line(line)["key"] for line in lines[1:4]]
     kept = [(t["image"], t["target_loss"], t["trial"]) in {(k[0], k[2], k[4]) for k in journalled}
             for _, t in full.timings.iterrows()]
     assert sum(kept) == 6  # three trials x two methods, kept, not re-measured:
     pd.testing.assert_frame_equal(resumed.timings[kept], full.timings[kept])
     assert set(resumed.examples) == set(full.examples)  # the example trial was rerun for its picture
-    entries = [json.loads(line) for line in partial.read_bytes().splitlines()[1:]]
+    entries = [read_line(line) for line in partial.read_bytes().splitlines()[1:]]
     keys = [json.dumps(e["key"]) for e in entries]
     assert partial.read_bytes().endswith(b"\n") and len(keys) == len(set(keys)) == 8  # torn line gone, no repeats
     # a complete journal runs nothing but the example trial: only the example image is encoded
@@ -147,7 +149,7 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
     path = tmp_path / PARTIAL_NAME
     fp = sweep_fingerprint(sc, codec, images)
     with TrialJournal.open(path, fp) as journal:
-        journal.append(TrialJournal.key("img0", 32, 0.2, 3.0, 0), TrialRecord([{"lpips": 0.5}], [{"decode_ms": 1.5}]))
+        journal.append(TrialJournal.key("img0", 32, 0.2, 3.0, 0), _record("img0", 0))
     with TrialJournal.open(path, fp) as journal:
         assert journal.done[TrialJournal.key("img0", 32, 0.2, 3.0, 0)].timings == [{"decode_ms": 1.5}]
     other = sweep_fingerprint(parse_scenario(dict(SCENARIO, seed=8)), codec, images)
@@ -163,15 +165,85 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
                 sweep_fingerprint(sc, replace(codec, model_id="0123456789abcdef"), images)}) == 4
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b'{"fingerprint": "f"}\n{"key": [1], "rows": "oops", "timings": []}\n', "line 2 is damaged"),
-    (b'{"fingerprint": "f"}\n{"key": [1]\n{"key": [2], "rows": [], "timings": []}\n', "line 2 is damaged"),
-    (b"not json\n", "not a sweep journal"),
-])
-def test_damaged_journal_is_an_error(tmp_path, content, needle):
+def _record(image: str, trial: int, **values: object) -> TrialRecord:
+    """A well-formed trial record of key (image, 32, 0.2, 3.0, trial) with one method."""
+    row = {c: 0.5 for c in RESULT_COLUMNS} | {"image": image, "K": 32, "trial": trial, "layout": "interleaved",
+                                             "channel": "gilbert", "method": "none"}
+    return TrialRecord([row | values], [{"decode_ms": 1.5}])
+
+
+def test_damaged_or_malformed_journal_lines_are_not_trusted(tmp_path):
+    path = tmp_path / PARTIAL_NAME
+    with TrialJournal.open(path, "f") as journal:
+        for trial in range(7):
+            journal.append(TrialJournal.key("img0", 32, 0.2, 3.0, trial), _record("img0", trial))
+    lines = path.read_bytes().splitlines(keepends=True)
+
+    def forged(trial: int, **changes: object) -> bytes:
+        entry = read_line(lines[1 + trial]) | changes
+        return make_line(entry)
+
+    lines[1] = lines[1].replace(b'"lpips": 0.5', b'"lpips": 0.1')  # edited by hand: checksum fails
+    lines[2] = forged(1, rows=[], timings=[])  # valid checksum, but the trial has no rows
+    lines[3] = forged(2, rows=[_record("img0", 2, lpips="low").rows[0]])  # a score that is no number
+    lines[4] = forged(3, rows=[_record("img1", 3).rows[0]])  # a row of another image under this key
+    lines[5] = lines[5][:40] + lines[6]  # two writers' lines fused
+    path.write_bytes(b"".join(lines) + lines[7])  # ... and a repeated line
+    with TrialJournal.open(path, "f") as journal:
+        assert journal.dropped == 6
+        assert list(journal.done) == [TrialJournal.key("img0", 32, 0.2, 3.0, t) for t in (5, 6)]
+    with TrialJournal.open(path, "f") as journal:  # rewritten without them
+        assert journal.dropped == 0 and len(journal.done) == 2
+
+
+@given(st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "swap"]), st.integers(0, 10**6),
+                          st.integers(0, 255)), min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_damage_to_a_journal_makes_it_hand_back_a_unit_it_was_not_given(tmp_path, edits):
+    """Whatever bytes change, each unit read back is one that was written under its key, or the
+    journal is refused as a whole (a damaged first line); never a changed row."""
+    path = tmp_path / PARTIAL_NAME
+    path.unlink(missing_ok=True)
+    written = {TrialJournal.key("img0", 32, 0.2, 3.0, t): _record("img0", t, lpips=t / 10) for t in range(5)}
+    with TrialJournal.open(path, "f") as journal:
+        for key, record in written.items():
+            journal.append(key, record)
+    data = bytearray(path.read_bytes())
+    for op, at, byte in edits:
+        at %= len(data) + 1
+        if op == "flip" and at < len(data):
+            data[at] ^= 1 << (byte % 8)
+        elif op == "cut":
+            del data[at:at + byte % 40]
+        elif op == "insert":
+            data[at:at] = bytes([byte]) * (1 + byte % 3)
+        elif op == "swap" and data.count(b"\n") > 2:
+            lines = bytes(data).split(b"\n")
+            i = 1 + at % (len(lines) - 2)
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+            data = bytearray(b"\n".join(lines))
+    path.write_bytes(bytes(data))
+    try:
+        with TrialJournal.open(path, "f") as journal:
+            assert all(written[key] == unit for key, unit in journal.done.items())
+    except JournalError as exc:
+        assert "not a sweep journal" in str(exc)
+
+
+@pytest.mark.parametrize("content", [b"not json\n", b'{"fingerprint": "f"}\n'])  # none, and format 1
+def test_a_file_that_is_no_journal_of_this_format_is_refused(tmp_path, content):
     (tmp_path / PARTIAL_NAME).write_bytes(content)
-    with pytest.raises(JournalError, match=needle):
+    with pytest.raises(JournalError, match="not a sweep journal of this vqnet.*--fresh"):
         TrialJournal.open(tmp_path / PARTIAL_NAME, "f")
+
+
+def test_fingerprint_covers_the_content_of_the_loss_trace(codec, images, tmp_path):
+    trace = tmp_path / "trace.txt"
+    trace.write_text("0 1 0 0 1 1 0 0\n")
+    sc = parse_scenario(dict(SCENARIO, channel={"model": "trace", "params": {"path": str(trace)}}))
+    before = sweep_fingerprint(sc, codec, images)
+    trace.write_text("1 1 0 0 1 1 0 0\n")  # same path, same scenario: other losses
+    assert sweep_fingerprint(sc, codec, images) != before
 
 
 def test_colour_packet_crosses_the_channel_like_any_packet(codec):

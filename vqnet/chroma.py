@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vqnet.errors import VqnetError
 from vqnet.packets import MAX_GRID
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def receiver_settings(cells: int) -> dict:
     return {"chroma": [cells, STEP, DETAIL_EPS]} if cells else {}
 
 
-class ChromaError(ValueError):
+class ChromaError(VqnetError, ValueError):
     """A malformed, damaged or inconsistent chroma packet (the receiver treats it as lost)."""
 
 

@@ -18,13 +18,14 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
+from vqnet.errors import VqnetError
 from vqnet.metrics import bpp, lpips_distance
 
 if TYPE_CHECKING:
     import torch
 
 
-class ClassicalError(ValueError):
+class ClassicalError(VqnetError, ValueError):
     """An unknown or unavailable classical codec (one line for the user)."""
 
 

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vqnet.channel.cli import app as channel_app
 from vqnet.chroma import CELLS, MAX_CELLS
+from vqnet.cli_errors import OneLineErrors, user_errors
 from vqnet.restore.cli import train_prior_cmd
 from vqnet.score_cli import app as score_app
 
@@ -28,9 +29,11 @@ if TYPE_CHECKING:  # the heavy imports stay inside the commands that need them
     from vqnet.cluster import RayPool
     from vqnet.codec.bundle import Codec
     from vqnet.images import NamedImage
+    from vqnet.journal import Journal
     from vqnet.scenario import Scenario
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Simulate sending VQGAN-compressed images over lossy links and score what arrives.",
@@ -44,37 +47,6 @@ app.add_typer(train_app, name="train")
 train_app.command("prior")(train_prior_cmd)
 codebook_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build the K ladder of a codec.")
 app.add_typer(codebook_app, name="codebook")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from vqnet.classical import ClassicalError
-    from vqnet.cluster import ClusterError
-    from vqnet.codec.bundle import CodecError
-    from vqnet.entropy import EntropyError
-    from vqnet.images import ImageError
-    from vqnet.packets import PacketError
-    from vqnet.report import ReportError
-    from vqnet.scenario import ScenarioError
-    from vqnet.journal import JournalError
-    from vqnet.runtime import DeviceError
-    from vqnet.vqn import VqnError
-    from vqnet.weights import WeightsError
-
-    return (ScenarioError, CodecError, ImageError, WeightsError, PacketError, EntropyError, VqnError, JournalError,
-            ClassicalError, ReportError, DeviceError, ClusterError, FileExistsError, FileNotFoundError)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one line + exit 2; Ctrl-C into exit 130."""
-    try:
-        yield
-    except _user_errors() as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        raise typer.Exit(130) from None
 
 
 DEVICE_HELP = "Where to train: cpu, or cuda where a GPU is lent (the same recipe and data, much faster)."
@@ -135,6 +107,38 @@ def progress_bar(total: int | None, description: str, quiet: bool) -> Iterator[C
         yield lambda n, label: bar.update(task, advance=n, label=label)
 
 
+WAIT_HELP = "When another vqnet job is writing to the same output folder, wait for it instead of refusing."
+
+
+def locked_output(folder: Path, wait: bool) -> Path:
+    """Create ``folder`` and hold its lock (:mod:`vqnet.lock`) until the command ends; another job
+    there is refused in one line, or waited for with ``--wait``."""
+    from typer._click.globals import get_current_context
+
+    from vqnet.lock import locked_folder
+
+    def waiting(holder: str) -> None:
+        typer.echo(f"waiting for {folder} ({holder})", err=True)
+
+    return get_current_context().with_resource(locked_folder(folder, wait, waiting))
+
+
+def scorable(images: list[NamedImage]) -> list[NamedImage]:
+    """``images``, refused in one line if LPIPS cannot score one of them (before any coding)."""
+    from vqnet.metrics import require_lpips_size
+
+    for image in images:
+        require_lpips_size(*image.pixels.shape[:2], f"image {image.name}")
+    return images
+
+
+def note_dropped(journal: Journal) -> None:
+    """Say on stderr how many damaged journal lines were not trusted (their units run again)."""
+    if journal.dropped:
+        typer.echo(f"note: {journal.dropped} damaged or repeated line(s) of {journal.path} ignored; "
+                   "their work is done again", err=True)
+
+
 def _photo_views(codec: Codec, data: Path, images: int, seed: int, shifts: Sequence[int] = (0,),
                  quiet: bool = False) -> tuple[list[torch.Tensor], int, str]:
     """Encoder outputs of ``images`` whole training photos (seeded choice) and of their mirror
@@ -171,6 +175,7 @@ def run(
                                                      "local[:N] starts N on this machine (default: one per core), "
                                                      "ray://HOST:PORT or auto joins a running cluster. Needs "
                                                      "pip install 'vqnet[ray]'; docs/performance.md.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
 ) -> None:
     """Run a sweep: results.csv, summary.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
 
@@ -179,7 +184,8 @@ def run(
     """
     with user_errors():
         from vqnet.codec.bundle import load_codec
-        from vqnet.images import load_images
+        from vqnet.images import codable_pixels, load_images
+        from vqnet.lock import job_folder
         from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss
         from vqnet.summary import compact_table
         from vqnet.scenario import load_scenario
@@ -190,16 +196,19 @@ def run(
         codec = placed(load_codec(model or sc.model), device, precision or sc.precision)
         for K in sc.K:
             codec.codebook(K)
-        images = load_images(sc.images.source, sc.images.names, sc.images.limit)
-        folder = out / sc.name
+        images = scorable(load_images(sc.images.source, sc.images.names, sc.images.limit,
+                                      codable_pixels(codec.factor)))
+        folder = locked_output(job_folder(out, sc.name), wait)
         total = count_trials(sc, len(images))
         pool = nullcontext() if cluster is None else cluster_pool(cluster, sc, model or sc.model, images, codec)
         t0 = time.perf_counter()
         with pool as workers, TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images),
                                                 fresh) as journal:
             if journal.done:
-                n_done = sum(len(r.rows) for r in journal.done.values())
-                typer.echo(f"resuming: {n_done} of {total} trials already done ({journal.path})")
+                bound = "" if isinstance(sc.trials, int) else "at most "
+                typer.echo(f"resuming: {len(journal.done)} of {bound}{total // len(sc.methods)} trials already done "
+                           f"({journal.path})")
+            note_dropped(journal)
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
                 result = run_sweep(sc, codec, images, advance, journal, workers)
         seconds = time.perf_counter() - t0
@@ -293,12 +302,12 @@ def encode(
         check_layout(layout)
         from vqnet.chroma import is_chroma_packet
         from vqnet.codec.bundle import load_codec
-        from vqnet.images import load_image
+        from vqnet.images import codable_pixels, load_image
         from vqnet.metrics import bpp
         from vqnet.vqn import encode_vqn, write_vqn
 
         codec = placed(load_codec(model), device)
-        pixels = load_image(image)
+        pixels = load_image(image, codable_pixels(codec.factor))
         vqn = encode_vqn(codec, pixels, K, max_payload, layout, chroma_cells)  # type: ignore[arg-type]
         data = write_vqn(vqn)
         output.write_bytes(data)
@@ -322,14 +331,16 @@ def decode(
     """Decode a .vqn file, concealing what missing or damaged packets held; print what was lost."""
     with user_errors():
         from vqnet.codec.bundle import load_codec
-        from vqnet.images import save_image
+        from vqnet.images import require_codable, save_image
         from vqnet.restore import METHODS
         from vqnet.vqn import decode_vqn, read_vqn
 
         if method not in METHODS:
             raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         vqn = read_vqn(vqn_file.read_bytes(), str(vqn_file))
-        out = decode_vqn(placed(load_codec(model), device, precision), vqn, method)
+        codec = placed(load_codec(model), device, precision)
+        require_codable(vqn.height, vqn.width, str(vqn_file), codec.factor)
+        out = decode_vqn(codec, vqn, method)
         save_image(output, out.image)
         got = out.received
         expected = "?" if got.n_packets_expected is None else got.n_packets_expected
@@ -366,6 +377,7 @@ def eval_cmd(
                                                         "of resuming from it.")] = False,
     device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP + " DISTS too.")] = "cpu",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
+    wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
 ) -> None:
     """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
     MS-SSIM, code usage) beside the paper's log2(K)/f² bpp, and classical codecs at the same rates.
@@ -376,7 +388,7 @@ def eval_cmd(
         from vqnet.bdrate import METHOD, format_bd, write_companions
         from vqnet.codec.bundle import load_codec
         from vqnet.evaluate import CODEBOOK_SETS, EvalJournal, count_steps, eval_fingerprint, eval_ladder, evaluate
-        from vqnet.images import load_images
+        from vqnet.images import codable_pixels, load_images
         from vqnet.journal import PARTIAL_NAME
         from vqnet.plots import plot_codec_grid, plot_rd
 
@@ -386,7 +398,8 @@ def eval_cmd(
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
         codec = placed(load_codec(model), device, precision)
         k_list = eval_ladder(codec, _k_list(ks) if ks else None)
-        pixels = load_images(str(images))
+        pixels = scorable(load_images(str(images), max_pixels=codable_pixels(codec.factor)))
+        locked_output(out, wait)
         label = images.resolve().name
         total = count_steps(len(pixels), len(k_list), names, codebooks)
         options = dict(with_dists=dists, classical=names, max_payload=max_payload, codebooks=codebooks, ks=k_list,
@@ -394,6 +407,7 @@ def eval_cmd(
         with EvalJournal.open(out / PARTIAL_NAME, eval_fingerprint(codec, pixels, **options), fresh) as journal:
             if journal.done:
                 typer.echo(f"resuming: {len(journal.done)} of {total} codings already done ({journal.path})")
+            note_dropped(journal)
             with progress_bar(total, f"eval {label}", quiet) as advance:
                 result = evaluate(codec, pixels, advance=advance, journal=journal, **options)
         paths = [out / "rd.csv", out / "rd_images.csv"]
@@ -445,13 +459,22 @@ def bd_cmd(
 
 @scenario_app.command("check")
 def scenario_check(file: Annotated[Path, typer.Argument(help="Scenario YAML file.")]) -> None:
-    """Validate a scenario and print how many trials it expands to."""
+    """Validate a scenario, its model's K and its image source (what `run` checks before any
+    work), and print how many trials it expands to."""
     with user_errors():
+        from vqnet.codec.bundle import load_codec
+        from vqnet.images import SKIMAGE_DEFAULTS, list_image_files
         from vqnet.scenario import load_scenario
         from vqnet.sweep import count_trials
 
         sc = load_scenario(file)
-        typer.echo(f"{file}: ok ({sc.name}: {count_trials(sc, 1)} trials per image)")
+        codec = load_codec(sc.model)
+        for K in sc.K:
+            codec.codebook(K)
+        source = sc.images.source
+        n = len(list_image_files(source) if source else sc.images.names or SKIMAGE_DEFAULTS)
+        n = min(n, sc.images.limit or n)
+        typer.echo(f"{file}: ok ({sc.name}: {count_trials(sc, 1)} trials per image, {n} images)")
 
 
 @scenario_app.command("schema")

@@ -32,6 +32,7 @@ import torch
 
 import vqnet
 from vqnet.codec.bundle import load_codec
+from vqnet.errors import VqnetError
 from vqnet.runtime import prepare
 from vqnet.sweep import TrialResult, TrialTask, TrialWorker
 
@@ -44,7 +45,7 @@ INSTALL_HINT = "pip install 'vqnet[ray]'"
 PER_WORKER = 2
 
 
-class ClusterError(ValueError):
+class ClusterError(VqnetError, ValueError):
     """A --cluster request that cannot be honoured; the message is one line for the user."""
 
 

@@ -37,6 +37,8 @@ from functools import cached_property
 import constriction
 import numpy as np
 
+from vqnet.errors import VqnetError
+
 __all__ = [
     "EntropyError",
     "Prior",
@@ -67,7 +69,7 @@ PAIR_EXPONENTS = (0.5, 0.75, 1.0)
 _PAIR_BITS = 24  # a product row is rounded to integer weights below 2**24 + 1 (exact sums)
 
 
-class EntropyError(ValueError):
+class EntropyError(VqnetError, ValueError):
     """Raised for invalid or undecodable entropy-coded data."""
 
 

@@ -31,7 +31,7 @@ from vqnet.classical import ClassicalCoder, RateError, unavailable_reason
 from vqnet.codec.bundle import Codec
 from vqnet.dists import DISTS, dists_input, get_dists
 from vqnet.images import NamedImage
-from vqnet.journal import Journal, fingerprint
+from vqnet.journal import Journal, fingerprint, require_scalars
 from vqnet.metrics import MS_SSIM_MIN_SIDE, bpp, lpips_distance, ms_ssim, psnr
 from vqnet.packets import Layout
 from vqnet.runtime import describe
@@ -147,9 +147,18 @@ class EvalJournal(Journal[Unit]):
 
     @staticmethod
     def parse(entry: dict) -> Unit:
+        image, codec, K = entry["key"]
         row, counts = entry["row"], entry["counts"]
-        if not (row is None or isinstance(row, dict)) or not (counts is None or isinstance(counts, list)):
-            raise TypeError("a row must be an object and counts a list")
+        if row is not None and (require_scalars(row)["image"], row["K"]) != (image, K):
+            raise TypeError("a row does not belong to its coding")
+        if row is not None and not all(isinstance(row.get(m), (int, float)) for m in ("bpp", "lpips", "psnr")):
+            raise TypeError("a row lacks its scores")
+        if codec in CODEBOOK_SETS["both"] and not (
+                row is not None and isinstance(counts, list) and len(counts) == K
+                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+            raise TypeError("a vqnet coding has a row and a count per code")
+        if codec not in CODEBOOK_SETS["both"] and counts is not None:
+            raise TypeError("a classical coding has no code counts")
         return row, counts
 
     @staticmethod

@@ -6,10 +6,14 @@ of minutes to hours on a CPU, and a crash, a ``kill -9`` or a full disk near the
 what was already computed. Both ``vqnet run`` (:class:`vqnet.sweep.TrialJournal`) and
 ``vqnet eval`` (:class:`vqnet.evaluate.EvalJournal`) use this one format.
 
-Line 1 is ``{"fingerprint": ...}``: a hash of everything the units' results depend on, chosen by
-the job. Every further line is one finished unit, ``{"key": [...], <payload>}``, written with one
-``write`` + ``fsync``, so a kill leaves each unit either wholly recorded or as a torn last line,
-which :meth:`Journal.open` cuts off.
+Every line is ``{"unit": <JSON>, "sha256": "<16 hex digits>"}``, the digest taken over the exact
+bytes of ``<JSON>``, written with one ``write`` + ``fsync``. Line 1's unit is ``{"format": ...,
+"fingerprint": ...}``: a hash of everything the units' results depend on, chosen by the job. Every
+further line's unit is one finished unit, ``{"key": [...], <payload>}``. A kill leaves each unit
+either wholly recorded or as a torn last line, which :meth:`Journal.open` cuts off; a complete
+line whose digest fails (edited, fused with another writer's line, damaged on disk) or whose
+unit does not have the shape of a unit (the job's :meth:`Journal.parse` decides) is not trusted:
+it is dropped and its unit is computed again.
 """
 from __future__ import annotations
 
@@ -22,10 +26,18 @@ from typing import IO, Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 
+from vqnet.errors import VqnetError
+
 T = TypeVar("T")
 
 #: A journal's file name inside a job's output folder; deleted once the job's tables are written.
 PARTIAL_NAME = "partial.jsonl"
+#: Version of the line format above (1: bare JSON lines, no digest). A journal of another
+#: version is refused with a hint to rerun with --fresh.
+FORMAT = 2
+_PREFIX = b'{"unit": '
+_SUFFIX = b', "sha256": "%s"}'
+_DIGEST_HEX = 16
 
 
 def fingerprint(spec: dict, images: Sequence) -> str:
@@ -39,7 +51,7 @@ def fingerprint(spec: dict, images: Sequence) -> str:
     return h.hexdigest()
 
 
-class JournalError(ValueError):
+class JournalError(VqnetError, ValueError):
     """A journal that cannot be resumed from; the message is one line for the user."""
 
 
@@ -64,6 +76,8 @@ class Journal(Generic[T]):
 
     def __init__(self, path: Path, fh: IO[bytes], done: dict[str, T]):
         self.path, self._fh, self.done = path, fh, done
+        #: Complete lines of the file that were damaged or repeated a key, dropped at :meth:`open`.
+        self.dropped = 0
 
     @staticmethod
     def dump(unit: T) -> dict:
@@ -72,7 +86,8 @@ class Journal(Generic[T]):
 
     @staticmethod
     def parse(entry: dict) -> T:
-        """A unit from its JSON object; raises ValueError, TypeError or KeyError when damaged."""
+        """A unit from its JSON object (key included); raises ValueError, TypeError or KeyError
+        unless it has exactly the shape and types the job writes."""
         raise NotImplementedError
 
     @staticmethod
@@ -84,38 +99,52 @@ class Journal(Generic[T]):
     def open(cls, path: Path, fingerprint: str, fresh: bool = False) -> Self:
         """Open (or start) the journal at ``path``; ``fresh`` discards an existing one.
 
-        Raises :class:`JournalError` when the file was written under another fingerprint, or a
-        complete line in it is unreadable.
+        Raises :class:`JournalError` when the file was written under another fingerprint or
+        format, or is no journal at all. Damaged unit lines are dropped (the file is rewritten
+        without them) and counted in :attr:`dropped`, so their units run again.
         """
         if fresh:
             path.unlink(missing_ok=True)
         done: dict[str, T] = {}
         data = path.read_bytes() if path.is_file() else b""
         keep = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
-        lines = data[:keep].splitlines()
+        lines = data[:keep].split(b"\n")[:-1]
+        good = lines[:1]
         if lines:
             try:
-                found = json.loads(lines[0])["fingerprint"]
-            except (ValueError, TypeError, KeyError):
-                raise JournalError(f"{path} is not {cls.kind} journal; rerun with --fresh to discard it") from None
+                head = read_line(lines[0])
+            except ValueError:
+                head = None
+            if not isinstance(head, dict) or head.get("format") != FORMAT or "fingerprint" not in head:
+                raise JournalError(f"{path} is not {cls.kind} journal of this vqnet (journal format {FORMAT}); "
+                                   "rerun with --fresh to discard it")
+            found = head["fingerprint"]
             if found != fingerprint:
                 raise JournalError(f"{path} was written for {cls.origin} (fingerprint {str(found)[:12]}, now "
                                    f"{fingerprint[:12]}); rerun with --fresh to discard it")
-            for n, line in enumerate(lines[1:], start=2):
+            for line in lines[1:]:
                 try:
-                    entry = json.loads(line)
-                    done.setdefault(json.dumps(entry["key"]), cls.parse(entry))
+                    entry = read_line(line)
+                    unit = cls.parse(entry)
+                    key = json.dumps(entry["key"])
                 except (ValueError, TypeError, KeyError):
-                    raise JournalError(f"{path}: line {n} is damaged; rerun with --fresh to start over") from None
+                    continue
+                if key not in done:
+                    done[key] = unit
+                    good.append(line)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if lines:
-            fh = open(path, "r+b")
-            fh.truncate(keep)
-            fh.seek(keep)
-            return cls(path, fh, done)
-        journal = cls(path, open(path, "wb"), done)
-        journal._write_line({"fingerprint": fingerprint})
-        _fsync_dir(path.parent)  # the new file's name must survive a crash too
+        if not lines:
+            journal = cls(path, open(path, "wb"), done)
+            journal._write_line({"format": FORMAT, "fingerprint": fingerprint})
+            _fsync_dir(path.parent)  # the new file's name must survive a crash too
+            return journal
+        if len(good) < len(lines):
+            _replace(path, b"".join(line + b"\n" for line in good))
+        fh = open(path, "r+b")
+        fh.truncate(sum(len(line) + 1 for line in good))  # the torn tail, where nothing was rewritten
+        fh.seek(0, os.SEEK_END)
+        journal = cls(path, fh, done)
+        journal.dropped = len(lines) - len(good)
         return journal
 
     def append(self, key: str, unit: T) -> None:
@@ -124,7 +153,7 @@ class Journal(Generic[T]):
         self.done[key] = unit
 
     def _write_line(self, obj: dict) -> None:
-        self._fh.write(json.dumps(obj, default=_json_default).encode() + b"\n")
+        self._fh.write(make_line(obj))
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -141,6 +170,47 @@ class Journal(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def make_line(obj: dict) -> bytes:
+    """One journal line holding ``obj``, with the digest of its bytes."""
+    body = json.dumps(obj, default=_json_default).encode()
+    return _PREFIX + body + _SUFFIX % _digest(body) + b"\n"
+
+
+def read_line(line: bytes) -> Any:
+    """The object a line of :func:`make_line` holds; ValueError if its digest or framing fails."""
+    line = line.rstrip(b"\n")
+    tail = len(_SUFFIX % (b"0" * _DIGEST_HEX))
+    body, suffix = line[len(_PREFIX):-tail], line[-tail:]
+    if not line.startswith(_PREFIX) or len(line) < len(_PREFIX) + tail or suffix != _SUFFIX % _digest(body):
+        raise ValueError("journal line fails its checksum")
+    return json.loads(body)
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.sha256(body).hexdigest()[:_DIGEST_HEX].encode()
+
+
+def require_scalars(obj: object, keys: Sequence[str] | None = None) -> dict:
+    """``obj`` if it is a JSON object of strings, numbers and nulls (with exactly ``keys``, when
+    given); TypeError otherwise. What a journalled row must be to go into a table."""
+    if not isinstance(obj, dict) or (keys is not None and obj.keys() != set(keys)):
+        raise TypeError("not a row of the expected columns")
+    if not all(v is None or (isinstance(v, (str, int, float)) and not isinstance(v, bool)) for v in obj.values()):
+        raise TypeError("a row holds a value that is not a string, number or null")
+    return obj
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a crash leaves the old file or the new one)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -30,7 +30,16 @@ from vqnet.weights import (
     vgg16_features_state_dict,
 )
 
+#: Smallest side LPIPS-alex can score: AlexNet's stride-4 11x11 convolution and two 3x3/2 max
+#: pools leave no pixel of a 30-px side for its third stage.
+LPIPS_MIN_SIDE = 31
 
+
+def require_lpips_size(height: int, width: int, what: str) -> None:
+    """Raise :class:`ImageError` unless LPIPS can score an image of this size (checked before coding
+    anything, so a sweep does not fail on its 57th image)."""
+    if min(height, width) < LPIPS_MIN_SIDE:
+        raise ImageError(f"{what} is {width}x{height}; LPIPS needs both sides >= {LPIPS_MIN_SIDE} px")
 
 
 def load_lpips(net: Literal["alex", "vgg"] = "alex", fp16_ok: bool = False) -> lpips.LPIPS:
@@ -93,6 +102,7 @@ def lpips_distances(ref: np.ndarray | torch.Tensor, tests: list[np.ndarray | tor
         bad = next(t for t in tb if t.shape != ta.shape)
         raise ImageError(f"cannot compare images of shapes {tuple(ta.shape)} and {tuple(bad.shape)}")
     n = len(tb)
+    require_lpips_size(ta.shape[2], ta.shape[3], "the image")
     with torch.inference_mode():
         if n == 1:
             return [get_lpips(device)(ta, tb[0]).mean().item()]

@@ -58,6 +58,7 @@ import numpy as np
 
 from vqnet import entropy
 from vqnet.entropy import EntropyError, Prior
+from vqnet.errors import VqnetError
 
 __all__ = [
     "PacketError",
@@ -107,7 +108,7 @@ _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
 
 
-class PacketError(ValueError):
+class PacketError(VqnetError, ValueError):
     """Raised for malformed, corrupted or inconsistent packets."""
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from vqnet.errors import VqnetError
 from vqnet.summary import verdict
 
 _BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
 
 
-class ReportError(ValueError):
+class ReportError(VqnetError, ValueError):
     """A table marker that names no known table or no readable results; one line for the user."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from vqnet.errors import VqnetError
+
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("float32", "bf16")
 #: CPU flags (as Linux names them) whose presence makes bf16 matmuls and convolutions fast.
@@ -26,7 +28,7 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 CPU_FLAGS_ENV = "VQNET_CPU_FLAGS"
 
 
-class DeviceError(ValueError):
+class DeviceError(VqnetError, ValueError):
     """A device or precision this machine cannot honour; the message is one line for the user."""
 
 

@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from vqnet.channel.loss import make_loss_model
 from vqnet.channel.mask import IndexMask
+from vqnet.errors import VqnetError
 from vqnet.restore import METHODS
 
 
-class ScenarioError(ValueError):
+class ScenarioError(VqnetError, ValueError):
     """A scenario that cannot be run; the message is a single line."""
 
 
@@ -182,6 +183,13 @@ class Scenario(_Strict):
                                    "(default: neighbor when swept, else the first method).")
     examples: Examples = Field(default_factory=Examples, description="The example-reconstruction grid.")
 
+    @field_validator("name")
+    @classmethod
+    def _stays_inside_out(cls, v: str) -> str:
+        if not v.strip("."):  # "." and ".." are the output root and its parent, not a folder in it
+            raise ValueError(f"name {v!r} is not a folder name; use letters, digits, '_', '-' or '.'")
+        return v
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, v: list[str]) -> list[str]:
@@ -233,6 +241,22 @@ def parse_scenario(data: object, source: str = "scenario") -> Scenario:
         raise ScenarioError(_format_error(source, exc)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is an error:
+    safe_load keeps the last one silently, so a scenario could run with a value its author
+    overrode by accident."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     try:
@@ -242,7 +266,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read scenario {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -13,8 +13,7 @@ from typing import Annotated
 
 import typer
 
-from vqnet.images import ImageError
-from vqnet.weights import WeightsError
+from vqnet.cli_errors import user_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -34,13 +33,12 @@ def score_command(
     ] = False,
 ) -> None:
     """Print LPIPS-alex (v0.1, inputs in [-1,1]) and PSNR of TEST against REF."""
-    from vqnet.metrics import load_image_rgb, score  # lpips/torchvision load only when scoring
+    with user_errors():
+        from vqnet.metrics import load_image_rgb, require_lpips_size, score  # lpips loads only when scoring
 
-    try:
-        result = score(load_image_rgb(ref), load_image_rgb(test))
-    except (ImageError, WeightsError) as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        pixels = load_image_rgb(ref)
+        require_lpips_size(*pixels.shape[:2], str(ref))
+        result = score(pixels, load_image_rgb(test))
     if json_out:
         # Strict JSON has no Infinity; null marks identical images.
         psnr = result["psnr"] if result["psnr"] != float("inf") else None

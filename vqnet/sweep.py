@@ -38,7 +38,7 @@ from vqnet.chroma import (
 )
 from vqnet.codec.bundle import Codec, load_codec
 from vqnet.images import NamedImage, load_images
-from vqnet.journal import Journal, fingerprint
+from vqnet.journal import Journal, fingerprint, require_scalars
 from vqnet.metrics import bpp, lpips_distance, lpips_distances, psnr
 from vqnet.packets import depacketize, packetize
 from vqnet.restore import MODEL_KIND, RestoreContext, restore
@@ -56,6 +56,8 @@ RESULT_COLUMNS = [
     "lossless_lpips", "lossless_psnr", "lpips", "psnr", "lost_index_accuracy",
 ]
 
+#: The columns of RESULT_COLUMNS that hold text; every other one holds a number (or null).
+_TEXT_COLUMNS = {"image", "layout", "channel", "method"}
 
 # Bumped when the journal lines or what a row holds change, so an old journal is not reused.
 _JOURNAL_FORMAT = 1
@@ -139,9 +141,10 @@ def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> s
     would give a table no single run could produce."""
     concealers = {f"{m}.K{K}": sha256_of(path) if (path := concealer_path(codec, m, K)).is_file() else None
                   for m in _model_kinds(sc) for K in sc.K}
+    trace = sc.channel.params.get("path") if sc.channel.model == "trace" else None
     return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS),
                         "model": codec.model_id, "concealers": concealers, "columns": RESULT_COLUMNS,
-                        "precision": codec.precision}
+                        "trace": None if trace is None else sha256_of(Path(str(trace))), "precision": codec.precision}
                        | describe(codec.device) | receiver_settings(sc.packets.chroma_cells), images)
 
 
@@ -158,10 +161,18 @@ class TrialJournal(Journal[TrialRecord]):
 
     @staticmethod
     def parse(entry: dict) -> TrialRecord:
-        record = TrialRecord(entry["rows"], entry["timings"])
-        if not all(isinstance(r, dict) for r in (*record.rows, *record.timings)):
-            raise TypeError("rows must be objects")
-        return record
+        image, K, _, _, trial = entry["key"]
+        rows, timings = entry["rows"], entry["timings"]
+        if not (isinstance(rows, list) and isinstance(timings, list) and rows and len(rows) == len(timings)):
+            raise TypeError("a trial has one row and one timing per method")
+        for row in rows:
+            require_scalars(row, RESULT_COLUMNS)
+            if (row["image"], row["K"], row["trial"]) != (image, K, trial) or not all(
+                    isinstance(v, str) == (c in _TEXT_COLUMNS) for c, v in row.items() if v is not None):
+                raise TypeError("a row does not belong to its trial, or a value has the wrong type")
+        if len({row["method"] for row in rows}) < len(rows):
+            raise TypeError("a method is listed twice")
+        return TrialRecord(rows, [require_scalars(t) for t in timings])
 
     @staticmethod
     def key(image: str, K: int, target_loss: float | None, burst: float | None, trial: int) -> str:  # type: ignore[override]

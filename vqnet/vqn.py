@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vqnet.chroma import ChromaError, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
+from vqnet.errors import VqnetError
 from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout, depacketize, packetize
 from vqnet.restore import RestoreContext, restore
 
@@ -76,7 +77,7 @@ MAX_VQN_PAYLOAD = _MAX_RECORD - max(HEADER_BYTES.values()) - TRAILER_BYTES
 MAX_PIXELS = 1 << 26
 
 
-class VqnError(ValueError):
+class VqnError(VqnetError, ValueError):
     """A ``.vqn`` file that is malformed, of another version, or for another codec (one line)."""
 
 

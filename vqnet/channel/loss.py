@@ -374,6 +374,10 @@ class FourState:
         return f"{_TC_PREFIX} state {' '.join(_pct(a) for a in args)}"
 
 
+#: Largest trace file read (64 Mi packets as one character each): a bound on memory and time.
+MAX_TRACE_BYTES = 64 << 20
+
+
 @dataclass(frozen=True, eq=False)
 class TraceLoss:
     """Replay of a recorded 0/1 loss trace (1 = lost).
@@ -406,9 +410,17 @@ class TraceLoss:
         An unreadable file raises :class:`ValueError` too, so callers (the
         scenario loader, the CLI) handle every bad trace in one place.
         """
+        if not isinstance(path, (str, PathLike)):
+            raise ValueError(f"a loss trace path must be a file name, got {path!r}")
         path = Path(path)
+        if path.exists() and not path.is_file():  # a device or pipe may never end
+            raise ValueError(f"cannot read loss trace {path}: not a regular file")
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                data = f.read(MAX_TRACE_BYTES + 1)
+            if len(data) > MAX_TRACE_BYTES:
+                raise ValueError(f"loss trace {path} is larger than {MAX_TRACE_BYTES >> 20} MiB")
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not a UTF-8 text file"
             raise ValueError(f"cannot read loss trace {path}: {reason}") from exc

@@ -24,6 +24,7 @@ and decoder, so a sweep encodes each image once and quantises it at every K.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from vqnet.codec.model import VQGANConfig, VQModel, nearest_code_chunked
 from vqnet.entropy import Prior
+from vqnet.errors import VqnetError
 from vqnet.images import pad_to_multiple, to_tensor, to_uint8_batch
 from vqnet.runtime import autocast
 from vqnet.weights import sha256_of
@@ -48,7 +50,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.saf
 MANIFEST = DEFAULT_MODEL.parent / "manifest.json"
 
 
-class CodecError(ValueError):
+class CodecError(VqnetError, ValueError):
     """A codec file or request that cannot be honoured; the message is one line for the user."""
 
 
@@ -279,6 +281,8 @@ def load_codec(path: Path | str | None = None) -> Codec:
     """
     bundled = not path
     path = Path(path) if path else DEFAULT_MODEL
+    if path.is_dir():
+        raise CodecError(f"{path} is a folder; a codec is one bundle file (.safetensors)")
     if not path.is_file():
         hint = f"; {_restore_hint(path)}" if bundled else ""
         raise CodecError(f"codec file not found: {path}{hint}")
@@ -292,7 +296,7 @@ def load_codec(path: Path | str | None = None) -> Codec:
     if meta.get("version") not in VERSIONS:
         raise CodecError(f"{path} has bundle version {meta.get('version')!r}; this vqnet reads versions "
                          f"{', '.join(VERSIONS)}")
-    cfg = VQGANConfig.from_dict(json.loads(meta["config"]))
+    cfg, ks, finetuned, provenance = _metadata(meta, path)
     model = VQModel(cfg).eval()
     base = {k: v.float() for k, v in tensors.items() if not k.startswith(("codebooks.", "priors."))}
     try:
@@ -300,14 +304,40 @@ def load_codec(path: Path | str | None = None) -> Codec:
     except RuntimeError as exc:
         raise CodecError(f"{path}: weights do not match its config ({str(exc).splitlines()[0]})") from None
     model.to(memory_format=torch.channels_last)  # same numbers; oneDNN's CPU convolutions run ~15 % faster
-    finetuned = set(json.loads(meta.get("finetuned", "[]")))
     codebooks = {}
-    for K in json.loads(meta["ks"]):
+    for K in ks:
         try:
             codebooks[K] = _read_codebook(tensors, K, raw=False, finetuned=K in finetuned)
             if _names(K, raw=True)[0] + "embedding" in tensors:
                 codebooks[K].raw = _read_codebook(tensors, K, raw=True, finetuned=False)
         except KeyError as exc:
             raise CodecError(f"{path}: codebook K={K} is incomplete (missing {exc})") from None
-    return Codec(model, codebooks, model_id=sha[:16], provenance=json.loads(meta.get("provenance", "{}")), path=path)
+    return Codec(model, codebooks, model_id=sha[:16], provenance=provenance, path=path)
 
+
+def _metadata(meta: dict[str, str], path: Path) -> tuple[VQGANConfig, list[int], set[int], dict]:
+    """The bundle's config, K list, fine-tuned K and provenance, or one CodecError naming what is broken."""
+    try:
+        cfg = VQGANConfig.from_dict(json.loads(meta["config"]))
+        ks, finetuned = json.loads(meta["ks"]), json.loads(meta.get("finetuned", "[]"))
+        provenance = json.loads(meta.get("provenance", "{}"))
+        if not (isinstance(ks, list) and ks and all(type(K) is int and K >= 2 for K in ks)):
+            raise ValueError(f"ks must be a list of codebook sizes, got {str(ks)[:40]}")
+        if not (isinstance(finetuned, list) and set(finetuned) <= set(ks)) or not isinstance(provenance, dict):
+            raise ValueError("finetuned must list some of its ks, provenance must be an object")
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CodecError(f"{path}: broken metadata ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return cfg, ks, set(finetuned), provenance
+
+
+
+def encoder_fingerprint(codec: Codec) -> str:
+    """Hash (16 hex) of the fp16 encoder weights: equal encoders give equal latents, so index maps
+    cached for one (and transformers trained on them) are valid for the other. The model may sit
+    on a GPU (`train prior --device cuda` keys its latent cache after moving it)."""
+    h = hashlib.sha256()
+    enc = codec.model.encoder.state_dict()
+    for name in sorted(enc):
+        h.update(name.encode())
+        h.update(enc[name].detach().half().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

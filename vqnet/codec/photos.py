@@ -17,19 +17,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqnet.codec.bundle import Codec
+from vqnet.codec.bundle import Codec, encoder_fingerprint
 from vqnet.images import load_image
-
-
-def encoder_fingerprint(codec: Codec) -> str:
-    """Hash (16 hex) of the fp16 encoder weights: equal encoders give equal latents (the model may
-    sit on a GPU: `train prior --device cuda` keys its latent cache after moving it)."""
-    h = hashlib.sha256()
-    enc = codec.model.encoder.state_dict()
-    for name in sorted(enc):
-        h.update(name.encode())
-        h.update(enc[name].detach().half().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def latent_cache(encoder_key: str, files: list[Path], shift: int = 0) -> Path:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, Codec, CodecError, manifest_sha256, read_safetensors
-from vqnet.codec.photos import encoder_fingerprint
+from vqnet.codec.bundle import (DEFAULT_MODEL, MANIFEST, Codec, CodecError, encoder_fingerprint, manifest_sha256,
+                                read_safetensors)
 from vqnet.restore.gpt import GPT, GPTConfig
 from vqnet.weights import sha256_of
 
