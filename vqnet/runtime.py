@@ -21,7 +21,6 @@ import torch
 
 from vqnet.errors import VqnetError
 
-DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("float32", "bf16")
 #: CPU flags (as Linux names them) whose presence makes bf16 matmuls and convolutions fast.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
