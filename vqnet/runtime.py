@@ -86,10 +86,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def keep_freed_memory() -> None:
     """Ask glibc's malloc to keep freed blocks instead of handing them back to the kernel.
 
-    Why: a 512 x 512 decode allocates and frees tens of 32-134 MB activations; by default glibc
-    maps each one fresh (``mmap``) and unmaps it on free, so every decode pays for faulting in
-    gigabytes of zeroed pages. Reusing them takes a quarter off the decode (docs/performance.md)
-    and changes no number. A no-op where the C library is not glibc.
+    Why: a 512 x 512 decode allocates and frees tens of activations of up to 33.5 MB; by default
+    glibc maps each large one fresh (``mmap``) and unmaps it on free, so every decode pays for
+    faulting in ~650 MB of zeroed pages. Reusing them takes a quarter off the decode
+    (docs/performance.md) and changes no number. A no-op where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")
     try:
