@@ -349,7 +349,7 @@ def test_cli_shape_mismatch(image_pair: tuple[Path, Path], tmp_path: Path) -> No
 def test_cli_refused_weights(
     image_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse() -> None:
+    def refuse(device: str = "cpu") -> None:
         raise WeightsError("cached backbone X fails its sha256 check; delete X and re-run")
 
     monkeypatch.setattr(metrics, "get_lpips", refuse)

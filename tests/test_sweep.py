@@ -20,7 +20,7 @@ from vqnet.plots import plot_examples, plot_lpips_vs_loss
 from vqnet.summary import SUMMARY_COLUMNS, mean_interval
 from vqnet.scenario import parse_scenario
 from vqnet.chroma import is_chroma_packet
-from vqnet.sweep import (RESULT_COLUMNS, GridScorer, TrialJournal, TrialRecord, encode_image, run_sweep,
+from vqnet.sweep import (PROTECTED_COLUMNS, RESULT_COLUMNS, GridScorer, TrialJournal, TrialRecord, encode_image, run_sweep,
                          sweep_fingerprint, sweep_summary, trial_seed, write_results)
 
 
@@ -74,6 +74,21 @@ def test_sweep_is_deterministic(codec, images, tmp_path):
     assert c != a
 
 
+def test_only_protected_tables_carry_the_protection_columns(codec, images, tmp_path):
+    """An unprotected sweep writes the tables vqnet wrote before FEC and ARQ (the committed results
+    stay valid); parity, ARQ or schemes add the scheme and protection columns."""
+    plain = parse_scenario(SCENARIO)
+    out = run_sweep(plain, codec, images)
+    paths = write_results(out, tmp_path / "plain", sweep_summary(plain, out.results))
+    assert paths["results"].read_text().splitlines()[0] == ",".join(RESULT_COLUMNS)
+    assert "scheme" not in paths["summary"].read_text().splitlines()[0].split(",")
+    for extra in ({"packets": dict(SCENARIO["packets"], fec={"parity": 0.5})}, {"link": {"arq": {}}}):
+        protected = parse_scenario(SCENARIO | extra)
+        out = run_sweep(protected, codec, images)
+        assert list(out.results.columns) == PROTECTED_COLUMNS and (out.results["scheme"] == "K=32").all()
+        assert list(sweep_summary(protected, out.results).columns) == SUMMARY_COLUMNS
+
+
 def test_trial_seed_is_stable_and_key_sensitive():
     assert trial_seed(1, "a", 256, 0.1, 4.0, 0) == trial_seed(1, "a", 256, 0.1, 4.0, 0)
     assert trial_seed(1, "a", 256, 0.1, 4.0, 0) != trial_seed(1, "a", 256, 0.1, 4.0, 1)
@@ -84,7 +99,7 @@ def test_plots_and_summary(codec, images, tmp_path):
     sc = parse_scenario(SCENARIO)
     out = run_sweep(sc, codec, images)
     summary = sweep_summary(sc, out.results)
-    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == 2 * 2  # losses x methods
+    assert list(summary.columns) == [c for c in SUMMARY_COLUMNS if c != "scheme"] and len(summary) == 2 * 2
     assert set(summary["method"]) == {"none", "neighbor"} and (summary["n"] == 4).all()
     assert (summary["trials"] == 2).all() and (summary["stop"] == "fixed").all()
     assert (summary["lpips_ci95"] >= 0).all() and (summary["reference"] == "neighbor").all()
@@ -167,7 +182,7 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
 
 def _record(image: str, trial: int, **values: object) -> TrialRecord:
     """A well-formed trial record of key (image, "K=32", 0.2, 3.0, trial) with one method."""
-    row = {c: 0.5 for c in RESULT_COLUMNS} | {"image": image, "K": 32, "scheme": "K=32", "trial": trial,
+    row = {c: 0.5 for c in PROTECTED_COLUMNS} | {"image": image, "K": 32, "scheme": "K=32", "trial": trial,
                                              "layout": "interleaved",
                                              "channel": "gilbert", "method": "none"}
     return TrialRecord([row | values], [{"decode_ms": 1.5}])
@@ -263,9 +278,9 @@ def test_colour_packet_crosses_the_channel_like_any_packet(codec):
     enc = encode_image(codec, NamedImage("c", img), codec.encode_latent(img), 32, 64, "interleaved", 0, 1)
     assert is_chroma_packet(enc.packets[-1]) and enc.colour is not None
     scorer = GridScorer(codec, enc)
-    _, lp, ps, _, _ = scorer(enc.indices, enc.colour)
+    [(_, lp, ps, _, _)] = scorer.score([enc.indices], enc.colour)
     assert (lp, ps) == (enc.lossless_lpips, enc.lossless_psnr)
-    assert scorer(enc.indices, None)[2] < ps - 3
+    assert scorer.score([enc.indices], None)[0][2] < ps - 3
 
 
 def test_adaptive_trials_stop_on_precision_or_at_max(codec, images, tmp_path):

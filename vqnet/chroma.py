@@ -177,8 +177,14 @@ def decode_in_colour(codec: Codec, grid: np.ndarray, K: int, size: tuple[int, in
                      colour: Chroma | None) -> np.ndarray:
     """Decode an index grid to a (size) image and, when the colour packet arrived, put its chroma
     under it: what every receiver (``.vqn`` decoding, the sweep) shows."""
-    image = codec.decode(grid, K, size)
-    return image if colour is None else apply(image, colour, codec.factor)
+    return decode_many_in_colour(codec, [grid], K, size, colour)[0]
+
+
+def decode_many_in_colour(codec: Codec, grids: list[np.ndarray], K: int, size: tuple[int, int],
+                          colour: Chroma | None) -> list[np.ndarray]:
+    """:func:`decode_in_colour` of grids of one image (one colour packet), in one decoder call."""
+    images = codec.decode_many(grids, K, size)
+    return images if colour is None else [apply(image, colour, codec.factor) for image in images]
 
 
 def _residuals(planes: np.ndarray) -> np.ndarray:

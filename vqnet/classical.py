@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL
@@ -19,6 +20,9 @@ from PIL import Image, features
 
 from vqnet.errors import VqnetError
 from vqnet.metrics import bpp, lpips_distance
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ClassicalError(VqnetError, ValueError):
@@ -102,8 +106,8 @@ class ClassicalCoder:
     the answers are exactly those of separate searches.
     """
 
-    def __init__(self, img: np.ndarray):
-        self.img = img
+    def __init__(self, img: np.ndarray, device: torch.device | str = "cpu"):
+        self.img, self.device = img, device  # where LPIPS runs
         self.h, self.w = img.shape[:2]
         self._small: dict[float, Image.Image] = {}
         self._files: dict[tuple[str, float, int], bytes] = {}
@@ -133,7 +137,7 @@ class ClassicalCoder:
             if out.size != (self.w, self.h):
                 out = out.resize((self.w, self.h), Image.Resampling.LANCZOS)
             recon = np.array(out, dtype=np.uint8)
-            self._scored[key] = (lpips_distance(self.img, recon), recon)
+            self._scored[key] = (lpips_distance(self.img, recon, self.device), recon)
         return self._scored[key]
 
     def at_bpp(self, codec: str, target_bpp: float) -> ClassicalResult:

@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -26,9 +26,11 @@ from vqnet.score_cli import app as score_app
 if TYPE_CHECKING:  # the heavy imports stay inside the commands that need them
     import torch
 
+    from vqnet.cluster import RayPool
     from vqnet.codec.bundle import Codec
     from vqnet.images import NamedImage
     from vqnet.journal import Journal
+    from vqnet.scenario import Scenario
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -48,9 +50,6 @@ app.add_typer(codebook_app, name="codebook")
 
 
 DEVICE_HELP = "Where to train: cpu, or cuda where a GPU is lent (the same recipe and data, much faster)."
-CODEC_DEVICE_HELP = ("Where the codec's encoder and decoder run: cpu, or cuda for large models (the official "
-                     "76 M-parameter VQGAN decodes a Kodak image in ~1.5 TFLOP); the rest stays on the CPU. Scores "
-                     "match the CPU's only to float tolerance.")
 MINUTES_HELP = "Stop after this many minutes of training, with a checkpoint (for a fixed GPU budget)."
 #: ``vqnet train vqgan --freeze``: the parts kept fixed (``encoder`` includes quant_conv and the codebook).
 FREEZE_CHOICES = ("none", "encoder", "encoder,post_quant_conv")
@@ -64,18 +63,33 @@ def check_layout(layout: str) -> str:
 
 
 def check_device(device: str) -> str:
-    """``--device`` as torch names it, refused in one line when this machine has no such device."""
-    import torch
+    """``--device`` as torch names it (``auto`` resolved), refused in one line when this machine
+    has no such device."""
+    from vqnet.runtime import resolve_device
 
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise typer.BadParameter(f"--device must be cpu or cuda[:N], got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("--device cuda: no CUDA GPU is visible on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise typer.BadParameter(f"--device must be cpu or cuda[:N], got {device!r}")
-    return device
+    return str(resolve_device(device))
+
+
+RUN_DEVICE_HELP = ("cpu | cuda[:N] | auto (a GPU when one is visible): where the codec, the concealment "
+                   "transformers and LPIPS run. A GPU's scores match the CPU's only to float tolerance.")
+PRECISION_HELP = ("float32 | bf16: the decoder's arithmetic. bf16 is refused where it is not fast (CPUs without "
+                  "AMX or AVX512-BF16); its tolerance is in docs/performance.md.")
+
+
+def cluster_pool(spec: str, sc: Scenario, model: Path | str | None, images: list[NamedImage], codec: Codec) -> RayPool:
+    """The Ray workers of ``vqnet run --cluster SPEC``, set up like ``codec`` (device, precision)."""
+    from vqnet.cluster import RayPool, parse_cluster
+
+    parse_cluster(spec)  # a malformed spec is refused before Ray is looked for
+    return RayPool(spec, sc, None if model is None else Path(model), images, codec.device, codec.precision)
+
+
+def placed(codec: Codec, device: str, precision: str = "float32") -> Codec:
+    """``codec`` moved to ``device`` and set to decode in ``precision``, both checked first
+    (:func:`vqnet.runtime.prepare`, which also sets this process up for them)."""
+    from vqnet.runtime import prepare
+
+    return codec.to(*prepare(device, precision))
 
 
 _COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -155,7 +169,12 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/<name>/partial.jsonl of an interrupted run "
                                                         "instead of resuming from it.")] = False,
-    device: Annotated[str, typer.Option(help=CODEC_DEVICE_HELP)] = "cpu",
+    device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
+    precision: Annotated[str | None, typer.Option(help=PRECISION_HELP + " Default: the scenario's.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Run the trials on Ray workers (each loads the codec once): "
+                                                     "local[:N] starts N on this machine (default: one per core), "
+                                                     "ray://HOST:PORT or auto joins a running cluster. Needs "
+                                                     "pip install 'vqnet[ray]'; docs/performance.md.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
 ) -> None:
     """Run a sweep: results.csv, summary.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
@@ -174,23 +193,24 @@ def run(
         from vqnet.sweep import TrialJournal, count_trials, run_sweep, sweep_fingerprint, sweep_summary, write_results
 
         sc = load_scenario(scenario)
-        codec = load_codec(model or sc.model)
-        codec.model.to(check_device(device))
-        for s in sc.protection_schemes():
-            codec.codebook(s.K)
+        codec = placed(load_codec(model or sc.model), device, precision or sc.precision)
+        for scheme in sc.protection_schemes():
+            codec.codebook(scheme.K)
         images = scorable(load_images(sc.images.source, sc.images.names, sc.images.limit,
                                       codable_pixels(codec.factor)))
         folder = locked_output(job_folder(out, sc.name), wait)
         total = count_trials(sc, len(images))
+        pool = nullcontext() if cluster is None else cluster_pool(cluster, sc, model or sc.model, images, codec)
         t0 = time.perf_counter()
-        with TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images), fresh) as journal:
+        with pool as workers, TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images),
+                                                fresh) as journal:
             if journal.done:
                 bound = "" if isinstance(sc.trials, int) else "at most "
                 typer.echo(f"resuming: {len(journal.done)} of {bound}{count_trials(sc, len(images), per_method=False)} trials already done "
                            f"({journal.path})")
             note_dropped(journal)
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
-                result = run_sweep(sc, codec, images, advance, journal)
+                result = run_sweep(sc, codec, images, advance, journal, workers)
         seconds = time.perf_counter() - t0
         summary = sweep_summary(sc, result.results)
         paths = write_results(result, folder, summary)
@@ -240,7 +260,7 @@ def summarize_cmd(
         from vqnet.plots import plot_lpips_vs_loss
         from vqnet.scenario import ScenarioError, load_scenario
         from vqnet.summary import compact_table
-        from vqnet.sweep import RESULT_COLUMNS, sweep_summary
+        from vqnet.sweep import PROTECTED_COLUMNS, RESULT_COLUMNS, sweep_summary
 
         sc = load_scenario(scenario)
         path = out / sc.name / "results.csv"
@@ -248,8 +268,11 @@ def summarize_cmd(
             results = pd.read_csv(path)
         except (OSError, ValueError) as exc:
             raise ScenarioError(f"cannot read {path}: {exc}") from None
-        if list(results.columns) != RESULT_COLUMNS:
+        if list(results.columns) not in (RESULT_COLUMNS, PROTECTED_COLUMNS):
             raise ScenarioError(f"{path} is not a vqnet results.csv (its columns differ)")
+        if sc.schemes and "scheme" not in results:
+            raise ScenarioError(f"{path} has no scheme column, but {scenario} compares schemes: it is another "
+                                "scenario's table")
         summary = sweep_summary(sc, results)
         summary.to_csv(path.with_name("summary.csv"), index=False, float_format="%.6g")
         plot = plot_lpips_vs_loss(summary, path.with_name("lpips_vs_loss.png"), f"{sc.name}: {results['channel'].iloc[0]} channel")
@@ -295,6 +318,8 @@ def encode(
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet (headers come on top).")] = 24,
     layout: Annotated[str, typer.Option(help="raster | interleaved (see vqnet/packets.py).")] = "interleaved",
     chroma_cells: Annotated[int, typer.Option(min=0, max=MAX_CELLS, help=CHROMA_HELP)] = CELLS,
+    device: Annotated[str, typer.Option(help="cpu | cuda[:N] | auto: where the encoder runs (always in float32: "
+                                             "the indices are what is sent).")] = "cpu",
 ) -> None:
     """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
     with user_errors():
@@ -305,7 +330,7 @@ def encode(
         from vqnet.metrics import bpp
         from vqnet.vqn import encode_vqn, write_vqn
 
-        codec = load_codec(model)
+        codec = placed(load_codec(model), device)
         pixels = load_image(image, codable_pixels(codec.factor))
         vqn = encode_vqn(codec, pixels, K, max_payload, layout, chroma_cells)  # type: ignore[arg-type]
         data = write_vqn(vqn)
@@ -324,6 +349,8 @@ def decode(
                                                  "(the last three need that K's transformer beside the codec; "
                                                  "the bundled model has them for K=256).")] = "neighbor",
     model: Annotated[Path | None, typer.Option(help="Codec bundle the file was made with (default: bundled).")] = None,
+    device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
 ) -> None:
     """Decode a .vqn file, concealing what missing or damaged packets held; print what was lost."""
     with user_errors():
@@ -335,7 +362,7 @@ def decode(
         if method not in METHODS:
             raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         vqn = read_vqn(vqn_file.read_bytes(), str(vqn_file))
-        codec = load_codec(model)
+        codec = placed(load_codec(model), device, precision)
         require_codable(vqn.height, vqn.width, str(vqn_file), codec.factor)
         out = decode_vqn(codec, vqn, method)
         save_image(output, out.image)
@@ -372,7 +399,8 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/partial.jsonl of an interrupted run instead "
                                                         "of resuming from it.")] = False,
-    device: Annotated[str, typer.Option(help=CODEC_DEVICE_HELP)] = "cpu",
+    device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP + " DISTS too.")] = "cpu",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
     wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
 ) -> None:
     """Rate-distortion report: every K of the codec (bpp of real .vqn files, LPIPS, DISTS, PSNR,
@@ -392,8 +420,7 @@ def eval_cmd(
         if codebooks not in CODEBOOK_SETS:
             raise typer.BadParameter(f"--codebooks must be one of {', '.join(CODEBOOK_SETS)}, got {codebooks!r}")
         names = [] if classical.strip() == "none" else [c.strip() for c in classical.split(",") if c.strip()]
-        codec = load_codec(model)
-        codec.model.to(check_device(device))
+        codec = placed(load_codec(model), device, precision)
         k_list = eval_ladder(codec, _k_list(ks) if ks else None)
         pixels = scorable(load_images(str(images), max_pixels=codable_pixels(codec.factor)))
         locked_output(out, wait)

@@ -132,9 +132,9 @@ class DISTS(nn.Module):
 
 
 @functools.cache
-def get_dists() -> DISTS:
-    """The process-wide DISTS model (built on first use; fetches the 20 kB wheel once)."""
-    return DISTS()
+def get_dists(device: str = "cpu") -> DISTS:
+    """The process-wide DISTS model on ``device`` (built on first use; fetches the 20 kB wheel once)."""
+    return DISTS().to(device)
 
 
 def dists_input(image: np.ndarray) -> torch.Tensor:

@@ -34,6 +34,7 @@ from vqnet.images import NamedImage
 from vqnet.journal import Journal, fingerprint, require_scalars
 from vqnet.metrics import MS_SSIM_MIN_SIDE, bpp, lpips_distance, ms_ssim, psnr
 from vqnet.packets import Layout
+from vqnet.runtime import describe
 from vqnet.vqn import decode_vqn, encode_vqn, read_vqn, write_vqn
 
 #: Name of the learned codec in the tables and plots.
@@ -76,26 +77,27 @@ class EvalOutput:
 class _Scorer:
     """Scores reconstructions of one original, running DISTS's VGG16 on the original only once."""
 
-    def __init__(self, ref: np.ndarray, with_dists: bool) -> None:
-        self.ref = ref
+    def __init__(self, ref: np.ndarray, with_dists: bool, device: torch.device) -> None:
+        self.ref, self.device = ref, device  # where LPIPS and DISTS run
         self.with_ms_ssim = min(ref.shape[:2]) > MS_SSIM_MIN_SIDE
         self.dists: DISTS | None = None
         if with_dists:
-            self.dists = get_dists()  # VGG16 and its weights load only when DISTS is asked for
+            self.dists = get_dists(str(device))  # VGG16 and its weights load only when DISTS is asked for
             with torch.inference_mode():
-                self.ref_features = self.dists.features(dists_input(ref))
+                self.ref_features = self.dists.features(dists_input(ref).to(device))
 
     def __call__(self, test: np.ndarray, lpips: float | None = None) -> dict[str, float]:
         """All metrics of ``test``; pass ``lpips`` when it is already known (saves a forward pass)."""
         scores = {
-            "lpips": lpips_distance(self.ref, test) if lpips is None else lpips,
+            "lpips": lpips_distance(self.ref, test, self.device) if lpips is None else lpips,
             "psnr": psnr(self.ref, test),
             "ms_ssim": ms_ssim(self.ref, test) if self.with_ms_ssim else math.nan,
             "dists": math.nan,
         }
         if self.dists is not None:
             with torch.inference_mode():
-                scores["dists"] = self.dists.compare(self.ref_features, self.dists.features(dists_input(test))).item()
+                features = self.dists.features(dists_input(test).to(self.device))
+                scores["dists"] = self.dists.compare(self.ref_features, features).item()
         return scores
 
 
@@ -167,14 +169,14 @@ class EvalJournal(Journal[Unit]):
 def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: bool, classical: Sequence[str],
                      max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved",
                      chroma_cells: int = 0) -> str:
-    """sha256 of everything an evaluation's rows depend on: the model (and the device it runs on:
-    a GPU's scores differ from the CPU's in the last digits), the options and the images."""
-    device = codec.model.quant_conv.weight.device.type
+    """sha256 of everything an evaluation's rows depend on: the model, where and in which
+    precision it runs (a GPU's scores differ from the CPU's in the last digits), the options and
+    the images."""
     return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
                         "classical": list(classical), "max_payload": max_payload, "layout": layout,
                         "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS,
-                        "chroma_cells": chroma_cells} | receiver_settings(chroma_cells)
-                       | ({} if device == "cpu" else {"device": device}), images)
+                        "chroma_cells": chroma_cells, "precision": codec.precision}
+                       | describe(codec.device) | receiver_settings(chroma_cells), images)
 
 
 def evaluate(
@@ -235,7 +237,7 @@ def evaluate(
                     if n == 0:
                         examples[(label, K)] = examples[(VQNET, K)]
                 elif key not in done or n == 0:
-                    score = score or _Scorer(item.pixels, with_dists)
+                    score = score or _Scorer(item.pixels, with_dists, codec.device)
                     row, used, image = _code_vqnet(variant, item, K, score, max_payload, layout, chroma_cells)
                     if key not in done:
                         record(key, (row, used.tolist()))
@@ -253,7 +255,7 @@ def evaluate(
         # Scoring the original again costs one VGG16 pass; keeping every image's features from
         # the first loop instead would hold ~200 MB per Kodak image.
         score = None
-        coder = ClassicalCoder(item.pixels)
+        coder = ClassicalCoder(item.pixels, codec.device)
         for name in usable:
             for K in ladder:
                 key = EvalJournal.key(item.name, name, K)
@@ -265,7 +267,7 @@ def evaluate(
                     if key not in done:
                         row = None
                         if res is not None:
-                            score = score or _Scorer(item.pixels, with_dists)
+                            score = score or _Scorer(item.pixels, with_dists, codec.device)
                             row = ({"image": item.name, "codec": name, "K": K, "target_bpp": targets[K],
                                     "bytes": res.n_bytes, "bpp": res.bpp, "scale": res.scale, "quality": res.quality}
                                    | score(res.image, lpips=res.lpips))

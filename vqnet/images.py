@@ -264,5 +264,10 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (1,3,H,W) in [-1,1] -> uint8 H,W,3 (rounded, clipped)."""
-    arr = ((x[0].detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
-    return arr.permute(1, 2, 0).cpu().numpy()
+    return to_uint8_batch(x[:1])[0]
+
+
+def to_uint8_batch(x: torch.Tensor) -> np.ndarray:
+    """float (N,3,H,W) in [-1,1] -> uint8 (N,H,W,3) (rounded, clipped)."""
+    arr = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
+    return arr.permute(0, 2, 3, 1).cpu().numpy()

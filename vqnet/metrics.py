@@ -74,25 +74,40 @@ def load_lpips(net: Literal["alex", "vgg"] = "alex", fp16_ok: bool = False) -> l
 
 
 @functools.cache
-def get_lpips() -> lpips.LPIPS:
-    """The process-wide LPIPS-alex model (built on first use; building reads ~10 MB)."""
-    return load_lpips("alex")
+def get_lpips(device: str = "cpu") -> lpips.LPIPS:
+    """The process-wide LPIPS-alex model on ``device`` (built on first use; building reads ~10 MB)."""
+    return load_lpips("alex").to(device)
 
 
-def lpips_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+def lpips_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor,
+                   device: torch.device | str = "cpu") -> float:
     """LPIPS-alex v0.1 distance between two images; 0 means identical.
 
     Accepts either ``uint8`` arrays ``(H, W, 3)`` (scaled to [-1, 1] as ``x / 127.5 - 1``,
     exactly like ``lpips.im2tensor``) or float tensors ``(N, 3, H, W)`` already in [-1, 1];
-    for ``N > 1`` the mean over the batch is returned. Runs on CPU in float32 so results match
-    the reference values.
+    for ``N > 1`` the mean over the batch is returned. Runs in float32 (on the CPU, by default,
+    results match the reference values bit for bit).
     """
-    ta, tb = _lpips_input(a), _lpips_input(b)
-    if ta.shape != tb.shape:
-        raise ImageError(f"cannot compare images of shapes {tuple(ta.shape)} and {tuple(tb.shape)}")
+    return float(lpips_distances(a, [b], device)[0])
+
+
+def lpips_distances(ref: np.ndarray | torch.Tensor, tests: list[np.ndarray | torch.Tensor],
+                    device: torch.device | str = "cpu") -> list[float]:
+    """:func:`lpips_distance` of each of ``tests`` against ``ref``, in one forward pass of the
+    trunk (what a GPU wants; on a CPU, pass one test at a time to keep the reference's bits)."""
+    device = str(torch.device(device))
+    ta = _lpips_input(ref).to(device)
+    tb = [_lpips_input(t).to(device) for t in tests]
+    if any(t.shape != ta.shape for t in tb):
+        bad = next(t for t in tb if t.shape != ta.shape)
+        raise ImageError(f"cannot compare images of shapes {tuple(ta.shape)} and {tuple(bad.shape)}")
+    n = len(tb)
     require_lpips_size(ta.shape[2], ta.shape[3], "the image")
     with torch.inference_mode():
-        return get_lpips()(ta, tb).mean().item()
+        if n == 1:
+            return [get_lpips(device)(ta, tb[0]).mean().item()]
+        d = get_lpips(device)(ta.repeat(n, 1, 1, 1), torch.cat(tb)).view(n, -1).mean(dim=1)
+        return d.cpu().tolist()
 
 
 def _lpips_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from vqnet.evaluate import VQNET, EvalOutput
+from vqnet.summary import with_scheme
 from vqnet.sweep import SweepOutput
 
 
@@ -34,7 +35,7 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
     The x axis is the target loss; each tick also shows the realised mean loss of that point
     (packets, or indices for the mask channel), since a few short bursty trials stray from it.
     """
-    panels = list(summary.groupby(["K", "scheme", "burst"], dropna=False, sort=True))
+    panels = list(with_scheme(summary).groupby(["K", "scheme", "burst"], dropna=False, sort=True))
     fig, axes = plt.subplots(2, len(panels), figsize=(max(7.0, 5.6 * len(panels)), 7.4), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [3, 2]})
     for col, ((_, scheme, burst), g) in enumerate(panels):

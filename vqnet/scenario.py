@@ -223,6 +223,9 @@ class Scenario(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Root seed; each trial's seed derives from it and the trial's key.")
     images: Images = Field(default_factory=Images, description="Which images to send.")
     model: str | None = Field(None, description="Codec bundle (.safetensors); null = the bundled default model.")
+    precision: Literal["float32", "bf16"] = Field(
+        "float32", description="The decoder's arithmetic; bf16 only where it is fast (a CPU with AMX or AVX512-BF16, "
+        "or a GPU), see docs/performance.md. `vqnet run --precision` overrides it.")
     K: list[int] = Field(default_factory=lambda: [256], min_length=1, description="Codebook sizes to sweep (must exist in the model).")
     packets: Packets = Field(default_factory=Packets, description="Packetisation.")
     channel: Channel = Field(default_factory=lambda: Channel(loss=[0.3], burst=[4.0]), description="Loss process and swept points.")
@@ -287,6 +290,12 @@ class Scenario(_Strict):
     def protection_schemes(self) -> list[Scheme]:
         """The schemes to run: the scenario's, or one per K with packets.fec and link.arq."""
         return self.schemes or [Scheme(name=f"K={K}", K=K, fec=self.packets.fec, arq=self.link.arq) for K in self.K]
+
+    @property
+    def protected(self) -> bool:
+        """Whether the sweep compares schemes or protects its packets (FEC, ARQ): then its tables carry the
+        scheme and protection columns (:data:`vqnet.sweep.PROTECTED_COLUMNS`)."""
+        return bool(self.schemes) or self.packets.fec is not None or self.link.arq is not None
 
     def scheme_methods(self, scheme: Scheme) -> list[str]:
         """A scheme's concealment methods, in the scenario's order."""

@@ -30,6 +30,12 @@ SUMMARY_COLUMNS = [
 LEVEL = 0.95
 
 
+def with_scheme(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (results.csv or summary.csv rows) with a ``scheme`` column: its own in a protected
+    sweep's tables, else each row's codebook size (``K=256``), the one scheme per K such a sweep runs."""
+    return table if "scheme" in table else table.assign(scheme="K=" + table["K"].astype(str))
+
+
 def mean_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
     """Mean and Student-t interval (lo, hi) of ``values``; (nan, -inf, inf) bounds below two values,
     and the mean itself when they do not vary."""
@@ -77,8 +83,11 @@ def summarize(results: pd.DataFrame, reference: str, precision: float | None = N
     ``precision`` is the scenario's adaptive target (None for a fixed trial count): a point whose
     intervals meet it stopped on precision, any other ran to max (the rule stops at the first trial
     count that meets it, so the finished point's own rows tell). ``trials`` counts the point's
-    distinct trial numbers; ``n`` its (image, trial) pairs.
+    distinct trial numbers; ``n`` its (image, trial) pairs. ``scheme`` is a column only when
+    ``results`` has one (a protected sweep's), so an unprotected table keeps its summary.csv layout.
     """
+    columns = SUMMARY_COLUMNS if "scheme" in results else [c for c in SUMMARY_COLUMNS if c != "scheme"]
+    results = with_scheme(results)
     rows = []
     methods = list(dict.fromkeys(results["method"]))
     for point, g in results.groupby(POINT, dropna=False, sort=True):
@@ -105,7 +114,7 @@ def summarize(results: pd.DataFrame, reference: str, precision: float | None = N
                 row |= {"diff": diff, "diff_lo": lo, "diff_hi": hi, "wins": int((d < 0).sum()),
                         "losses": int((d > 0).sum()), "ties": int((d == 0).sum())}
             rows.append(row)
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out = pd.DataFrame(rows, columns=columns)
     return out.replace([math.inf, -math.inf], math.nan)
 
 
@@ -122,7 +131,7 @@ def compact_table(summary: pd.DataFrame) -> str:
     """The table `vqnet run` prints: per point, each method's mean LPIPS and its paired difference
     to the reference with the 95 % interval, and how the point stopped."""
     lines = []
-    for (_, scheme, burst), g in summary.groupby(["K", "scheme", "burst"], dropna=False, sort=True):
+    for (_, scheme, burst), g in with_scheme(summary).groupby(["K", "scheme", "burst"], dropna=False, sort=True):
         ref = g["reference"].iloc[0]
         burst_txt = "" if pd.isna(burst) else f", burst {burst:g}"
         lines.append(f"{scheme}{burst_txt}: mean LPIPS (alex), and LPIPS - {ref} per pair [95 % interval]")

@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 from vqnet.codec.model import VQGANConfig, VQModel, nearest_code_chunked
 from vqnet.entropy import Prior
 from vqnet.errors import VqnetError
-from vqnet.images import pad_to_multiple, to_tensor, to_uint8
+from vqnet.images import pad_to_multiple, to_tensor, to_uint8_batch
+from vqnet.runtime import autocast
 from vqnet.weights import sha256_of
 
 FORMAT = "vqnet-codec"
@@ -91,10 +92,29 @@ class Codec:
     model_id: str = "unsaved"
     provenance: dict = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from: concealment models live beside it
+    precision: str = "float32"  # the decoder's (vqnet.runtime.PRECISIONS); the encoder always runs in float32
 
     @property
     def factor(self) -> int:
         return self.model.config.ddconfig.downsample_factor
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs; codebooks and priors stay on the CPU (they are small)."""
+        return self.model.quant_conv.weight.device
+
+    def to(self, device: torch.device | str, precision: str = "float32") -> "Codec":
+        """Move the model to ``device`` and decode in ``precision`` from now on (in place, like
+        ``nn.Module.to``); check both with :func:`vqnet.runtime.prepare` first."""
+        self.model.to(device)
+        self.precision = precision
+        return self
+
+    @property
+    def decode_batch(self) -> int:
+        """How many grids one decoder call should take. One on a CPU: batching there gains nothing
+        and moves the last bits of the images (other kernel blocking; docs/performance.md)."""
+        return 1 if self.device.type == "cpu" else 8
 
     @property
     def ks(self) -> list[int]:
@@ -114,7 +134,7 @@ class Codec:
         if not any(cb.raw for cb in self.codebooks.values()):
             raise CodecError(f"model {self.model_id} keeps no codebooks from before fine-tuning (raw)")
         return Codec(self.model, {K: cb.raw or cb for K, cb in self.codebooks.items()}, self.model_id,
-                     self.provenance)
+                     self.provenance, precision=self.precision)
 
     @torch.inference_mode()
     def encode_latent(self, img: np.ndarray) -> torch.Tensor:
@@ -145,17 +165,27 @@ class Codec:
         h = F.conv2d(z, cb.post_quant_conv_weight, cb.post_quant_conv_bias)
         return self.model.decoder(h.to(self.model.quant_conv.weight.device)).to(z.device)
 
-    @torch.inference_mode()
     def decode(self, indices: np.ndarray, K: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """Index grid -> uint8 image, cropped to ``size`` (H, W) when the original was padded."""
+        return self.decode_many([indices], K, size)[0]
+
+    @torch.inference_mode()
+    def decode_many(self, grids: list[np.ndarray], K: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Index grids of one shape -> uint8 images, in one decoder call (see :attr:`decode_batch`)."""
         cb = self.codebook(K)
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        if idx.ndim != 2 or int(idx.min()) < 0 or int(idx.max()) >= K:
+        idx = torch.as_tensor(np.stack([np.asarray(g, dtype=np.int64) for g in grids]))
+        if idx.ndim != 3 or int(idx.min()) < 0 or int(idx.max()) >= K:
             raise CodecError(f"indices must be a 2-D grid of values in [0, {K})")
-        out = to_uint8(self.decode_vectors(cb.embedding[idx].permute(2, 0, 1).unsqueeze(0), K))
+        # One grid is fed as a (C, h, w) view with a batch axis added, the strides every published
+        # table was decoded with: oneDNN rounds some pixels differently for a batch's strides.
+        vectors = cb.embedding[idx].permute(0, 3, 1, 2)
+        z = vectors[0].unsqueeze(0) if len(grids) == 1 else vectors
+        with autocast(self.device, self.precision):
+            out = self.decode_vectors(z, K)
+        images = to_uint8_batch(out)
         if size is not None:
-            out = out[: size[0], : size[1]]
-        return np.ascontiguousarray(out)
+            images = images[:, : size[0], : size[1]]
+        return [np.ascontiguousarray(im) for im in images]
 
 
 _CODEBOOK_TENSORS = {"embedding": "embedding", "quant_conv.weight": "quant_conv_weight",

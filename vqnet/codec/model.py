@@ -93,8 +93,14 @@ class VQGANConfig:
 
 def nonlinearity(x: torch.Tensor) -> torch.Tensor:
     """Swish (upstream writes x*sigmoid(x)); ``F.silu`` is the same function in one fused pass,
-    which takes a tenth off a CPU decode."""
-    return F.silu(x)
+    which takes a tenth off a CPU decode. Without autograd it overwrites ``x`` (always a fresh
+    GroupNorm output here): the same numbers, one full-size activation fewer to allocate per call."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def residual(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``x + h``, summed into ``h`` (a fresh branch output) when no gradient needs it."""
+    return x + h if torch.is_grad_enabled() else h.add_(x)
 
 
 def Normalize(in_channels: int) -> nn.GroupNorm:  # noqa: N802 - upstream name
@@ -144,7 +150,7 @@ class ResnetBlock(nn.Module):
         h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
-        return x + h
+        return residual(x, h)
 
 
 class AttnBlock(nn.Module):

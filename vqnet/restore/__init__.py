@@ -57,7 +57,7 @@ def _concealer(kind: str, ctx: RestoreContext):  # noqa: ANN202 - GPT, imported 
         raise ValueError(f"the {kind} method needs the codec (RestoreContext.codec) to find its model")
     from vqnet.restore.store import load_concealer
 
-    return load_concealer(ctx.codec, kind, ctx.K)
+    return load_concealer(ctx.codec, kind, ctx.K).to(ctx.codec.device)  # the codec's device, as every model
 
 
 def _code_distances(ctx: RestoreContext) -> np.ndarray:

@@ -89,7 +89,9 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
     for (h, w), wins in by_shape.items():
         batch = np.stack([grids[g].codes[grids[g].rows[wr] : grids[g].rows[wr] + h, grids[g].cols[wc] : grids[g].cols[wc] + w].reshape(-1)
                           for g, wr, wc in wins])
-        out = model(torch.from_numpy(batch), _position_ids(h, w))[..., :K].float().softmax(-1)
+        device = model.pos_emb.device
+        out = model(torch.from_numpy(batch).to(device), _position_ids(h, w).to(device))[..., :K].float()
+        out = out.softmax(-1).cpu()
         for key, o in zip(wins, out):
             logits[key] = o.view(h, w, K)
     result = []

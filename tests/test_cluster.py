@@ -1,0 +1,134 @@
+"""`vqnet run --cluster local:2` (Ray): the serial run's results.csv byte for byte, also when a
+worker process is killed mid-sweep; without Ray, one Error line (real subprocesses, tiny codec)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_model
+from vqnet.cli import app
+from vqnet.codec.bundle import Codebook, Codec, save_codec
+from vqnet.entropy import Prior
+from vqnet.journal import PARTIAL_NAME
+
+# Adaptive trials (2 to 8 per point; here one point stops at 3, two run 8; `none` is the reference,
+# since the stopping rule leaves the floor out), so the test also shows that which trials run does
+# not depend on the order results come back in.
+SCENARIO = """\
+name: cl
+seed: 11
+images: {{source: {images}}}
+K: [32]
+packets: {{max_payload: 8, layout: interleaved}}
+channel: {{model: gilbert, loss: [0.2, 0.4, 0.6], burst: [3]}}
+methods: [none, neighbor]
+compare_to: none
+trials: {{min: 2, max: 8, precision: 0.03}}
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("cluster")
+    model = tiny_model()
+    cb = Codebook.from_model(model)
+    cb.embedding = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
+    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
+    save_codec(Codec(model, {32: cb}), tmp / "tiny.safetensors")
+    rng = np.random.default_rng(4)
+    (tmp / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (96, 112, 3), dtype=np.uint8)).save(tmp / "images" / f"p{i}.png")
+    (tmp / "s.yaml").write_text(SCENARIO.format(images=json.dumps(str(tmp / "images"))))
+    return tmp
+
+
+def _command(tmp: Path, out: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vqnet", "run", str(tmp / "s.yaml"), "--out", str(tmp / out),
+            "--model", str(tmp / "tiny.safetensors"), "--quiet", *extra]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="120")
+
+
+@pytest.fixture(scope="module")
+def serial(setup) -> bytes:
+    res = subprocess.run(_command(setup, "serial"), env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return (setup / "serial" / "cl" / "results.csv").read_bytes()
+
+
+def _actors(root: int) -> list[int]:
+    """Ray actor processes (their title names the actor class) under process ``root``."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found = []
+    for pid in parent:
+        p = pid
+        while p in parent and p != root:
+            p = parent[p]
+        if p == root and pid != root:
+            try:
+                if b"_Worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
+
+
+def test_cluster_gives_the_serial_table(setup, serial):
+    pytest.importorskip("ray")
+    res = subprocess.run(_command(setup, "ray", "--cluster", "local:2"), env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (setup / "ray" / "cl" / "results.csv").read_bytes() == serial
+    trials = pd.read_csv(io.BytesIO(serial)).groupby("target_loss")["trial"].max()
+    assert trials.min() < trials.max()  # the adaptive rule stopped some points early
+
+
+def test_killed_worker_still_gives_the_complete_serial_table(setup, serial):
+    pytest.importorskip("ray")
+    partial = setup / "kill" / "cl" / PARTIAL_NAME
+    proc = subprocess.Popen(_command(setup, "kill", "--cluster", "local:2"), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300  # a guard against hanging, not a timing assertion
+    while not (partial.is_file() and partial.read_bytes().count(b"\n") >= 1 + 2):
+        assert proc.poll() is None, f"sweep ended before a worker could be killed: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "no trial was journalled"
+        time.sleep(0.01)
+    victims = _actors(proc.pid)
+    assert victims and proc.poll() is None, "no worker to kill, or the sweep finished first"
+    os.kill(victims[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert (setup / "kill" / "cl" / "results.csv").read_bytes() == serial
+    assert not partial.exists()
+
+
+def test_without_ray_cluster_is_one_error_line(setup, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    result = CliRunner().invoke(app, _command(setup, "noray", "--cluster", "local:2")[3:])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0] == "Error: --cluster needs Ray, an optional extra: pip install 'vqnet[ray]'"
+    bad = CliRunner().invoke(app, _command(setup, "noray", "--cluster", "local:0")[3:])
+    assert bad.exit_code == 2 and "--cluster must be local, local:N" in bad.output
