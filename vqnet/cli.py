@@ -9,17 +9,18 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from vqnet.channel.cli import app as channel_app
 from vqnet.chroma import CELLS, MAX_CELLS
 from vqnet.cli_errors import OneLineErrors, user_errors
+from vqnet.progress import COLUMNS, progress_bar
 from vqnet.restore.cli import train_prior_cmd
 from vqnet.score_cli import app as score_app
 
@@ -90,21 +91,6 @@ def placed(codec: Codec, device: str, precision: str = "float32") -> Codec:
     from vqnet.runtime import prepare
 
     return codec.to(*prepare(device, precision))
-
-
-_COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[label]}"))
-
-
-@contextmanager
-def progress_bar(total: int | None, description: str, quiet: bool) -> Iterator[Callable[[int, str], None]]:
-    """A rich progress bar on stderr; ``advance(n, label)`` moves it. Silent with --quiet."""
-    if quiet:
-        yield lambda n, label: None
-        return
-    with Progress(*_COLUMNS) as bar:
-        task = bar.add_task(description, total=total, label="")
-        yield lambda n, label: bar.update(task, advance=n, label=label)
 
 
 WAIT_HELP = "When another vqnet job is writing to the same output folder, wait for it instead of refusing."
@@ -577,7 +563,7 @@ def train_vqgan_cmd(
                           freeze_post_quant_conv=freeze == "encoder,post_quant_conv",
                           init=str(init) if init else None, decoder_ch=decoder_ch,
                           decoder_res_blocks=decoder_blocks, device=check_device(device))
-        with Progress(*_COLUMNS) as bar:
+        with Progress(*COLUMNS) as bar:
             loading = bar.add_task("loading photos", total=None, label="")
             training = bar.add_task("training", total=steps, label="")
 

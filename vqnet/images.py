@@ -220,12 +220,16 @@ def available_memory() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+#: Largest image (pixels) vqnet codes, and a .vqn file may describe. The decoder allocates for the
+#: whole image a header names, so without a bound a 33-byte file could demand gigabytes; 64 Mpx
+#: (8192 x 8192) is beyond anything this simulator decodes on a CPU.
+MAX_PIXELS = 1 << 26
+
+
 def codable_pixels(factor: int = 16, memory: int | None = None) -> int:
     """The largest image (pixels) the codec can code in ``memory`` bytes (default: what this
     machine has available), so a larger one is refused in one line before anything is allocated
     instead of being killed by the OOM killer. Never above the .vqn format's own limit."""
-    from vqnet.vqn import MAX_PIXELS
-
     budget = _MEMORY_SHARE * (available_memory() if memory is None else memory)
     # a*px + b*(px/f²)² <= budget, solved for px
     a, b = _BYTES_PER_PIXEL, _BYTES_PER_ATTENTION_CELL / factor**4

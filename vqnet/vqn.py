@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vqnet.images import MAX_PIXELS
 from vqnet.chroma import ChromaError, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
 from vqnet.errors import VqnetError
 from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout, depacketize, packetize
@@ -71,10 +72,6 @@ _LAYOUTS: tuple[str, ...] = ("raster", "interleaved")
 _MAX_RECORD = 0xFFFF
 #: Largest max_payload whose packets (payload + the longest header + CRC) still fit a record.
 MAX_VQN_PAYLOAD = _MAX_RECORD - max(HEADER_BYTES.values()) - TRAILER_BYTES
-#: Largest image (pixels) a file may describe. The decoder allocates for the whole image the
-#: header names, so without a bound a 33-byte file could demand gigabytes; 64 Mpx (8192 x 8192)
-#: is beyond anything this simulator decodes on a CPU.
-MAX_PIXELS = 1 << 26
 
 
 class VqnError(VqnetError, ValueError):

@@ -71,7 +71,9 @@ def train_prior_cmd(
 
     The bundled codec's shipped transformers are only replaced with --install (a trial run must not
     overwrite them); otherwise OUT gets the file and a copy of the codec to pass as --model."""
-    from vqnet.cli import _COLUMNS, check_device, user_errors
+    from vqnet.cli_errors import user_errors
+    from vqnet.progress import COLUMNS
+    from vqnet.runtime import resolve_device
 
     with user_errors():
         from vqnet.restore import TRANSFORMER_METHODS
@@ -101,7 +103,7 @@ def train_prior_cmd(
         if install and not bundled:
             raise typer.BadParameter("--install replaces the bundled model's transformer; with --model the file "
                                      "is written beside that codec anyway")
-        check_device(device)
+        resolve_device(device)  # refused in one line when this machine has no such device
         if not (maps and maps.is_file()) and not data.is_dir():
             raise FileNotFoundError(f"training photo folder not found: {data}")
         out = out or Path(f"runs/prior-{kind}-K{K}")
@@ -118,7 +120,7 @@ def train_prior_cmd(
             c = start_model.config
             raise CodecError(f"--start {start} has {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}; "
                              "pass the same --layers/--heads/--embd")
-        with Progress(*_COLUMNS) as bar:
+        with Progress(*COLUMNS) as bar:
             encoding = bar.add_task("encoding photos (cached)", total=None, label="")
             if maps and maps.is_file():
                 grids, n_photos = load_maps(maps, fingerprint)
