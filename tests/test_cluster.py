@@ -38,6 +38,23 @@ methods: [none, neighbor]
 compare_to: none
 trials: {{min: 2, max: 8, precision: 0.03}}
 """
+# Protection schemes (Reed-Solomon parity, ARQ, a scheme with fewer methods) on the same channel,
+# adaptive too: the pool runs scheme trials as it runs K trials.
+SCHEMES = """\
+name: pr
+seed: 5
+images: {{source: {images}}}
+packets: {{max_payload: 8, layout: interleaved}}
+channel: {{model: gilbert, loss: [0.1, 0.5], burst: [3]}}
+link: {{delay_s: 0.01}}
+methods: [none, neighbor]
+compare_to: none
+trials: {{min: 2, max: 5, precision: 0.05}}
+schemes:
+  - {{name: plain, K: 32, methods: [none]}}
+  - {{name: rs, K: 32, fec: {{parity: 0.5}}}}
+  - {{name: arq, K: 32, arq: {{max_retransmissions: 2}}}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +70,12 @@ def setup(tmp_path_factory) -> Path:
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (96, 112, 3), dtype=np.uint8)).save(tmp / "images" / f"p{i}.png")
     (tmp / "s.yaml").write_text(SCENARIO.format(images=json.dumps(str(tmp / "images"))))
+    (tmp / "p.yaml").write_text(SCHEMES.format(images=json.dumps(str(tmp / "images"))))
     return tmp
 
 
-def _command(tmp: Path, out: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vqnet", "run", str(tmp / "s.yaml"), "--out", str(tmp / out),
+def _command(tmp: Path, out: str, *extra: str, scenario: str = "s.yaml") -> list[str]:
+    return [sys.executable, "-m", "vqnet", "run", str(tmp / scenario), "--out", str(tmp / out),
             "--model", str(tmp / "tiny.safetensors"), "--quiet", *extra]
 
 
@@ -102,6 +120,22 @@ def test_cluster_gives_the_serial_table(setup, serial):
     assert res.returncode == 0, res.stderr
     assert (setup / "ray" / "cl" / "results.csv").read_bytes() == serial
     trials = pd.read_csv(io.BytesIO(serial)).groupby("target_loss")["trial"].max()
+    assert trials.min() < trials.max()  # the adaptive rule stopped some points early
+
+
+def test_cluster_runs_protection_schemes_as_the_serial_sweep(setup):
+    pytest.importorskip("ray")
+    tables = []
+    for out, extra in (("pr-serial", ()), ("pr-ray", ("--cluster", "local:2"))):
+        res = subprocess.run(_command(setup, out, *extra, scenario="p.yaml"), env=_env(), capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        tables.append([(setup / out / "pr" / f).read_bytes() for f in ("results.csv", "protection.csv")])
+    assert tables[0] == tables[1]
+    results = pd.read_csv(io.BytesIO(tables[0][0]))
+    assert list(dict.fromkeys(results["scheme"])) == ["plain", "rs", "arq"]
+    assert results["packets_recovered"].sum() > 0 and results["retransmissions"].sum() > 0
+    trials = results.groupby(["scheme", "target_loss"])["trial"].max()
     assert trials.min() < trials.max()  # the adaptive rule stopped some points early
 
 
