@@ -136,3 +136,21 @@ def test_summarize_rewrites_the_comparison_from_the_committed_table(tmp_path) ->
     assert "between loss" in res.stdout and (tmp_path / "protection" / "protection.png").is_file()
     written = (tmp_path / "protection" / "protection.csv").read_bytes()
     assert written == (root / "results" / "protection" / "protection.csv").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["kodak-bursty", "protection"])
+def test_summarize_reads_both_table_layouts(tmp_path, name) -> None:
+    """An unprotected sweep's table (no scheme or protection columns, as committed before FEC) and a
+    protected one both give back their committed summary.csv, byte for byte."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / name).mkdir()
+    shutil.copy(root / "results" / name / "results.csv", tmp_path / name / "results.csv")
+    res = subprocess.run([sys.executable, "-m", "vqnet", "summarize", str(root / "scenarios" / f"{name}.yaml"),
+                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / name / "summary.csv").read_bytes() == (root / "results" / name / "summary.csv").read_bytes()
