@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from vqnet.codec.bundle import Codebook, Codec
 from vqnet.entropy import Prior
 from vqnet.fec import OVERHEAD
