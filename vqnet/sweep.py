@@ -17,6 +17,7 @@ uninterrupted run writes, byte for byte.
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from collections import deque
 from collections.abc import Callable
@@ -558,10 +559,21 @@ def _shown(target_loss: float | None, losses: list[float]) -> bool:
     return target_loss is None or any(abs(target_loss - x) < 1e-9 for x in losses)
 
 
+#: How results.csv writes floats: six significant digits, so the table is the same on CPUs whose
+#: kernels differ only in the last bits.
+FLOAT_FORMAT = "%.6g"
+
+
+def as_written(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as it reads back from its csv: summaries are computed from the table of record, so
+    `vqnet summarize` on a committed results.csv gives back its summary.csv to the last digit."""
+    return pd.read_csv(io.StringIO(df.to_csv(index=False, float_format=FLOAT_FORMAT)))
+
+
 def sweep_summary(sc: Scenario, results: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv of a sweep's results (:func:`vqnet.summary.summarize` with the scenario's reference
-    method and trial bounds)."""
-    return summarize(results, sc.reference, None if isinstance(sc.trials, int) else sc.trials.precision)
+    """summary.csv of a sweep's results as written (:func:`as_written`; :func:`vqnet.summary.summarize`
+    with the scenario's reference method and trial bounds)."""
+    return summarize(as_written(results), sc.reference, None if isinstance(sc.trials, int) else sc.trials.precision)
 
 
 def write_results(out: SweepOutput, folder: Path, summary: pd.DataFrame | None = None) -> dict[str, Path]:
@@ -571,6 +583,6 @@ def write_results(out: SweepOutput, folder: Path, summary: pd.DataFrame | None =
     paths = {key: folder / f"{key}.csv" for key in tables}
     for key, df in tables.items():
         tmp = paths[key].with_suffix(".tmp")
-        df.to_csv(tmp, index=False, float_format="%.6g")
+        df.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
         tmp.replace(paths[key])
     return paths
