@@ -13,6 +13,7 @@ because a loaded machine makes single runs noisy.
 number of passes over the windows that hold holes, so its cost is per image. To add a method,
 write ``bench_<name>(model, items, K)`` and list it in ``METHODS``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def bench_masked(model: GPT, items: Items, K: int) -> None:
     """Confidence-ordered masked concealment (default passes) of every grid in one batched call,
     with the neighbour-context evidence and minimum-Bayes-risk choice ``vqnet`` adds (random
     tables of the real shapes)."""
-    conceal_masked(model, items, K=K, neighbour_log_ratios=random_log_ratios(K),
-                   code_distances=np.abs(random_log_ratios(K)))
+    conceal_masked(
+        model, items, K=K, neighbour_log_ratios=random_log_ratios(K), code_distances=np.abs(random_log_ratios(K))
+    )
 
 
 @functools.cache
@@ -57,8 +59,9 @@ METHODS: dict[str, Callable[[GPT, Items, int], None]] = {"ar": bench_ar, "masked
 def make_model(layers: int, embd: int, heads: int, vocab: int, block: int, causal: bool) -> GPT:
     """A randomly initialised GPT, in eval mode; ``causal=False`` gives the bidirectional variant."""
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embd=embd,
-                    n_unmasked=0 if causal else block)
+    cfg = GPTConfig(
+        vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embd=embd, n_unmasked=0 if causal else block
+    )
     return GPT(cfg).eval()
 
 
@@ -111,9 +114,12 @@ def main() -> None:
             runs = time_runs(lambda: METHODS[method](model, items, K), args.reps)
             per_1000 = [1000 * t / max(lost, 1) for t in runs]
             per_grid_ms = 1000 * statistics.median(runs) / batch
-            print(f"{method:6s} L{layers} d{embd} h{args.heads} V{args.vocab}  grid {grid[0]}x{grid[1]}"
-                  f" loss {loss:.2f} batch {batch:2d}  {lost:5d} lost:  {statistics.median(per_1000):7.2f} s/1000 lost"
-                  f"  {per_grid_ms:8.0f} ms/grid  (runs {' '.join(f'{x:.2f}' for x in per_1000)})", flush=True)
+            print(
+                f"{method:6s} L{layers} d{embd} h{args.heads} V{args.vocab}  grid {grid[0]}x{grid[1]}"
+                f" loss {loss:.2f} batch {batch:2d}  {lost:5d} lost:  {statistics.median(per_1000):7.2f} s/1000 lost"
+                f"  {per_grid_ms:8.0f} ms/grid  (runs {' '.join(f'{x:.2f}' for x in per_1000)})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ in the same dtype.
 On a shared machine, run it when nothing else does: every figure is a best-of or a whole-run
 wall time, and another process on the cores skews them all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,14 @@ def run_sweep(label: str, pythonpath: Path, scenario: Path, out: Path, extra: li
     if not found:
         return {"label": label, "skipped": "no timing line in its output"}
     rows, seconds = int(found.group(1)), float(found.group(2))
-    return {"label": label, "method_trials": rows, "sweep_s": seconds, "process_s": round(wall, 1),
-            "per_s": rows / seconds, "csv": (out / "bench" / "results.csv").read_bytes()}
+    return {
+        "label": label,
+        "method_trials": rows,
+        "sweep_s": seconds,
+        "process_s": round(wall, 1),
+        "per_s": rows / seconds,
+        "csv": (out / "bench" / "results.csv").read_bytes(),
+    }
 
 
 def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
@@ -138,9 +145,11 @@ def main() -> int:
     except DeviceError as exc:
         precisions = ["float32"]
         print(f"bf16 skipped: {exc}")
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                    f"{torch.get_num_threads()} threads")
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"machine: {machine}; load average before: {os.getloadavg()[0]:.2f}")
 
     with tempfile.TemporaryDirectory(prefix="vqnet-bench-") as tmp:
@@ -149,22 +158,34 @@ def main() -> int:
         scenario.write_text(SCENARIO)
         old = tmp / "baseline"
         old.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "vqnet"], capture_output=True,
-                                 check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.baseline, "vqnet"], capture_output=True, check=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         dev = ["--device", args.device]
-        runs = [run_sweep(f"baseline ({args.baseline}, serial, float32)", old, scenario, tmp / "o0", []),
-                run_sweep(f"new, serial, float32, {device.type}", ROOT, scenario, tmp / "o1", dev)]
+        runs = [
+            run_sweep(f"baseline ({args.baseline}, serial, float32)", old, scenario, tmp / "o0", []),
+            run_sweep(f"new, serial, float32, {device.type}", ROOT, scenario, tmp / "o1", dev),
+        ]
         if "bf16" in precisions:
-            runs.append(run_sweep(f"new, serial, bf16, {device.type}", ROOT, scenario, tmp / "o2",
-                                  dev + ["--precision", "bf16"]))
+            runs.append(
+                run_sweep(
+                    f"new, serial, bf16, {device.type}", ROOT, scenario, tmp / "o2", dev + ["--precision", "bf16"]
+                )
+            )
         if args.cluster:
-            runs.append(run_sweep(f"new, --cluster {args.cluster}, float32, {device.type}", ROOT, scenario,
-                                  tmp / "o3", dev + ["--cluster", args.cluster]))
+            runs.append(
+                run_sweep(
+                    f"new, --cluster {args.cluster}, float32, {device.type}",
+                    ROOT,
+                    scenario,
+                    tmp / "o3",
+                    dev + ["--cluster", args.cluster],
+                )
+            )
     reference = runs[0].get("csv")
     base = runs[0].get("per_s")
-    print(f"\nscenario: 1 image (astronaut 512x512), K=256, 2 losses x 1 trial x 4 methods "
-          f"(none, neighbor, ar, masked)")
+    print("\nscenario: 1 image (astronaut 512x512), K=256, 2 losses x 1 trial x 4 methods (none, neighbor, ar, masked)")
     print(f"{'run':48} {'method-trials/s':>16} {'vs baseline':>12} {'sweep s':>8}  results.csv")
     for r in runs:
         if "skipped" in r:
@@ -183,12 +204,22 @@ def main() -> int:
             peak = f"matmul peak {peaks[precision]:.0f} GFLOP/s, fraction {dec[precision]['gflop_per_s'] / peaks[precision]:.2f}"
         else:
             peak = "matmul peak not measured on a GPU"
-        print(f"  {precision:8} {dec[precision]['decode_s']:.3f} s = {dec[precision]['gflop_per_s']:.0f} GFLOP/s; {peak}")
+        print(
+            f"  {precision:8} {dec[precision]['decode_s']:.3f} s = {dec[precision]['gflop_per_s']:.0f} GFLOP/s; {peak}"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "runs": [{k: v for k, v in r.items() if k != "csv"}
-                                                                         for r in runs],
-                                               "decoder": dec, "matmul_peak": peaks}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "runs": [{k: v for k, v in r.items() if k != "csv"} for r in runs],
+                    "decoder": dec,
+                    "matmul_peak": peaks,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ difference of the decoder's output in [-1, 1] (before rounding to 8 bits), the s
 sub-pixels that differ, and LPIPS-alex against the original in both precisions. A measurement,
 not a test; it refuses to run where bf16 is refused (vqnet.runtime).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,15 +48,26 @@ def main() -> int:
         diff = (f32.clamp(-1, 1) - b16.clamp(-1, 1)).abs()
         u32, u16 = to_uint8(f32)[:h, :w], to_uint8(b16)[:h, :w]
         lp32, lp16 = lpips_distance(image.pixels, u32), lpips_distance(image.pixels, u16)
-        rows.append({"image": image.name, "max_abs": diff.max().item(), "mean_abs": diff.mean().item(),
-                     "uint8_changed": float((u32 != u16).mean()), "uint8_max": int(np.abs(u32.astype(int) - u16).max()),
-                     "lpips_f32": lp32, "lpips_bf16": lp16, "lpips_diff": lp16 - lp32})
+        rows.append(
+            {
+                "image": image.name,
+                "max_abs": diff.max().item(),
+                "mean_abs": diff.mean().item(),
+                "uint8_changed": float((u32 != u16).mean()),
+                "uint8_max": int(np.abs(u32.astype(int) - u16).max()),
+                "lpips_f32": lp32,
+                "lpips_bf16": lp16,
+                "lpips_diff": lp16 - lp32,
+            }
+        )
         print(json.dumps(rows[-1]))
     d = np.array([r["lpips_diff"] for r in rows])
-    print(f"{len(rows)} images, K={args.K}: max |pixel diff| {max(r['max_abs'] for r in rows):.4f} on [-1, 1], "
-          f"mean {np.mean([r['mean_abs'] for r in rows]):.5f}; 8-bit sub-pixels changed "
-          f"{np.mean([r['uint8_changed'] for r in rows]):.1%} (at most {max(r['uint8_max'] for r in rows)} levels); "
-          f"LPIPS bf16 - float32: mean {d.mean():+.5f}, mean |.| {np.abs(d).mean():.5f}, max |.| {np.abs(d).max():.5f}")
+    print(
+        f"{len(rows)} images, K={args.K}: max |pixel diff| {max(r['max_abs'] for r in rows):.4f} on [-1, 1], "
+        f"mean {np.mean([r['mean_abs'] for r in rows]):.5f}; 8-bit sub-pixels changed "
+        f"{np.mean([r['uint8_changed'] for r in rows]):.1%} (at most {max(r['uint8_max'] for r in rows)} levels); "
+        f"LPIPS bf16 - float32: mean {d.mean():+.5f}, mean |.| {np.abs(d).mean():.5f}, max |.| {np.abs(d).max():.5f}"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

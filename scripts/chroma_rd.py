@@ -9,6 +9,7 @@ without the luma's detail).
 Usage: ``python scripts/chroma_rd.py ../shared/data/kodak [--ks 1024 256 64 16]
 [--settings 2:8:bicubic 2:8 2:4 2:3 1:8] [--max-payload 1000]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("images")
     ap.add_argument("--ks", type=int, nargs="+", default=[1024, 256, 64, 16])
-    ap.add_argument("--settings", nargs="+", default=["2:8:bicubic", "2:8", "2:4", "2:3", "1:8"],
-                    help="cells:step or cells:step:bicubic")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["2:8:bicubic", "2:8", "2:4", "2:3", "1:8"],
+        help="cells:step or cells:step:bicubic",
+    )
     ap.add_argument("--max-payload", type=int, default=1000)
     ap.add_argument("--model", help="Codec bundle (default: the bundled one).")
     args = ap.parse_args()
@@ -43,8 +48,9 @@ def main() -> None:
             plain = encode_vqn(codec, img, K, args.max_payload, "interleaved")
             grid = (-(-h // codec.factor), -(-w // codec.factor))
             decoded = decode_vqn(codec, plain, "none")
-            rows.setdefault((K, "none"), []).append((bpp(len(write_vqn(plain)), h, w),
-                                                     lpips_distance(img, decoded.image)))
+            rows.setdefault((K, "none"), []).append(
+                (bpp(len(write_vqn(plain)), h, w), lpips_distance(img, decoded.image))
+            )
             for cells, step, label in settings:
                 colour = fitting_chroma_packet(img, codec.factor, grid, cells, args.max_payload, step)
                 chroma = read_chroma_packet(colour)[3]

@@ -16,6 +16,7 @@ bundle's priors as they are and with their exponents removed, in both packet lay
 
     python scripts/context_bits.py ../shared/data/kodak [--model BUNDLE] [--ks 1024 256 16] [--coded]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,23 @@ def bits(log_probs: np.ndarray, x: np.ndarray) -> float:
 
 def coded(codec: Codec, images: list[NamedImage], ks: list[int]) -> None:
     """.vqn bits per pixel with each K's pair exponent removed, then as the bundle has it."""
-    one = Codec(codec.model, {K: replace(cb, prior=cb.prior.with_pair(None)) for K, cb in codec.codebooks.items()},
-                codec.model_id)
+    one = Codec(
+        codec.model,
+        {K: replace(cb, prior=cb.prior.with_pair(None)) for K, cb in codec.codebooks.items()},
+        codec.model_id,
+    )
     pixels = sum(im.pixels.shape[0] * im.pixels.shape[1] for im in images)
     for K in ks:
         print(f"K={K}, pair exponent {codec.codebook(K).prior.pair}: bpp with one neighbour -> with the pair")
         for layout, payload in (("raster", 1000), ("interleaved", 1000), ("raster", 24), ("interleaved", 24)):
-            size = [sum(len(write_vqn(encode_vqn(c, im.pixels, K, payload, layout))) for im in images)
-                    for c in (one, codec)]
-            print(f"  {layout:11s} {payload:4d} B: {8 * size[0] / pixels:.5f} -> {8 * size[1] / pixels:.5f} "
-                  f"({100 * (size[1] / size[0] - 1):+.1f} %)", flush=True)
+            size = [
+                sum(len(write_vqn(encode_vqn(c, im.pixels, K, payload, layout))) for im in images) for c in (one, codec)
+            ]
+            print(
+                f"  {layout:11s} {payload:4d} B: {8 * size[0] / pixels:.5f} -> {8 * size[1] / pixels:.5f} "
+                f"({100 * (size[1] / size[0] - 1):+.1f} %)",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ while raising it on photos it never saw has memorised them, and more steps make 
 Usage: ``python scripts/crop_l1.py BUNDLE [BUNDLE ...] [--train .gpu/train] [--every 10]``
 (every 10th packed crop; two seeded 256-px crops of each Kodak image).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,18 @@ def main() -> None:
     ap.add_argument("--kodak", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--K", type=int, default=1024)
     args = ap.parse_args()
-    sets = {"training crops": [load_image(f) for f in list_image_files(args.train)[:: args.every]],
-            "Kodak crops": kodak_crops(args.kodak, 256)}
+    sets = {
+        "training crops": [load_image(f) for f in list_image_files(args.train)[:: args.every]],
+        "Kodak crops": kodak_crops(args.kodak, 256),
+    }
     torch.set_num_threads(2)
     for path in args.bundles:
         codec = load_codec(path)
         for name, images in sets.items():
-            l1 = [np.abs(codec.decode(codec.encode(im, args.K), args.K).astype(np.float64) - im).mean() / 127.5
-                  for im in images]
+            l1 = [
+                np.abs(codec.decode(codec.encode(im, args.K), args.K).astype(np.float64) - im).mean() / 127.5
+                for im in images
+            ]
             print(f"{path} {name} ({len(images)}): L1 {np.mean(l1):.4f}", flush=True)
 
 

@@ -7,6 +7,7 @@ it does not (the decoder sees only the codes). Usage:
 
     python scripts/finetune_loss.py --model K-MEANS-BUNDLE [--K 16] [--steps 150] [--lr 1e-4]
 """
+
 from __future__ import annotations
 
 import argparse

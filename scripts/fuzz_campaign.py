@@ -15,6 +15,7 @@ With ``--cli`` the campaign drives the ``vqnet`` command line itself instead (``
 options, images of every mode and damage, mutated ``.vqn`` files, hostile scenarios, damaged
 journals resumed), e.g. ``--cli --n 400 --max-seconds 60``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,6 +69,7 @@ def build_corpus() -> list[bytes]:
 
 # --- mutators: each takes (rng, corpus) and returns one input -------------------------------
 
+
 def _records(data: bytes) -> tuple[bytes, list[bytes]]:
     vqn = read_vqn(data)
     return data[:HEADER_SIZE], list(vqn.packets)
@@ -75,7 +77,7 @@ def _records(data: bytes) -> tuple[bytes, list[bytes]]:
 
 def _reframe(header: bytes, packets: list[bytes]) -> bytes:
     """A header with its count set to len(packets) and the CRC recomputed, then the records."""
-    fields = bytearray(header[:HEADER_SIZE - 4])
+    fields = bytearray(header[: HEADER_SIZE - 4])
     struct.pack_into("!I", fields, 25, len(packets))
     body = b"".join(struct.pack("!H", len(p)) + p for p in packets if 1 <= len(p) <= 0xFFFF)
     return bytes(fields) + struct.pack("!I", zlib.crc32(fields)) + body
@@ -107,7 +109,7 @@ def m_bytes(r: random.Random, corpus: list[bytes]) -> bytes:
 
 def m_truncate(r: random.Random, corpus: list[bytes]) -> bytes:
     data = r.choice(corpus)
-    return data[:r.randrange(len(data))]
+    return data[: r.randrange(len(data))]
 
 
 def m_extend(r: random.Random, corpus: list[bytes]) -> bytes:
@@ -116,7 +118,7 @@ def m_extend(r: random.Random, corpus: list[bytes]) -> bytes:
 
 def m_splice(r: random.Random, corpus: list[bytes]) -> bytes:
     a, b = r.choice(corpus), r.choice(corpus)
-    return a[:r.randrange(len(a) + 1)] + b[r.randrange(len(b) + 1):]
+    return a[: r.randrange(len(a) + 1)] + b[r.randrange(len(b) + 1) :]
 
 
 def m_header_field(r: random.Random, corpus: list[bytes]) -> bytes:
@@ -124,7 +126,7 @@ def m_header_field(r: random.Random, corpus: list[bytes]) -> bytes:
     data = bytearray(r.choice(corpus))
     offset, fmt = r.choice([(3, "B"), (12, "H"), (14, "I"), (18, "I"), (22, "H"), (24, "B"), (25, "I")])
     struct.pack_into("!" + fmt, data, offset, _extreme(r, 8 * struct.calcsize(fmt)))
-    struct.pack_into("!I", data, HEADER_SIZE - 4, zlib.crc32(bytes(data[:HEADER_SIZE - 4])))
+    struct.pack_into("!I", data, HEADER_SIZE - 4, zlib.crc32(bytes(data[: HEADER_SIZE - 4])))
     return bytes(data)
 
 
@@ -157,8 +159,20 @@ def m_records(r: random.Random, corpus: list[bytes]) -> bytes:
     return _reframe(header, packets)
 
 
-_PACKET_FIELDS = [(2, "B"), (3, "B"), (4, "I"), (8, "H"), (10, "H"), (12, "H"), (14, "H"), (16, "H"), (18, "I"),
-                  (22, "I"), (22, "H"), (26, "H")]
+_PACKET_FIELDS = [
+    (2, "B"),
+    (3, "B"),
+    (4, "I"),
+    (8, "H"),
+    (10, "H"),
+    (12, "H"),
+    (14, "H"),
+    (16, "H"),
+    (18, "I"),
+    (22, "I"),
+    (22, "H"),
+    (26, "H"),
+]
 
 
 def m_packet_forge(r: random.Random, corpus: list[bytes]) -> bytes:
@@ -183,8 +197,19 @@ def m_packet_forge(r: random.Random, corpus: list[bytes]) -> bytes:
 
 
 MUTATORS: dict[str, Callable[[random.Random, list[bytes]], bytes]] = {
-    f.__name__[2:]: f for f in (m_random, m_bitflips, m_bytes, m_truncate, m_extend, m_splice, m_header_field,
-                                m_record_length, m_records, m_packet_forge)
+    f.__name__[2:]: f
+    for f in (
+        m_random,
+        m_bitflips,
+        m_bytes,
+        m_truncate,
+        m_extend,
+        m_splice,
+        m_header_field,
+        m_record_length,
+        m_records,
+        m_packet_forge,
+    )
 }
 
 
@@ -257,8 +282,9 @@ def main() -> int:
             run_one(data, counts)
         except Exception as exc:  # noqa: BLE001 - escaping exceptions are exactly what we hunt
             counts[f"UNEXPECTED {type(exc).__name__}"] += 1
-            failures.append(f"input {i} ({name}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-                            f"input hex: {data.hex()}")
+            failures.append(
+                f"input {i} ({name}): {type(exc).__name__}: {exc}\n{traceback.format_exc()}input hex: {data.hex()}"
+            )
         dt = time.perf_counter() - t0
         slowest = max(slowest, (dt, i))
         if dt > args.max_seconds:
@@ -266,8 +292,10 @@ def main() -> int:
         if (i - args.first + 1) % 10_000 == 0:
             print(f"  {i - args.first + 1} inputs, {time.perf_counter() - t_start:.0f} s", file=sys.stderr, flush=True)
 
-    print(f"{args.n} inputs (seed {args.seed}, first {args.first}) in {time.perf_counter() - t_start:.1f} s; "
-          f"slowest input {slowest[1]}: {1000 * slowest[0]:.1f} ms")
+    print(
+        f"{args.n} inputs (seed {args.seed}, first {args.first}) in {time.perf_counter() - t_start:.1f} s; "
+        f"slowest input {slowest[1]}: {1000 * slowest[0]:.1f} ms"
+    )
     print("inputs by mutator:")
     for name, n in sorted(by_mutator.items()):
         print(f"  {name:<16} {n}")
@@ -277,8 +305,10 @@ def main() -> int:
     for line in failures[:10] + slow[:10]:
         print(line, file=sys.stderr)
     if failures or slow:
-        print(f"FAIL: {len(failures)} unexpected exceptions, {len(slow)} inputs over {args.max_seconds} s",
-              file=sys.stderr)
+        print(
+            f"FAIL: {len(failures)} unexpected exceptions, {len(slow)} inputs over {args.max_seconds} s",
+            file=sys.stderr,
+        )
         return 1
     print("OK: every input ended in a result or VqnError/PacketError/EntropyError")
     return 0

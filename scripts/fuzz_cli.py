@@ -22,6 +22,7 @@ changed result) is a failure, printed with the case number to reproduce it
 (``--first i --n 1``). The default codec is loaded once for the whole campaign (it is not what
 is fuzzed). Exit status 1 on any failure.
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,9 +59,41 @@ COMMANDS = {
     "score": ["--json"],
     "scenario check": [],
 }
-VALUES = ["0", "-1", "1", "256", "99999999999999999999", "nan", "inf", "1e309", "a,b", "256,", ",", "", " ",
-          "raster", "zigzag", "both", "none", "jpeg,webp", "gilbert", "ar", "/dev/null", "/dev/zero", ".", "..",
-          "/", "x.png", "out.vqn", "0.5", "1.0", "-0.0", "\x00", "é", "--help"]
+VALUES = [
+    "0",
+    "-1",
+    "1",
+    "256",
+    "99999999999999999999",
+    "nan",
+    "inf",
+    "1e309",
+    "a,b",
+    "256,",
+    ",",
+    "",
+    " ",
+    "raster",
+    "zigzag",
+    "both",
+    "none",
+    "jpeg,webp",
+    "gilbert",
+    "ar",
+    "/dev/null",
+    "/dev/zero",
+    ".",
+    "..",
+    "/",
+    "x.png",
+    "out.vqn",
+    "0.5",
+    "1.0",
+    "-0.0",
+    "\x00",
+    "é",
+    "--help",
+]
 
 
 #: What a command may print on stderr besides its Error line (progress notes, not errors).
@@ -82,10 +115,14 @@ class Campaign:
         img = np.array(Image.open(_photo()).convert("RGB").resize((96, 64)))
         Image.fromarray(img).save(root / "photo.png")
         codec = vqnet.codec.bundle.load_codec(None)
-        self.vqns = [write_vqn(encode_vqn(codec, img, K, payload, layout, cells))
-                     for K, payload, layout, cells in ((256, 24, "interleaved", 2), (64, 1000, "raster", 0))]
-        self.scenario = ("name: fz\nseed: 3\nimages: {source: %s}\nK: [256]\nchannel: {model: gilbert, loss: [0.2, 0.6], "
-                         "burst: [3]}\nmethods: [none, neighbor]\ntrials: 3\nexamples: {losses: [0.6]}\n")
+        self.vqns = [
+            write_vqn(encode_vqn(codec, img, K, payload, layout, cells))
+            for K, payload, layout, cells in ((256, 24, "interleaved", 2), (64, 1000, "raster", 0))
+        ]
+        self.scenario = (
+            "name: fz\nseed: 3\nimages: {source: %s}\nK: [256]\nchannel: {model: gilbert, loss: [0.2, 0.6], "
+            "burst: [3]}\nmethods: [none, neighbor]\ntrials: 3\nexamples: {losses: [0.6]}\n"
+        )
         (root / "fz.yaml").write_text(self.scenario % (root / "photo.png"))
         clean = self.invoke(["run", str(root / "fz.yaml"), "--out", str(root / "clean"), "-q"])
         assert clean.exit_code == 0, clean.output
@@ -127,12 +164,31 @@ class Campaign:
     def _image(self, r: random.Random, work: Path):
         h, w = r.choice([(1, 1), (20, 64), (30, 31), (31, 31), (64, 48), (48, 200)])
         ramp = np.linspace(0, 1, h * w).reshape(h, w)
-        form = r.choice(["u16", "float", "float>1", "int32", "bool", "la", "p", "cmyk", "rgba", "random", "truncated",
-                         "huge-header", "float-rgb"])
+        form = r.choice(
+            [
+                "u16",
+                "float",
+                "float>1",
+                "int32",
+                "bool",
+                "la",
+                "p",
+                "cmyk",
+                "rgba",
+                "random",
+                "truncated",
+                "huge-header",
+                "float-rgb",
+            ]
+        )
         path = work / ("img.tif" if form in ("float", "float>1", "int32", "float-rgb") else "img.png")
         if form in ("float", "float>1", "int32", "float-rgb"):
-            arr = {"float": ramp.astype(np.float32), "float>1": (ramp * 300).astype(np.float32),
-                   "int32": (ramp * 1e6).astype(np.int32), "float-rgb": np.dstack([ramp] * 3).astype(np.float32)}[form]
+            arr = {
+                "float": ramp.astype(np.float32),
+                "float>1": (ramp * 300).astype(np.float32),
+                "int32": (ramp * 1e6).astype(np.int32),
+                "float-rgb": np.dstack([ramp] * 3).astype(np.float32),
+            }[form]
             tifffile.imwrite(path, arr, photometric="rgb" if arr.ndim == 3 else None)
         elif form == "random":
             path.write_bytes(r.randbytes(r.randint(0, 400)))
@@ -140,18 +196,20 @@ class Campaign:
             Image.open(self.root / "photo.png").save(path)
             data = bytearray(path.read_bytes())
             if form == "truncated":
-                data = data[:r.randrange(8, len(data))]
+                data = data[: r.randrange(8, len(data))]
             else:
                 data[16:24] = (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big")
             path.write_bytes(bytes(data))
         else:
             grey = np.round(ramp * 255).astype(np.uint8)
-            im = {"u16": lambda: Image.fromarray(np.round(ramp * 65535).astype(np.uint16)),
-                  "bool": lambda: Image.fromarray(grey > 127),
-                  "la": lambda: Image.fromarray(np.dstack([grey, grey]), "LA"),
-                  "p": lambda: Image.fromarray(grey).convert("P"),
-                  "cmyk": lambda: Image.fromarray(grey).convert("CMYK"),
-                  "rgba": lambda: Image.fromarray(np.dstack([grey] * 4), "RGBA")}[form]()
+            im = {
+                "u16": lambda: Image.fromarray(np.round(ramp * 65535).astype(np.uint16)),
+                "bool": lambda: Image.fromarray(grey > 127),
+                "la": lambda: Image.fromarray(np.dstack([grey, grey]), "LA"),
+                "p": lambda: Image.fromarray(grey).convert("P"),
+                "cmyk": lambda: Image.fromarray(grey).convert("CMYK"),
+                "rgba": lambda: Image.fromarray(np.dstack([grey] * 4), "RGBA"),
+            }[form]()
             path = path.with_suffix(".jpg") if form == "cmyk" else path
             im.save(path)
         return ["encode", str(path), "-o", str(work / "out.vqn")], None
@@ -160,27 +218,58 @@ class Campaign:
         mutator = r.choice(list(MUTATORS))
         data = MUTATORS[mutator](r, list(self.vqns))
         (work / "in.vqn").write_bytes(data)
-        return ["decode", str(work / "in.vqn"), "-o", str(work / "out.png"),
-                "--method", r.choice(["none", "neighbor"])], None
+        return [
+            "decode",
+            str(work / "in.vqn"),
+            "-o",
+            str(work / "out.png"),
+            "--method",
+            r.choice(["none", "neighbor"]),
+        ], None
 
     def _scenario(self, r: random.Random, work: Path):
         dup = work / "dup"
         for rel in ("a/x.png", "b/x.png", "x.jpg"):
             (dup / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.open(self.root / "photo.png").save(dup / rel)
-        field = r.choice([
-            "name: ..", "name: .", "name: ../../x", "name: 5", "name: [a]", "seed: -1", "seed: 1e30", "K: [3]",
-            "K: 256", "trials: 0", "images: {source: /dev/zero}", f"images: {{source: {dup}}}",
-            "channel: {model: trace, params: {path: 5}}", "channel: {model: trace, params: {path: /dev/zero}}",
-            "channel: {model: gilbert, loss: [0.99], burst: [1]}", "methods: []", "link: {jitter_s: 1}",
-            "examples: {image: nope}", "name: a\nname: b", "[", "{}", "null", "name: ok\nextra: 1"])
+        field = r.choice(
+            [
+                "name: ..",
+                "name: .",
+                "name: ../../x",
+                "name: 5",
+                "name: [a]",
+                "seed: -1",
+                "seed: 1e30",
+                "K: [3]",
+                "K: 256",
+                "trials: 0",
+                "images: {source: /dev/zero}",
+                f"images: {{source: {dup}}}",
+                "channel: {model: trace, params: {path: 5}}",
+                "channel: {model: trace, params: {path: /dev/zero}}",
+                "channel: {model: gilbert, loss: [0.99], burst: [1]}",
+                "methods: []",
+                "link: {jitter_s: 1}",
+                "examples: {image: nope}",
+                "name: a\nname: b",
+                "[",
+                "{}",
+                "null",
+                "name: ok\nextra: 1",
+            ]
+        )
         (work / "s.yaml").write_text(f"name: s\nmethods: [none]\ntrials: 1\n{field}\n")
-        argv = (["scenario", "check", str(work / "s.yaml")] if r.random() < 0.5 else
-                ["run", str(work / "s.yaml"), "--out", str(work / "out"), "-q"])
+        argv = (
+            ["scenario", "check", str(work / "s.yaml")]
+            if r.random() < 0.5
+            else ["run", str(work / "s.yaml"), "--out", str(work / "out"), "-q"]
+        )
 
         def stays_inside(res: object) -> None:
             outside = [p for p in work.iterdir() if p.name not in ("s.yaml", "out", "dup")]
             assert not outside, f"wrote outside --out: {outside}"
+
         return argv, stays_inside
 
     def _journal(self, r: random.Random, work: Path):
@@ -192,10 +281,10 @@ class Campaign:
                 data[r.randrange(len(data))] ^= 1 << r.randrange(8)
             data = bytes(data)
         elif op == "cut":
-            data = self.journal[:r.randrange(len(self.journal))]
+            data = self.journal[: r.randrange(len(self.journal))]
         elif op == "fuse":
             i = r.randrange(1, len(lines) - 1)
-            lines[i] = lines[i][:r.randrange(len(lines[i]))] + lines[i + 1]
+            lines[i] = lines[i][: r.randrange(len(lines[i]))] + lines[i + 1]
             data = b"".join(lines)
         elif op == "repeat":
             data = b"".join(lines + r.sample(lines[1:], r.randint(1, len(lines) - 1)))
@@ -203,7 +292,7 @@ class Campaign:
             data = b"".join(line for j, line in enumerate(lines) if j == 0 or r.random() < 0.5)
         elif op == "edit":  # a value changed by hand, checksum left as it was
             i = r.randrange(1, len(lines))
-            data = b"".join(lines[:i] + [lines[i].replace(b'"lpips": 0.', b'"lpips": 1.', 1)] + lines[i + 1:])
+            data = b"".join(lines[:i] + [lines[i].replace(b'"lpips": 0.', b'"lpips": 1.', 1)] + lines[i + 1 :])
         else:
             data = self.journal + r.randbytes(r.randint(1, 200)) + b"\n"
         (work / "fz").mkdir()
@@ -212,6 +301,7 @@ class Campaign:
         def same_result(res: object) -> None:
             if res.exit_code == 0:
                 assert (work / "fz" / "results.csv").read_bytes() == self.expected, f"{op}: results.csv changed"
+
         return ["run", str(self.root / "fz.yaml"), "--out", str(work), "-q"], same_result
 
 
@@ -241,8 +331,10 @@ def run(n: int, first: int, seed: int, max_seconds: float) -> int:
                 res = campaign.invoke(argv)
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 if res.exception is not None and not isinstance(res.exception, SystemExit):
-                    raise AssertionError(f"{type(res.exception).__name__}: {res.exception}\n"
-                                         + "".join(traceback.format_exception(res.exception)))
+                    raise AssertionError(
+                        f"{type(res.exception).__name__}: {res.exception}\n"
+                        + "".join(traceback.format_exception(res.exception))
+                    )
                 if res.exit_code == 2:
                     errors = [ln for ln in res.stderr.splitlines() if not ln.startswith(_NOTES)]
                     assert len(errors) == 1 and errors[0].startswith("Error: "), f"not one Error line: {res.output!r}"
@@ -264,8 +356,10 @@ def run(n: int, first: int, seed: int, max_seconds: float) -> int:
     for line in failures[:20]:
         print(line, file=sys.stderr)
     if failures:
-        print(f"FAIL: {len(failures)} cases crashed, hung, printed more than one error line or changed a result",
-              file=sys.stderr)
+        print(
+            f"FAIL: {len(failures)} cases crashed, hung, printed more than one error line or changed a result",
+            file=sys.stderr,
+        )
         return 1
     print("OK: every case ended in a result or one Error: line (exit 2); no resumed sweep changed results.csv")
     return 0

@@ -22,6 +22,7 @@ are 146 MB and the verified VGG16 trunk of the perceptual loss is 59 MB, so this
 
 Usage: ``python scripts/gpu_pack.py`` then run ``scripts/gpu_train.sh`` on the device (see README).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,9 @@ import numpy as np
 from PIL import Image
 
 from vqnet.codec.bundle import load_codec
-from vqnet.codec.train import at_least
-from vqnet.images import list_image_files, load_image
-from vqnet.images import choose_photos
 from vqnet.codec.photos import photo_views
+from vqnet.codec.train import at_least
+from vqnet.images import choose_photos, list_image_files, load_image
 from vqnet.restore.data import index_maps, save_maps
 from vqnet.restore.store import index_fingerprint
 from vqnet.weights import export_vgg16_fp16
@@ -80,8 +80,10 @@ def fit_budget(images: list[Image.Image], budget: float, fmt: str, lowest: int =
     ``budget`` bytes, and those files; SystemExit when even ``lowest`` is too large."""
     files = encode_all(images, lowest, fmt)
     if sum(map(len, files)) > budget:
-        raise SystemExit(f"error: {len(images)} crops need {sum(map(len, files)) / 1e6:.1f} MB even at {fmt} "
-                         f"quality {lowest}; raise --budget-mb or lower --per-photo/--side")
+        raise SystemExit(
+            f"error: {len(images)} crops need {sum(map(len, files)) / 1e6:.1f} MB even at {fmt} "
+            f"quality {lowest}; raise --budget-mb or lower --per-photo/--side"
+        )
     lo, hi = lowest, 95
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -98,15 +100,26 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/train"))
     ap.add_argument("--out", type=Path, default=Path(".gpu"))
     ap.add_argument("--side", type=int, default=256)
-    ap.add_argument("--per-photo", type=int, default=1, help="Crops per training photo (2: twice the data; raise --budget-mb).")
+    ap.add_argument(
+        "--per-photo", type=int, default=1, help="Crops per training photo (2: twice the data; raise --budget-mb)."
+    )
     ap.add_argument("--budget-mb", type=float, default=19.0, help="Size limit of the packed photos.")
-    ap.add_argument("--format", choices=sorted(FORMATS), default="jpeg",
-                    help="Crop file format (webp: ~2 dB better at the same size; what --per-photo 2 needs).")
+    ap.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="jpeg",
+        help="Crop file format (webp: ~2 dB better at the same size; what --per-photo 2 needs).",
+    )
     ap.add_argument("--val-photos", type=int, default=60, help="Photos held out of train/ into val/.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--maps-k", type=int, nargs="*", default=[256], help="K whose index maps to pack.")
-    ap.add_argument("--shifts", type=int, nargs="*", default=[0],
-                    help="Pixel shifts to encode every photo at (0 8: twice the maps, grid moved half a token).")
+    ap.add_argument(
+        "--shifts",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="Pixel shifts to encode every photo at (0 8: twice the maps, grid moved half a token).",
+    )
     ap.add_argument("--maps-only", action="store_true", help="Write only the index maps.")
     ap.add_argument("--model", type=Path, help="Codec bundle whose maps to pack (default: the bundled one).")
     args = ap.parse_args()
@@ -121,7 +134,9 @@ def main() -> None:
     if args.maps_only:
         return
     photos = list_image_files(args.data)
-    held = set(np.linspace(0, len(photos) - 1, args.val_photos).round().astype(int).tolist()) if args.val_photos else set()
+    held = (
+        set(np.linspace(0, len(photos) - 1, args.val_photos).round().astype(int).tolist()) if args.val_photos else set()
+    )
     images = crops([f for i, f in enumerate(photos) if i not in held], args.side, args.seed, args.per_photo)
     quality, files = fit_budget(images, args.budget_mb * 1e6, args.format)
     val = encode_all(crops([photos[i] for i in sorted(held)], args.side, args.seed), quality, args.format)
@@ -132,8 +147,10 @@ def main() -> None:
         folder.mkdir(parents=True)
         for i, data in enumerate(coded):
             (folder / f"{i:04d}{suffix}").write_bytes(data)
-    print(f"{len(files)} crops of {args.side} px ({args.per_photo} per photo) at {args.format} quality {quality}: "
-          f"{sum(map(len, files)) / 1e6:.1f} MB; {len(val)} held out in val/: {sum(map(len, val)) / 1e6:.1f} MB")
+    print(
+        f"{len(files)} crops of {args.side} px ({args.per_photo} per photo) at {args.format} quality {quality}: "
+        f"{sum(map(len, files)) / 1e6:.1f} MB; {len(val)} held out in val/: {sum(map(len, val)) / 1e6:.1f} MB"
+    )
     vgg = args.out / "vgg16-fp16.safetensors"
     export_vgg16_fp16(vgg)
     (args.out / "vgg16-fp16.safetensors.xz").write_bytes(lzma.compress(vgg.read_bytes()))

@@ -12,6 +12,7 @@ added mirror images). Usage (~4 min on 2 cores):
 
     python scripts/pair_exponents.py --out runs/pair.safetensors [--model BUNDLE] [--data ../shared/data/train]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,15 @@ def main() -> None:
         books[K] = replace(cb, prior=cb.prior.with_pair(chosen[f"K{K}"]), raw=raw)
         print(f"K={K}: exponent {chosen[f'K{K}']}" + (f", raw {chosen[f'K{K}.raw']}" if raw else ""), flush=True)
     codec.codebooks = books
-    codec.provenance = codec.provenance | {"pair": {"exponents": chosen, "chosen_on": (
-        "best_pair (ideal bits of raster streams) over 400 training photos outside the 200 the K>=128 "
-        "priors were fitted on (choose_photos seed 0; held-out draw seed 1); tables unchanged")}}
+    codec.provenance = codec.provenance | {
+        "pair": {
+            "exponents": chosen,
+            "chosen_on": (
+                "best_pair (ideal bits of raster streams) over 400 training photos outside the 200 the K>=128 "
+                "priors were fitted on (choose_photos seed 0; held-out draw seed 1); tables unchanged"
+            ),
+        }
+    }
     print(f"wrote {args.out} (sha256 {save_codec(codec, args.out)[:16]})")
 
 

@@ -8,6 +8,7 @@ ranges (say tuning and held-out Kodak images) by ``--split``.
 
 Usage: ``python scripts/prior_loss.py FILE.safetensors [...] --images ../shared/data/kodak --split 8``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,16 @@ import numpy as np
 import torch
 
 from vqnet.codec.bundle import load_codec
-from vqnet.images import list_image_files
 from vqnet.codec.photos import photo_views
+from vqnet.images import list_image_files
 from vqnet.restore.data import WindowSampler, index_maps
 from vqnet.restore.store import index_fingerprint, load_concealer_file
 from vqnet.restore.train import Kind, loss_and_accuracy
 
 
-def mean_loss(path: Path, kind: Kind, K: int, fingerprint: str, maps: list[np.ndarray], corrupt: bool,
-              batches: int, batch: int) -> float:
+def mean_loss(
+    path: Path, kind: Kind, K: int, fingerprint: str, maps: list[np.ndarray], corrupt: bool, batches: int, batch: int
+) -> float:
     """Mean loss over ``batches`` seeded batches of windows: the same windows for every file."""
     model, _ = load_concealer_file(path, kind, K, fingerprint)
     model.eval().float()
@@ -51,18 +53,24 @@ def main() -> None:
     files = sorted(list_image_files(args.images))
     maps = index_maps(codec, photo_views(codec, files), args.K)
     per = len(maps) // len(files)  # each photo and its mirror
-    parts = {f"photos {args.split + 1}-{len(files)}": maps[args.split * per :],
-             f"photos 1-{args.split}": maps[: args.split * per]}
+    parts = {
+        f"photos {args.split + 1}-{len(files)}": maps[args.split * per :],
+        f"photos 1-{args.split}": maps[: args.split * per],
+    }
     fingerprint = index_fingerprint(codec, args.K)
     for path in args.files:
         kind: Kind = "masked" if "masked" in path.name else "ar"
         cells = []
         for name, part in parts.items():
             if kind == "ar":
-                clean, own = (mean_loss(path, kind, args.K, fingerprint, part, c, args.batches, args.batch) for c in (False, True))
+                clean, own = (
+                    mean_loss(path, kind, args.K, fingerprint, part, c, args.batches, args.batch) for c in (False, True)
+                )
                 cells.append(f"{name}: clean {clean:.3f}, own guesses {own:.3f}")
             else:
-                cells.append(f"{name}: {mean_loss(path, kind, args.K, fingerprint, part, False, args.batches, args.batch):.3f}")
+                cells.append(
+                    f"{name}: {mean_loss(path, kind, args.K, fingerprint, part, False, args.batches, args.batch):.3f}"
+                )
         print(f"{path}  " + " | ".join(cells), flush=True)
 
 

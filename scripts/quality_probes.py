@@ -16,6 +16,7 @@ and a number without the code that made it cannot be checked or re-run for a new
 
 Usage: ``python scripts/quality_probes.py codes continuous [--images kodim02 kodim05 ...] [--K 1024]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,12 @@ def probe(codec: Codec, name: str, img: np.ndarray, K: int, args: argparse.Names
             out = to_uint8(codec.decode_vectors(pre_quant(codec, img, K), K))[:h, :w]
         return lpips_distance(img, out), psnr(img, out), float("nan")
     if name == "chroma-oracle":  # a thumbnail at step 1 with "cells" of oracle_block px is the block means
-        out = apply(codec.decode(codec.encode(img, K), K, (h, w)), measure(img, args.oracle_block, 1, 1),
-                    args.oracle_block, from_luma=False)
+        out = apply(
+            codec.decode(codec.encode(img, K), K, (h, w)),
+            measure(img, args.oracle_block, 1, 1),
+            args.oracle_block,
+            from_luma=False,
+        )
         return lpips_distance(img, out), psnr(img, out), float("nan")
     if name == "codes":
         idx = codec.encode(img, K)
@@ -93,8 +98,7 @@ def probe(codec: Codec, name: str, img: np.ndarray, K: int, args: argparse.Names
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("probes", nargs="+", choices=["codes", "continuous", "decoder-space", "refine",
-                                                     "chroma-oracle"])
+    ap.add_argument("probes", nargs="+", choices=["codes", "continuous", "decoder-space", "refine", "chroma-oracle"])
     ap.add_argument("--kodak", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--images", nargs="+", default=EVERY_THIRD)
     ap.add_argument("--K", type=int, default=1024)
@@ -114,7 +118,9 @@ def main() -> None:
         rows = []
         for n, img in images.items():
             rows.append(probe(codec, name, img, args.K, args))
-            print(f"  {name} {n}: LPIPS-alex {rows[-1][0]:.4f} PSNR {rows[-1][1]:.2f} bpp {rows[-1][2]:.4f}", flush=True)
+            print(
+                f"  {name} {n}: LPIPS-alex {rows[-1][0]:.4f} PSNR {rows[-1][1]:.2f} bpp {rows[-1][2]:.4f}", flush=True
+            )
         lp, ps, bp = np.mean(rows, axis=0)
         print(f"{name} (K={args.K}, {len(rows)} images): LPIPS-alex {lp:.4f} PSNR {ps:.2f} bpp (no context) {bp:.4f}")
 

@@ -1,4 +1,5 @@
 """Shared test helpers: where ../shared is, and skipping cleanly when it is absent."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +25,11 @@ def tiny_model():
     from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
 
     torch.manual_seed(0)
-    cfg = VQGANConfig(embed_dim=8, n_embed=32, ddconfig=DDConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                                                                  attn_resolutions=(8,), resolution=32, z_channels=16))
+    cfg = VQGANConfig(
+        embed_dim=8,
+        n_embed=32,
+        ddconfig=DDConfig(
+            ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=32, z_channels=16
+        ),
+    )
     return VQModel(cfg).eval()

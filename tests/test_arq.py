@@ -1,4 +1,5 @@
 """Selective-repeat ARQ on the simpy link: repairs, limits, the deadline, acknowledgements, bytes."""
+
 from __future__ import annotations
 
 import math
@@ -115,8 +116,7 @@ def test_without_arq_the_link_draws_what_it_always_drew() -> None:
 
 
 def test_arq_is_deterministic_given_the_seed() -> None:
-    link = LinkConfig(rate_bps=20_000, delay_s=0.02, jitter_s=0.005, deadline_s=2.0,
-                      arq=ArqConfig(return_loss=0.1))
+    link = LinkConfig(rate_bps=20_000, delay_s=0.02, jitter_s=0.005, deadline_s=2.0, arq=ArqConfig(return_loss=0.1))
     a, b = (send([30] * 100, link, GilbertElliott.simple(0.3, 4), seed=5) for _ in range(2))
     assert a.retransmissions == b.retransmissions > 0
     assert (a.delivered == b.delivered).all() and np.array_equal(a.arrival_s, b.arrival_s, equal_nan=True)
@@ -128,11 +128,14 @@ def test_a_scenario_link_block_becomes_the_config() -> None:
     assert link.arq == ArqConfig(return_delay_s=0.01) and link.round_trip_s == pytest.approx(0.06)
 
 
-@pytest.mark.parametrize("link, needle", [
-    ({"delay_s": 0.1, "deadline_s": 0.15, "arq": {}}, "shorter than one round trip"),
-    ({"arq": {"max_retransmissions": 0}}, "greater than or equal to 1"),
-    ({"arq": {"return_loss": 1}}, "less than 1"),
-])
+@pytest.mark.parametrize(
+    "link, needle",
+    [
+        ({"delay_s": 0.1, "deadline_s": 0.15, "arq": {}}, "shorter than one round trip"),
+        ({"arq": {"max_retransmissions": 0}}, "greater than or equal to 1"),
+        ({"arq": {"return_loss": 1}}, "less than 1"),
+    ],
+)
 def test_bad_arq_settings_are_one_line_scenario_errors(link, needle) -> None:
     with pytest.raises(ScenarioError, match=needle) as exc:
         parse_scenario({"name": "x", "link": link})

@@ -1,4 +1,5 @@
 """Bjøntegaard deltas of RD tables (the paper's Table 1) and the CompressAI results files."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ COMMITTED = Path(__file__).resolve().parents[1] / "results" / "kodak-eval-colour
 
 
 def curve(codec: str, bpp: list[float], lpips: list[float], psnr: list[float] | None = None) -> pd.DataFrame:
-    return pd.DataFrame({"codec": codec, "K": [1024, 256, 16][: len(bpp)], "bpp": bpp, "lpips": lpips,
-                         "psnr": psnr or [20.0 + 100 * b for b in bpp]})
+    return pd.DataFrame(
+        {
+            "codec": codec,
+            "K": [1024, 256, 16][: len(bpp)],
+            "bpp": bpp,
+            "lpips": lpips,
+            "psnr": psnr or [20.0 + 100 * b for b in bpp],
+        }
+    )
 
 
 def test_known_shifts_give_known_deltas():
@@ -26,8 +34,10 @@ def test_known_shifts_give_known_deltas():
     same = bd_pair(curve("vqnet", [0.01, 0.02, 0.04], [0.80, 0.70, 0.62]), anchor)
     assert same["bd_rate_lpips_pct"] == pytest.approx(0, abs=1e-9) and same["bd_lpips"] == pytest.approx(0, abs=1e-12)
     # 20 % fewer bits for the same LPIPS (and PSNR) everywhere: BD-rate -20 %
-    cheaper = bd_pair(curve("vqnet", [0.008, 0.016, 0.032], [0.80, 0.70, 0.62], [21.0, 22.0, 24.0]),
-                      anchor.assign(psnr=[21.0, 22.0, 24.0]))
+    cheaper = bd_pair(
+        curve("vqnet", [0.008, 0.016, 0.032], [0.80, 0.70, 0.62], [21.0, 22.0, 24.0]),
+        anchor.assign(psnr=[21.0, 22.0, 24.0]),
+    )
     assert cheaper["bd_rate_lpips_pct"] == pytest.approx(-20.0) and cheaper["bd_rate_psnr_pct"] == pytest.approx(-20.0)
     # LPIPS 0.01 lower at every rate: BD-LPIPS -0.01
     better = bd_pair(curve("vqnet", [0.01, 0.02, 0.04], [0.79, 0.69, 0.61]), anchor)
@@ -35,21 +45,31 @@ def test_known_shifts_give_known_deltas():
 
 
 def test_curves_without_a_common_lpips_range_have_no_bd_rate():
-    row = bd_pair(curve("vqnet", [0.01, 0.02, 0.04], [0.59, 0.57, 0.56]), curve("jpeg", [0.01, 0.02, 0.04],
-                                                                                 [0.80, 0.70, 0.62]))
+    row = bd_pair(
+        curve("vqnet", [0.01, 0.02, 0.04], [0.59, 0.57, 0.56]), curve("jpeg", [0.01, 0.02, 0.04], [0.80, 0.70, 0.62])
+    )
     assert math.isnan(row["bd_rate_lpips_pct"]) and row["lpips_overlap"] == 0
     assert row["bd_lpips"] < -0.05 and row["rate_overlap"] == 1
 
 
 def test_table_pairs_every_vqnet_curve_with_every_anchor_and_the_ablation():
-    rd = pd.concat([curve("vqnet", [0.01, 0.02, 0.04], [0.6, 0.55, 0.5]),
-                    curve("vqnet-raw", [0.011, 0.02, 0.04], [0.62, 0.55, 0.5]),
-                    curve("jpeg", [0.01, 0.02, 0.04], [0.8, 0.7, 0.6]),
-                    curve("avif", [0.01, 0.02, 0.04], [0.7, 0.6, 0.55])])
+    rd = pd.concat(
+        [
+            curve("vqnet", [0.01, 0.02, 0.04], [0.6, 0.55, 0.5]),
+            curve("vqnet-raw", [0.011, 0.02, 0.04], [0.62, 0.55, 0.5]),
+            curve("jpeg", [0.01, 0.02, 0.04], [0.8, 0.7, 0.6]),
+            curve("avif", [0.01, 0.02, 0.04], [0.7, 0.6, 0.55]),
+        ]
+    )
     table = bd_table(rd)
     assert list(table.columns) == BD_COLUMNS
-    assert list(zip(table["test"], table["anchor"])) == [("vqnet", "jpeg"), ("vqnet", "avif"), ("vqnet-raw", "jpeg"),
-                                                         ("vqnet-raw", "avif"), ("vqnet", "vqnet-raw")]
+    assert list(zip(table["test"], table["anchor"])) == [
+        ("vqnet", "jpeg"),
+        ("vqnet", "avif"),
+        ("vqnet-raw", "jpeg"),
+        ("vqnet-raw", "avif"),
+        ("vqnet", "vqnet-raw"),
+    ]
     assert (table["bd_lpips"] < 0).all()
 
 
@@ -78,8 +98,13 @@ def test_bd_command_on_the_committed_kodak_table(tmp_path):
         assert len(doc["results"]["bpp"]) == 3 and len(doc["results"]["lpips"]) == 3
 
 
-@pytest.mark.parametrize("args, message", [(["missing.csv"], "Error: cannot read RD table missing.csv"),
-                                           (["RD", "--method", "spline"], "--method must be pchip")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.csv"], "Error: cannot read RD table missing.csv"),
+        (["RD", "--method", "spline"], "--method must be pchip"),
+    ],
+)
 def test_bd_command_user_errors(tmp_path, args, message):
     (tmp_path / "rd.csv").write_text("codec,K\nvqnet,16\n")
     result = CliRunner().invoke(app, ["bd", *[str(tmp_path / "rd.csv") if a == "RD" else a for a in args]])

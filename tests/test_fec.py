@@ -1,4 +1,5 @@
 """Reed-Solomon parity across an image's packets: blocks, exact recovery, clean failure, bytes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,10 @@ def test_a_parity_ratio_takes_the_longest_blocks_the_code_allows() -> None:
     assert FecCode(parity=0.01).blocks(5) == [Block(0, 5, 1)]  # at least one parity packet
 
 
-@pytest.mark.parametrize("kwargs", [dict(k=9, n=8), dict(k=8, n=8), dict(k=8, n=MAX_N + 1), dict(k=8),
-                                    dict(parity=0.5, k=4, n=6), dict(parity=0.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(k=9, n=8), dict(k=8, n=8), dict(k=8, n=MAX_N + 1), dict(k=8), dict(parity=0.5, k=4, n=6), dict(parity=0.0)],
+)
 def test_impossible_codes_are_refused(kwargs) -> None:
     with pytest.raises(ValueError):
         FecCode(**kwargs)
@@ -54,9 +57,9 @@ def test_sending_order_and_bytes() -> None:
     assert [p for p in sent if not is_parity_packet(p)] == DATA  # systematic: data go out unchanged, in order
     at = 0
     for b in blocks:  # each block's data, then its parity, each parity packet as long as the block's longest + 2
-        assert sent[at:at + b.k] == DATA[b.first:b.first + b.k]
-        width = 2 + max(len(p) for p in DATA[b.first:b.first + b.k])
-        assert [len(p) for p in sent[at + b.k:at + b.k + b.r]] == [OVERHEAD + width] * b.r
+        assert sent[at : at + b.k] == DATA[b.first : b.first + b.k]
+        width = 2 + max(len(p) for p in DATA[b.first : b.first + b.k])
+        assert [len(p) for p in sent[at + b.k : at + b.k + b.r]] == [OVERHEAD + width] * b.r
         at += b.k + b.r
 
 
@@ -85,7 +88,7 @@ def test_recovery_is_exact_with_k_of_a_block_and_leaves_holes_otherwise(k, parit
     got = set(out.packets)
     for i, b in enumerate(code.blocks(len(DATA))):
         arrived = sum(1 for j, (blk, _) in enumerate(owner) if blk == i and not mask[j])
-        members = DATA[b.first:b.first + b.k]
+        members = DATA[b.first : b.first + b.k]
         if arrived >= b.k:
             assert all(p in got for p in members)  # byte-exact: the very packets that were sent
         else:
@@ -101,26 +104,26 @@ def test_recovered_packets_decode_to_the_whole_grid() -> None:
     drop = set(rng.choice(len(sent), size=r, replace=False).tolist())  # exactly as many losses as parity
     out = recover([p for i, p in enumerate(sent) if i not in drop], image_id=IMAGE_ID)
     assert out.blocks_decoded == 1 and sorted(out.packets) == sorted(DATA)
-    got = depacketize([p for p in out.packets if p[:2] == b"VQ"], {64: PRIOR}, shape=GRID.shape,
-                      image_id=IMAGE_ID)
+    got = depacketize([p for p in out.packets if p[:2] == b"VQ"], {64: PRIOR}, shape=GRID.shape, image_id=IMAGE_ID)
     assert not got.lost.any() and (got.indices == GRID).all()
 
 
 def test_one_loss_too_many_leaves_the_holes_for_concealment() -> None:
     sent = protect(DATA, FecCode(parity=0.25), image_id=IMAGE_ID)
     r = len(sent) - len(DATA)
-    kept = sent[r + 1:]  # the first r + 1 data packets lost
+    kept = sent[r + 1 :]  # the first r + 1 data packets lost
     out = recover(kept, image_id=IMAGE_ID)
     assert (out.blocks_decoded, out.packets_recovered) == (0, 0)
-    got = depacketize([p for p in out.packets if p[:2] == b"VQ"], {64: PRIOR}, shape=GRID.shape,
-                      image_id=IMAGE_ID)
+    got = depacketize([p for p in out.packets if p[:2] == b"VQ"], {64: PRIOR}, shape=GRID.shape, image_id=IMAGE_ID)
     assert got.lost.any()
 
 
 def test_damaged_packets_take_no_part_in_a_decode() -> None:
     sent = protect(DATA, FecCode(k=4, n=7), image_id=IMAGE_ID)
-    flipped = [bytes([sent[1][0], sent[1][1], sent[1][2] ^ 1]) + sent[1][3:],  # a data packet with a bad CRC
-               sent[4][:-1] + bytes([sent[4][-1] ^ 1])]  # a parity packet with a bad CRC
+    flipped = [
+        bytes([sent[1][0], sent[1][1], sent[1][2] ^ 1]) + sent[1][3:],  # a data packet with a bad CRC
+        sent[4][:-1] + bytes([sent[4][-1] ^ 1]),
+    ]  # a parity packet with a bad CRC
     damaged = [sent[0], flipped[0], sent[2], flipped[1], sent[5], sent[6]]  # block 0: data 0, 2, parity 1, 2 intact
     out = recover(damaged, image_id=IMAGE_ID)
     assert out.blocks_decoded == 1 and DATA[1] in out.packets and DATA[3] in out.packets
@@ -132,13 +135,16 @@ def test_parity_of_another_image_is_ignored() -> None:
     assert out.blocks_decoded == 0
 
 
-@pytest.mark.parametrize("fec, needle", [
-    ({"k": 9, "n": 8}, "k < n"),
-    ({"k": 8, "n": 300}, "above the Reed-Solomon limit of 256"),
-    ({"k": 1, "n": 3}, "k=1 makes every parity packet a copy"),
-    ({"k": 8}, "either k and n, or a parity ratio"),
-    ({"parity": 0}, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "fec, needle",
+    [
+        ({"k": 9, "n": 8}, "k < n"),
+        ({"k": 8, "n": 300}, "above the Reed-Solomon limit of 256"),
+        ({"k": 1, "n": 3}, "k=1 makes every parity packet a copy"),
+        ({"k": 8}, "either k and n, or a parity ratio"),
+        ({"parity": 0}, "greater than 0"),
+    ],
+)
 def test_bad_fec_settings_are_one_line_scenario_errors(fec, needle) -> None:
     with pytest.raises(ScenarioError, match=needle) as exc:
         parse_scenario({"name": "x", "packets": {"fec": fec}})

@@ -1,13 +1,14 @@
 """minGPT against the upstream taming fixtures: logits, state_dict layout, checkpoint loading."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import shared_path
 from safetensors.torch import load_file
 
-from conftest import shared_path
 from vqnet.restore.gpt import GPT, GPTConfig, load_gpt_state, load_taming_transformer
 
 

@@ -1,5 +1,6 @@
 """Image loading: names that cannot collide, every bit depth and mode scaled (or refused) right,
 and sizes refused before any pixel is decoded."""
+
 from __future__ import annotations
 
 import struct
@@ -35,9 +36,15 @@ def test_colliding_stems_get_their_paths_and_unique_stems_keep_theirs(tmp_path):
     assert [im.name for im in load_images(str(tmp_path / "*.png"))] == ["x", "y"]  # unique in that glob
 
 
-@given(st.lists(st.sampled_from(["x", "x.png", "y", "a/x", "a/x.png", "b/y", "b/a/x", "z.png"]), min_size=1,
-                max_size=8, unique=True),
-       st.lists(st.sampled_from([".png", ".jpg", ".tif"]), min_size=8, max_size=8))
+@given(
+    st.lists(
+        st.sampled_from(["x", "x.png", "y", "a/x", "a/x.png", "b/y", "b/a/x", "z.png"]),
+        min_size=1,
+        max_size=8,
+        unique=True,
+    ),
+    st.lists(st.sampled_from([".png", ".jpg", ".tif"]), min_size=8, max_size=8),
+)
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_image_names_are_distinct_and_keep_unique_stems(tmp_path, stems, suffixes):
     src = tmp_path / "src"  # a folder source (names are relative to it); the files need not exist
@@ -52,45 +59,81 @@ def test_image_names_are_distinct_and_keep_unique_stems(tmp_path, stems, suffixe
             assert sum(g.stem == f.stem for g in files) > 1 or f.stem in paths
 
 
-@pytest.mark.parametrize("write", [
-    pytest.param(lambda p: _save(p / "g16.png", np.round(RAMP * 65535).astype(np.uint16)), id="16-bit grey png"),
-    pytest.param(lambda p: tifffile.imwrite(p / "f.tif", RAMP.astype(np.float32)) or p / "f.tif", id="float grey tiff"),
-    pytest.param(lambda p: tifffile.imwrite(p / "f3.tif", np.dstack([RAMP] * 3).astype(np.float32), photometric="rgb") or p / "f3.tif",
-                 id="float rgb tiff"),
-    pytest.param(lambda p: tifffile.imwrite(p / "u16.tif", np.dstack([np.round(RAMP * 65535)] * 3).astype(np.uint16),
-                                    photometric="rgb")
-                 or p / "u16.tif", id="16-bit rgb tiff"),
-    pytest.param(lambda p: _save(p / "la.png", np.dstack([np.round(RAMP * 255)] * 2).astype(np.uint8), "LA"),
-                 id="grey + alpha"),
-    pytest.param(lambda p: Image.fromarray(np.round(RAMP * 255).astype(np.uint8)).convert("P").save(p / "p.png")
-                 or p / "p.png", id="palette"),
-    pytest.param(lambda p: Image.fromarray(np.round(RAMP * 255).astype(np.uint8)).convert("CMYK").save(p / "c.jpg",
-                 quality=100) or p / "c.jpg", id="cmyk jpeg"),
-])
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda p: _save(p / "g16.png", np.round(RAMP * 65535).astype(np.uint16)), id="16-bit grey png"),
+        pytest.param(
+            lambda p: tifffile.imwrite(p / "f.tif", RAMP.astype(np.float32)) or p / "f.tif", id="float grey tiff"
+        ),
+        pytest.param(
+            lambda p: (
+                tifffile.imwrite(p / "f3.tif", np.dstack([RAMP] * 3).astype(np.float32), photometric="rgb")
+                or p / "f3.tif"
+            ),
+            id="float rgb tiff",
+        ),
+        pytest.param(
+            lambda p: (
+                tifffile.imwrite(
+                    p / "u16.tif", np.dstack([np.round(RAMP * 65535)] * 3).astype(np.uint16), photometric="rgb"
+                )
+                or p / "u16.tif"
+            ),
+            id="16-bit rgb tiff",
+        ),
+        pytest.param(
+            lambda p: _save(p / "la.png", np.dstack([np.round(RAMP * 255)] * 2).astype(np.uint8), "LA"),
+            id="grey + alpha",
+        ),
+        pytest.param(
+            lambda p: (
+                Image.fromarray(np.round(RAMP * 255).astype(np.uint8)).convert("P").save(p / "p.png") or p / "p.png"
+            ),
+            id="palette",
+        ),
+        pytest.param(
+            lambda p: (
+                Image.fromarray(np.round(RAMP * 255).astype(np.uint8)).convert("CMYK").save(p / "c.jpg", quality=100)
+                or p / "c.jpg"
+            ),
+            id="cmyk jpeg",
+        ),
+    ],
+)
 def test_every_bit_depth_and_mode_decodes_to_the_same_ramp(tmp_path, write):
     pixels = load_image(write(tmp_path))
     assert pixels.dtype == np.uint8 and pixels.shape == (40, 64, 3)
     assert np.abs(pixels.astype(int) - np.round(RAMP * 255)[..., None]).max() <= 3  # jpeg's rounding at most
 
 
-@pytest.mark.parametrize("arr,needle", [
-    (RAMP.astype(np.float32) * 2, r"float pixels must lie in \[0, 1\]"),
-    (np.full((40, 64), np.nan, dtype=np.float32), "NaN"),
-    (np.zeros((40, 64), dtype=np.int32) - 5, "int32 pixels have no known range"),
-])
+@pytest.mark.parametrize(
+    "arr,needle",
+    [
+        (RAMP.astype(np.float32) * 2, r"float pixels must lie in \[0, 1\]"),
+        (np.full((40, 64), np.nan, dtype=np.float32), "NaN"),
+        (np.zeros((40, 64), dtype=np.int32) - 5, "int32 pixels have no known range"),
+    ],
+)
 def test_pixels_with_no_known_range_are_refused(tmp_path, arr, needle):
     tifffile.imwrite(tmp_path / "bad.tif", arr)
     with pytest.raises(ImageError, match=needle):
         load_image(tmp_path / "bad.tif")
 
 
-@given(st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.bool_]),
-       st.sampled_from([(7, 9), (7, 9, 1), (7, 9, 2), (7, 9, 3), (7, 9, 4)]), st.integers(0, 2**32 - 1))
+@given(
+    st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.bool_]),
+    st.sampled_from([(7, 9), (7, 9, 1), (7, 9, 2), (7, 9, 3), (7, 9, 4)]),
+    st.integers(0, 2**32 - 1),
+)
 def test_to_rgb_maps_the_range_of_every_type_onto_0_255(dtype, shape, seed):
     rng = np.random.default_rng(seed)
     unit = rng.random(shape)
-    arr = {np.uint8: lambda: np.round(unit * 255), np.uint16: lambda: np.round(unit * 65535),
-           np.bool_: lambda: unit > 0.5}.get(dtype, lambda: unit)().astype(dtype)
+    arr = {
+        np.uint8: lambda: np.round(unit * 255),
+        np.uint16: lambda: np.round(unit * 65535),
+        np.bool_: lambda: unit > 0.5,
+    }.get(dtype, lambda: unit)().astype(dtype)
     out = to_rgb(arr)
     assert out.dtype == np.uint8 and out.shape == (7, 9, 3)
     grey = unit if len(shape) == 2 else unit[..., 0]
@@ -130,15 +173,30 @@ def test_run_and_eval_keep_images_with_one_stem_apart(tmp_path):
     rng = np.random.default_rng(1)
     _save(tmp_path / "img" / "x.png", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
     _save(tmp_path / "img" / "x.jpg", np.full((48, 64, 3), 128, dtype=np.uint8))
-    (tmp_path / "s.yaml").write_text(f"name: two\nimages: {{source: {tmp_path / 'img'}}}\nmethods: [none]\n"
-                                     "channel: {model: bernoulli, loss: [0.0]}\ntrials: 1\n")
+    (tmp_path / "s.yaml").write_text(
+        f"name: two\nimages: {{source: {tmp_path / 'img'}}}\nmethods: [none]\n"
+        "channel: {model: bernoulli, loss: [0.0]}\ntrials: 1\n"
+    )
     res = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "r"), "-q"])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "r" / "two" / "results.csv").set_index("image")
     assert list(df.index) == ["x.jpg", "x.png"]
     assert df.loc["x.jpg", "lossless_psnr"] != df.loc["x.png", "lossless_psnr"]  # each coded from its own pixels
-    res = CliRunner().invoke(app, ["eval", str(tmp_path / "img"), "--out", str(tmp_path / "e"), "--ks", "16",
-                                   "--classical", "none", "--no-dists", "-q"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path / "img"),
+            "--out",
+            str(tmp_path / "e"),
+            "--ks",
+            "16",
+            "--classical",
+            "none",
+            "--no-dists",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(tmp_path / "e" / "rd_images.csv").set_index("image")
     assert list(rows.index) == ["x.jpg", "x.png"] and rows["psnr"].nunique() == 2

@@ -1,6 +1,7 @@
 """One job per output folder: a second `vqnet run`/`vqnet eval` on a held folder is refused in one
 line naming the holder, or waits with --wait; a holder killed with SIGKILL leaves no stale lock.
 Real processes and real flock, the shipped default model on one small image."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ HOLDER = textwrap.dedent("""
 
 
 def _hold(folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline() == "held\n"
     return proc
 
@@ -42,15 +44,22 @@ def _hold(folder: Path) -> subprocess.Popen:
 @pytest.fixture
 def scenario(tmp_path: Path) -> Path:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "s.yaml").write_text(f"name: lk\nimages: {{source: {tmp_path / 'a.png'}}}\nmethods: [none]\n"
-                                     "channel: {model: bernoulli, loss: [0.3]}\ntrials: 1\n")
+    (tmp_path / "s.yaml").write_text(
+        f"name: lk\nimages: {{source: {tmp_path / 'a.png'}}}\nmethods: [none]\n"
+        "channel: {model: bernoulli, loss: [0.3]}\ntrials: 1\n"
+    )
     return tmp_path / "s.yaml"
 
 
 def _run(scenario: Path, *extra: str, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vqnet", "run", str(scenario), "--out",
-                             str(scenario.parent / "out"), "-q", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vqnet", "run", str(scenario), "--out", str(scenario.parent / "out"), "-q", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        **popen,
+    )
 
 
 def test_second_run_is_refused_naming_the_holder_then_runs_after_the_holder_is_killed(scenario):
@@ -83,8 +92,21 @@ def test_wait_blocks_until_the_holder_ends(scenario):
 def test_eval_is_refused_while_its_folder_is_held(tmp_path):
     Image.fromarray(np.zeros((48, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     with locked_folder(tmp_path / "out"):  # flock is per open file: this process conflicts with itself too
-        res = CliRunner().invoke(app, ["eval", str(tmp_path), "--out", str(tmp_path / "out"), "--no-dists",
-                                       "--classical", "none", "--ks", "16", "-q"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "eval",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-dists",
+                "--classical",
+                "none",
+                "--ks",
+                "16",
+                "-q",
+            ],
+        )
     assert res.exit_code == 2 and f"pid {os.getpid()} " in res.output and "in use by another vqnet job" in res.output
     assert not (tmp_path / "out" / "rd.csv").exists()
 

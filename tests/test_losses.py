@@ -1,4 +1,5 @@
 """The taming loss pieces: PatchGAN layout and init, hinge loss, and the adaptive GAN weight."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """The bundled weights are checked against vqnet/models/manifest.json before use, and no code path
 unpickles arbitrary objects (every torch.load passes weights_only=True)."""
+
 from __future__ import annotations
 
 import ast
@@ -8,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_model
+
 from vqnet.codec import bundle
 from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
 
@@ -46,8 +47,11 @@ def test_tampered_or_truncated_default_is_refused(bundled: tuple[Path, Path], mo
     if damage == "flip":
         data[len(data) // 2] ^= 0x01  # inside the weights: safetensors itself would load it
     model.write_bytes(bytes(data) if damage == "flip" else bytes(data[:1000]))
-    with pytest.raises(CodecError, match=r"tampered or truncated.*git checkout vqnet/models/default\.safetensors"
-                                         r".*reinstall"):
+    with pytest.raises(
+        CodecError,
+        match=r"tampered or truncated.*git checkout vqnet/models/default\.safetensors"
+        r".*reinstall",
+    ):
         load_codec()
 
 
@@ -67,8 +71,9 @@ def test_missing_default_or_manifest_is_a_clear_error(bundled: tuple[Path, Path]
         load_codec()
 
 
-def test_explicit_path_is_not_checked_against_the_manifest(bundled: tuple[Path, Path], tmp_path: Path,
-                                                           model_bytes: bytes) -> None:
+def test_explicit_path_is_not_checked_against_the_manifest(
+    bundled: tuple[Path, Path], tmp_path: Path, model_bytes: bytes
+) -> None:
     _, manifest = bundled
     manifest.unlink()
     (tmp_path / "mine.safetensors").write_bytes(model_bytes)
@@ -77,12 +82,27 @@ def test_explicit_path_is_not_checked_against_the_manifest(bundled: tuple[Path, 
 
 def _torch_load_calls(tree: ast.AST) -> list[ast.Call]:
     """Calls of torch.load / load imported from torch, however they are spelled."""
-    aliases = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-               and node.module == "torch" for a in node.names if a.name == "load"}
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and (
-        (isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-         and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch")
-        or (isinstance(node.func, ast.Name) and node.func.id in aliases))]
+    aliases = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "torch"
+        for a in node.names
+        if a.name == "load"
+    }
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            )
+            or (isinstance(node.func, ast.Name) and node.func.id in aliases)
+        )
+    ]
 
 
 def test_every_torch_load_passes_weights_only_true() -> None:

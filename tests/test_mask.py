@@ -1,4 +1,5 @@
 """The index-mask channel (the paper's exact mask ratio): exact counts and the shape of each pattern."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,14 @@ from vqnet.channel.mask import IndexMask, mean_run
 
 
 @settings(max_examples=60, deadline=None)
-@given(loss=st.floats(0.0, 0.99), h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
-       pattern=st.sampled_from(["iid", "burst", "block"]), size=st.integers(1, 9))
+@given(
+    loss=st.floats(0.0, 0.99),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    pattern=st.sampled_from(["iid", "burst", "block"]),
+    size=st.integers(1, 9),
+)
 def test_exactly_round_r_n_lost(loss, h, w, seed, pattern, size):
     mask = IndexMask(loss, pattern, None if pattern == "iid" else size)
     lost = mask.draw((h, w), np.random.default_rng(seed))
@@ -35,8 +42,15 @@ def test_same_seed_same_mask_and_patterns_differ_in_shape():
     assert len(burst_lengths(draw(burst, 4).ravel())) < len(burst_lengths(draw(iid, 4).ravel()))
 
 
-@pytest.mark.parametrize("args,needle", [((1.0,), "outside"), ((0.2, "iid", 3), "no burst"),
-                                         ((0.2, "block"), "needs a size"), ((0.2, "rows", 2), "not one of")])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ((1.0,), "outside"),
+        ((0.2, "iid", 3), "no burst"),
+        ((0.2, "block"), "needs a size"),
+        ((0.2, "rows", 2), "not one of"),
+    ],
+)
 def test_bad_masks(args, needle):
     with pytest.raises(ValueError, match=needle):
         IndexMask(*args)

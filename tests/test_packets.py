@@ -42,7 +42,8 @@ PRIORS = {
     "k16-uniform": Prior.uniform(16),
     "k16-skewed": skewed_prior(16, seed=2),
     "k64-context": skewed_prior(64, seed=4).with_context(
-        np.random.default_rng(5).integers(0, 50, (64, 64)) + 500 * np.eye(64)),
+        np.random.default_rng(5).integers(0, 50, (64, 64)) + 500 * np.eye(64)
+    ),
 }
 
 
@@ -80,7 +81,11 @@ def test_round_trip_and_payload_bound(layout: str, prior_name: str, max_payload:
     np.testing.assert_array_equal(out.indices, grid)
     assert not out.lost.any()
     assert (out.n_packets_ok, out.n_packets_bad, out.n_packets_expected, out.K) == (
-        len(packets), 0, len(packets), prior.K)
+        len(packets),
+        0,
+        len(packets),
+        prior.K,
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -132,7 +137,7 @@ def test_raster_runs_are_greedy(case: tuple[np.ndarray, Prior]) -> None:
     max_payload = 50
     parsed = parse_all(packetize(grid, prior, max_payload, layout="raster"))
     for p in parsed[:-1]:  # one more symbol must not fit, otherwise the packet was not filled
-        assert len(encode(flat[p.start:p.start + p.n + 1], prior)) > max_payload
+        assert len(encode(flat[p.start : p.start + p.n + 1], prior)) > max_payload
     assert parsed[-1].start + parsed[-1].n == flat.size
 
 
@@ -142,7 +147,7 @@ def test_interleaved_uses_smallest_packet_count(case: tuple[np.ndarray, Prior]) 
     max_payload = 50
     N = len(packetize(grid, prior, max_payload, layout="interleaved"))
     assert N > 1
-    sizes = [len(encode(flat[i::N - 1], prior)) for i in range(N - 1)]
+    sizes = [len(encode(flat[i :: N - 1], prior)) for i in range(N - 1)]
     assert max(sizes) > max_payload  # N - 1 packets would not fit
 
 
@@ -197,7 +202,7 @@ def test_bit_flips_are_counted_bad(case: tuple[np.ndarray, Prior], layout: str) 
         raw[bit // 8] ^= 1 << (bit % 8)
         with pytest.raises(PacketError):
             Packet.from_bytes(bytes(raw))
-        out = depacketize(packets[:victim] + [bytes(raw)] + packets[victim + 1:], {prior.K: prior})
+        out = depacketize(packets[:victim] + [bytes(raw)] + packets[victim + 1 :], {prior.K: prior})
         assert (out.n_packets_ok, out.n_packets_bad) == (len(packets) - 1, 1)
         lost = np.flatnonzero(out.lost)
         np.testing.assert_array_equal(lost, np.sort(Packet.from_bytes(packets[victim]).positions()))
@@ -226,9 +231,18 @@ def test_conflicting_copy_of_a_packet_is_bad() -> None:
     grid = np.arange(64).reshape(8, 8) % 16
     packets = packetize(grid, prior, 8)
     p = Packet.from_bytes(packets[0])
-    forged = Packet(layout=p.layout, image_id=p.image_id, K=p.K, h=p.h, w=p.w, packet_number=0,
-                    packet_count=p.packet_count, n=p.n, start=p.start,
-                    payload=encode(np.full(p.n, 15), prior)).to_bytes()
+    forged = Packet(
+        layout=p.layout,
+        image_id=p.image_id,
+        K=p.K,
+        h=p.h,
+        w=p.w,
+        packet_number=0,
+        packet_count=p.packet_count,
+        n=p.n,
+        start=p.start,
+        payload=encode(np.full(p.n, 15), prior),
+    ).to_bytes()
     out = depacketize(packets + [forged], {16: prior})
     np.testing.assert_array_equal(out.indices, grid)  # the first copy wins
     assert (out.n_packets_ok, out.n_packets_bad) == (len(packets), 1)
@@ -239,9 +253,18 @@ def test_overlapping_forged_run_is_bad() -> None:
     grid = np.arange(64).reshape(8, 8) % 16
     packets = packetize(grid, prior, 8)
     p0, p1 = parse_all(packets[:2])
-    forged = Packet(layout="raster", image_id=0, K=16, h=8, w=8, packet_number=p1.packet_number,
-                    packet_count=p1.packet_count, n=2, start=p0.start,
-                    payload=encode(np.array([15, 15]), prior)).to_bytes()
+    forged = Packet(
+        layout="raster",
+        image_id=0,
+        K=16,
+        h=8,
+        w=8,
+        packet_number=p1.packet_number,
+        packet_count=p1.packet_count,
+        n=2,
+        start=p0.start,
+        payload=encode(np.array([15, 15]), prior),
+    ).to_bytes()
     out = depacketize([packets[0], forged], {16: prior})
     assert (out.n_packets_ok, out.n_packets_bad) == (1, 1)
     np.testing.assert_array_equal(out.indices.ravel()[p0.positions()], grid.ravel()[p0.positions()])
@@ -254,7 +277,7 @@ def test_mixed_image_ids() -> None:
     pa = packetize(a, prior, 12, image_id=1)
     pb = packetize(b, prior, 40, image_id=2)
     assert len(pa) > len(pb)
-    mixed = [x for pair in zip(pa, pb) for x in pair] + pa[len(pb):]
+    mixed = [x for pair in zip(pa, pb) for x in pair] + pa[len(pb) :]
     out_b = depacketize(mixed, {16: prior}, image_id=2)
     np.testing.assert_array_equal(out_b.indices, b)
     assert (out_b.n_packets_ok, out_b.n_packets_bad) == (len(pb), len(pa))
@@ -297,7 +320,7 @@ def test_grid_larger_than_max_grid_is_refused_before_allocation() -> None:
         Packet.from_bytes(with_crc(body))
     with pytest.raises(PacketError, match="no valid packet"):
         depacketize([with_crc(body)], {16: Prior.uniform(16)})
-    side = int(MAX_GRID ** 0.5)
+    side = int(MAX_GRID**0.5)
     assert Packet.from_bytes(with_crc(_raster_body(h=side, w=side))).h == side  # the bound itself is fine
     with pytest.raises(ValueError, match="more than"):
         packetize(np.zeros((side + 1, side), dtype=int), Prior.uniform(16), 100)
@@ -314,8 +337,17 @@ def test_missing_or_mismatched_prior_raises_packet_error() -> None:
 def test_wrong_prior_payload_is_bad_not_crash() -> None:
     """A payload that the prior cannot decode (here: stream too long) is a bad packet."""
     prior = Prior.uniform(16)
-    body = Packet(layout="raster", image_id=0, K=16, h=4, w=4, packet_number=0, packet_count=1,
-                  n=2, payload=encode(np.arange(16), prior)).to_bytes()
+    body = Packet(
+        layout="raster",
+        image_id=0,
+        K=16,
+        h=4,
+        w=4,
+        packet_number=0,
+        packet_count=1,
+        n=2,
+        payload=encode(np.arange(16), prior),
+    ).to_bytes()
     out = depacketize([body], {16: prior})
     assert (out.n_packets_ok, out.n_packets_bad) == (0, 1) and out.lost.all()
 
@@ -341,11 +373,24 @@ def test_packetize_rejects_bad_arguments(kwargs: dict) -> None:
         packetize(**args)
 
 
-def _raster_body(K: int = 16, h: int = 4, w: int = 4, number: int = 0, count: int = 1,
-                 start: int = 0, n: int = 16, payload: bytes = b"\x00" * 8,
-                 magic: bytes = b"VQ", version: int = 1, layout: int = 0) -> bytes:
-    return (struct.pack("!2sBBIHHHHH", magic, version, layout, 0, K, h, w, number, count)
-            + struct.pack("!IIH", start, n, len(payload)) + payload)
+def _raster_body(
+    K: int = 16,
+    h: int = 4,
+    w: int = 4,
+    number: int = 0,
+    count: int = 1,
+    start: int = 0,
+    n: int = 16,
+    payload: bytes = b"\x00" * 8,
+    magic: bytes = b"VQ",
+    version: int = 1,
+    layout: int = 0,
+) -> bytes:
+    return (
+        struct.pack("!2sBBIHHHHH", magic, version, layout, 0, K, h, w, number, count)
+        + struct.pack("!IIH", start, n, len(payload))
+        + payload
+    )
 
 
 @pytest.mark.parametrize(
@@ -391,8 +436,7 @@ def test_packet_round_trips_through_bytes(case: tuple[np.ndarray, Prior]) -> Non
 
 _FUZZ_PRIOR = PRIORS["k16-skewed"]
 _FUZZ_PACKETS = {
-    layout: packetize(sample_grid(_FUZZ_PRIOR, (8, 12), seed=30), _FUZZ_PRIOR, 12, layout=layout)
-    for layout in LAYOUTS
+    layout: packetize(sample_grid(_FUZZ_PRIOR, (8, 12), seed=30), _FUZZ_PRIOR, 12, layout=layout) for layout in LAYOUTS
 }
 
 
@@ -416,8 +460,9 @@ def test_random_bytes_only_raise_packet_error(items: list[bytes]) -> None:
     flips=st.lists(st.tuples(st.integers(min_value=0, max_value=200), st.integers(1, 255)), max_size=3),
     tail=st.binary(max_size=8),
 )
-def test_mutated_packets_never_crash(layout: str, which: int, cut: int, flips: list[tuple[int, int]],
-                                     tail: bytes) -> None:
+def test_mutated_packets_never_crash(
+    layout: str, which: int, cut: int, flips: list[tuple[int, int]], tail: bytes
+) -> None:
     packets = _FUZZ_PACKETS[layout]
     raw = bytearray(packets[which % len(packets)])
     for pos, mask in flips:
@@ -448,8 +493,9 @@ def _small_or_any(top: int) -> st.SearchStrategy[int]:
     n=_small_or_any(0xFFFFFFFF),
     payload=st.one_of(st.binary(max_size=16), st.lists(st.binary(min_size=4, max_size=4), max_size=4).map(b"".join)),
 )
-def test_forged_headers_with_valid_crc_never_crash(layout: int, K: int, h: int, w: int, number: int,
-                                                  count: int, start: int, n: int, payload: bytes) -> None:
+def test_forged_headers_with_valid_crc_never_crash(
+    layout: int, K: int, h: int, w: int, number: int, count: int, start: int, n: int, payload: bytes
+) -> None:
     head = struct.pack("!2sBBIHHHHH", b"VQ", 1, layout, 0, K, h, w, number, count)
     fields = struct.pack("!II", start, n) if layout == 0 else struct.pack("!I", n)
     raw = with_crc(head + fields + struct.pack("!H", len(payload)) + payload)
@@ -478,9 +524,18 @@ def _consistent_forged_packet(draw: st.DrawFn) -> bytes:
         start, n = 0, len(range(number, h * w, count))
         if n == 0:
             number, n = 0, len(range(0, h * w, count))
-    return Packet(layout=layout, image_id=draw(st.integers(0, 2)), K=draw(st.sampled_from([2, 16, 1024])),
-                  h=h, w=w, packet_number=number, packet_count=count, n=n, payload=payload,
-                  start=start).to_bytes()
+    return Packet(
+        layout=layout,
+        image_id=draw(st.integers(0, 2)),
+        K=draw(st.sampled_from([2, 16, 1024])),
+        h=h,
+        w=w,
+        packet_number=number,
+        packet_count=count,
+        n=n,
+        payload=payload,
+        start=start,
+    ).to_bytes()
 
 
 @settings(max_examples=300, deadline=None)
@@ -495,8 +550,7 @@ def test_forged_consistent_packets_never_crash(items: list[bytes]) -> None:
 def test_context_refs_point_to_left_and_upper_neighbours_in_the_packet() -> None:
     w = 4  # grid positions 0..15, rows of 4
     # run 3..8 of a width-4 grid: left neighbours, and position 7's upper one (3) travels too
-    np.testing.assert_array_equal(context_refs(np.arange(3, 9), w).T,
-                                  [[-1, -1, 1, 2, 3, -1], [-1, -1, -1, -1, 0, 1]])
+    np.testing.assert_array_equal(context_refs(np.arange(3, 9), w).T, [[-1, -1, 1, 2, 3, -1], [-1, -1, -1, -1, 0, 1]])
     np.testing.assert_array_equal(context_refs(np.arange(1, 16, 2), w)[:, 1], [-1, -1, 0, 1, 2, 3, 4, 5])  # N=2
     assert (context_refs(np.arange(1, 16, 2), w)[:, 0] == -1).all()
     np.testing.assert_array_equal(context_refs(np.arange(0, 16, 3), w), -np.ones((6, 2)))  # N=3: none travels

@@ -1,4 +1,5 @@
 """The masked concealment model, its training data and training loop, and concealment-model files."""
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,10 @@ import torch
 
 from tests.conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
-from vqnet.entropy import Prior
-from vqnet.restore import METHODS, RestoreContext, restore
-from vqnet.images import choose_photos
 from vqnet.codec.photos import encode_photos, latent_cache
+from vqnet.entropy import Prior
+from vqnet.images import choose_photos
+from vqnet.restore import METHODS, RestoreContext, restore
 from vqnet.restore.data import StepBatches, WindowSampler, gilbert_losses, index_maps, load_maps, sample_mask, save_maps
 from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT
@@ -31,8 +32,9 @@ def pattern_maps(n: int = 4, h: int = 20, w: int = 24, K: int = 8) -> list[np.nd
 
 
 def tiny_cfg(kind: str, steps: int, K: int = 8, dropout: float = 0.0) -> PriorTrainConfig:
-    return PriorTrainConfig(kind=kind, K=K, n_layer=2, n_head=2, n_embd=32, steps=steps, batch=8, lr=3e-3, warmup=5,
-                            dropout=dropout)
+    return PriorTrainConfig(
+        kind=kind, K=K, n_layer=2, n_head=2, n_embd=32, steps=steps, batch=8, lr=3e-3, warmup=5, dropout=dropout
+    )
 
 
 @pytest.mark.parametrize("L", [1, 7, 16, 17, 24, 31, 48])
@@ -112,28 +114,36 @@ def test_resume_continues_exactly(tmp_path: Path, dropout: float) -> None:
     maps = pattern_maps()
     train_prior(maps, tmp_path / "straight", tiny_cfg("masked", 8, dropout=dropout))
     train_prior(maps, tmp_path / "split", tiny_cfg("masked", 4, dropout=dropout), extra={"fingerprint": "x"})
-    train_prior(maps, tmp_path / "split", tiny_cfg("masked", 8, dropout=dropout), resume=True,
-                extra={"fingerprint": "x"})
+    train_prior(
+        maps, tmp_path / "split", tiny_cfg("masked", 8, dropout=dropout), resume=True, extra={"fingerprint": "x"}
+    )
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [list(csv.DictReader((tmp_path / d / "log.csv").open())) for d in ("straight", "split")]
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
     with pytest.raises(ValueError, match="other index maps"):
-        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True,
-                    extra={"fingerprint": "y"})
+        train_prior(
+            maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True, extra={"fingerprint": "y"}
+        )
     with pytest.raises(ValueError, match="different configuration"):
         train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, K=16), resume=True, extra={"fingerprint": "x"})
     with pytest.raises(ValueError, match="different configuration"):
-        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout + 0.1), resume=True,
-                    extra={"fingerprint": "x"})
+        train_prior(
+            maps,
+            tmp_path / "split",
+            tiny_cfg("masked", 9, dropout=dropout + 0.1),
+            resume=True,
+            extra={"fingerprint": "x"},
+        )
     with pytest.raises(FileExistsError):
         train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9))
     state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     torch.save(state | {"np_rng": {}}, tmp_path / "split" / "checkpoint.pt")  # as vqnet wrote them before
     with pytest.raises(ValueError, match="older vqnet"):
-        train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True,
-                    extra={"fingerprint": "x"})
+        train_prior(
+            maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True, extra={"fingerprint": "x"}
+        )
 
 
 def test_batch_drawing_workers_change_nothing_but_speed(tmp_path: Path) -> None:
@@ -270,7 +280,9 @@ def test_index_maps_from_cached_photo_latents(tmp_path: Path) -> None:
     assert codes.shape == (3, 256) and masks.dtype == torch.bool
 
 
-def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_prior_cli_writes_a_checked_model_beside_the_codec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import Image
     from typer.testing import CliRunner
 
@@ -283,8 +295,30 @@ def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path,
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)).save(photos / f"{i}.png")
     monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
-    args = ["train", "prior", "--kind", "masked", "--K", "32", "--model", str(codec.path), "--data", str(photos),
-            "--steps", "3", "--batch", "2", "--layers", "1", "--heads", "2", "--embd", "16", "--out", "run"]
+    args = [
+        "train",
+        "prior",
+        "--kind",
+        "masked",
+        "--K",
+        "32",
+        "--model",
+        str(codec.path),
+        "--data",
+        str(photos),
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--embd",
+        "16",
+        "--out",
+        "run",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and list((tmp_path / "runs" / "prior-data").iterdir())
@@ -301,8 +335,9 @@ def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path,
     wide = [a if a != "16" else "32" for a in args[:-1]]
     mismatch = CliRunner().invoke(app, wide + ["run-w", "--start", str(concealer_path(codec, "masked", 32))])
     assert mismatch.exit_code == 2 and "pass the same --layers" in mismatch.output
-    wrong_kind = CliRunner().invoke(app, args[:3] + ["ar"] + args[4:-1] + ["run-k", "--start",
-                                                                          str(concealer_path(codec, "masked", 32))])
+    wrong_kind = CliRunner().invoke(
+        app, args[:3] + ["ar"] + args[4:-1] + ["run-k", "--start", str(concealer_path(codec, "masked", 32))]
+    )
     assert wrong_kind.exit_code == 2 and "is not a ar concealment model" in wrong_kind.output
     # --maps: written after encoding, then enough without any photo folder (a GPU machine's case)
     maps = tmp_path / "maps.safetensors"
@@ -318,8 +353,9 @@ def test_train_prior_cli_writes_a_checked_model_beside_the_codec(tmp_path: Path,
     assert foreign.exit_code == 2 and "another codebook" in foreign.output and "Traceback" not in foreign.output
 
 
-def test_train_prior_leaves_the_bundled_transformer_alone_without_install(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_prior_leaves_the_bundled_transformer_alone_without_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A trial run on the bundled codec must not overwrite the shipped transformer (nor its manifest
     entry): it writes a self-contained bundle to OUT instead; --install replaces the shipped one."""
     import json
@@ -346,8 +382,27 @@ def test_train_prior_leaves_the_bundled_transformer_alone_without_install(tmp_pa
     maps = tmp_path / "maps.safetensors"
     save_maps(maps, pattern_maps(), index_fingerprint(codec, 32), 2)
     monkeypatch.chdir(tmp_path)
-    args = ["train", "prior", "--kind", "masked", "--K", "32", "--maps", str(maps), "--steps", "2", "--batch", "2",
-            "--layers", "1", "--heads", "2", "--embd", "16", "--out"]
+    args = [
+        "train",
+        "prior",
+        "--kind",
+        "masked",
+        "--K",
+        "32",
+        "--maps",
+        str(maps),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--embd",
+        "16",
+        "--out",
+    ]
     before = sorted(p.name for p in models.iterdir()), manifest.read_text()
     trial = CliRunner().invoke(app, args + ["run"])
     assert trial.exit_code == 0, trial.output
@@ -358,9 +413,12 @@ def test_train_prior_leaves_the_bundled_transformer_alone_without_install(tmp_pa
     installed = CliRunner().invoke(app, args + ["run-i", "--install"])
     assert installed.exit_code == 0, installed.output
     assert json.loads(manifest.read_text())["default.masked.K32.safetensors"] == sha256_of(
-        models / "default.masked.K32.safetensors")
+        models / "default.masked.K32.safetensors"
+    )
     assert load_concealer(bundle.load_codec(None), "masked", 32).config.n_layer == 1
-    elsewhere = CliRunner().invoke(app, args + ["run-e", "--install", "--model", str(tmp_path / "run" / "default.safetensors")])
+    elsewhere = CliRunner().invoke(
+        app, args + ["run-e", "--install", "--model", str(tmp_path / "run" / "default.safetensors")]
+    )
     assert elsewhere.exit_code == 2 and "--install replaces the bundled" in elsewhere.output
 
 
@@ -455,8 +513,9 @@ def test_sweep_refuses_a_missing_transformer_before_any_trial(tmp_path: Path) ->
     from vqnet.sweep import run_sweep
 
     codec = _tiny_codec(tmp_path)
-    sc = parse_scenario({"name": "t", "K": [32], "methods": ["neighbor", "masked"],
-                         "channel": {"model": "bernoulli", "loss": [0.3]}})
+    sc = parse_scenario(
+        {"name": "t", "K": [32], "methods": ["neighbor", "masked"], "channel": {"model": "bernoulli", "loss": [0.3]}}
+    )
     calls: list[int] = []
     image = NamedImage("x", np.zeros((32, 32, 3), dtype=np.uint8))
     with pytest.raises(CodecError, match="no masked concealment model for K=32"):

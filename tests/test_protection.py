@@ -1,4 +1,5 @@
 """Schemes in the sweep: FEC and ARQ in the sender/receiver path, bytes per scheme, the comparison table."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,12 +34,18 @@ def images() -> list[NamedImage]:
 
 
 SCENARIO = {
-    "name": "p", "seed": 3, "trials": 2, "packets": {"max_payload": 8, "layout": "interleaved"},
-    "channel": {"model": "gilbert", "loss": [0.0, 0.3], "burst": [2]}, "methods": ["none", "neighbor"],
+    "name": "p",
+    "seed": 3,
+    "trials": 2,
+    "packets": {"max_payload": 8, "layout": "interleaved"},
+    "channel": {"model": "gilbert", "loss": [0.0, 0.3], "burst": [2]},
+    "methods": ["none", "neighbor"],
     "link": {"rate_bps": 64000, "delay_s": 0.01, "deadline_s": 1.0},
-    "schemes": [{"name": "plain", "K": 32, "methods": ["none"]},
-                {"name": "rs", "K": 32, "fec": {"k": 4, "n": 6}},
-                {"name": "arq", "K": 32, "arq": {"max_retransmissions": 2}}],
+    "schemes": [
+        {"name": "plain", "K": 32, "methods": ["none"]},
+        {"name": "rs", "K": 32, "fec": {"k": 4, "n": 6}},
+        {"name": "arq", "K": 32, "arq": {"max_retransmissions": 2}},
+    ],
     "examples": {"losses": [0.3]},
 }
 
@@ -66,8 +73,9 @@ def test_schemes_meet_the_same_channel(codec, images) -> None:
 
 
 def test_bytes_are_accounted_per_scheme(results) -> None:
-    plain, rs, arq = (by(results, s, 0.3).set_index(["image", "trial"]).groupby(level=[0, 1]).first()
-                      for s in ("plain", "rs", "arq"))
+    plain, rs, arq = (
+        by(results, s, 0.3).set_index(["image", "trial"]).groupby(level=[0, 1]).first() for s in ("plain", "rs", "arq")
+    )
     data_packets = plain["n_packets"]
     blocks = -(-data_packets // 4)
     assert (rs["parity_packets"] == 2 * blocks).all() and (rs["n_packets"] == data_packets + rs["parity_packets"]).all()
@@ -107,14 +115,17 @@ def test_the_comparison_table_and_plot(results, tmp_path) -> None:
     assert plot_protection(table, tmp_path / "p.png", "t").stat().st_size > 0
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ({"K": [32]}, "give K in each scheme instead"),
-    ({"packets": {"fec": {"parity": 0.2}}}, "give packets.fec in each scheme instead"),
-    ({"schemes": [{"name": "a", "K": 32}, {"name": "a", "K": 32}]}, "same name"),
-    ({"schemes": [{"name": "a", "K": 32, "methods": ["masked"]}]}, "not among the scenario's methods"),
-    ({"schemes": [{"name": "a", "K": 32, "arq": {"return_delay_s": 2}}]}, "shorter than one round trip"),
-    ({"channel": {"model": "mask", "loss": [0.1]}}, "mask channel loses indices"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ({"K": [32]}, "give K in each scheme instead"),
+        ({"packets": {"fec": {"parity": 0.2}}}, "give packets.fec in each scheme instead"),
+        ({"schemes": [{"name": "a", "K": 32}, {"name": "a", "K": 32}]}, "same name"),
+        ({"schemes": [{"name": "a", "K": 32, "methods": ["masked"]}]}, "not among the scenario's methods"),
+        ({"schemes": [{"name": "a", "K": 32, "arq": {"return_delay_s": 2}}]}, "shorter than one round trip"),
+        ({"channel": {"model": "mask", "loss": [0.1]}}, "mask channel loses indices"),
+    ],
+)
 def test_bad_schemes_are_one_line_scenario_errors(extra, needle) -> None:
     with pytest.raises(ScenarioError, match=needle) as exc:
         parse_scenario(SCENARIO | extra)
@@ -130,8 +141,20 @@ def test_summarize_rewrites_the_comparison_from_the_committed_table(tmp_path) ->
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "protection").mkdir()
     shutil.copy(root / "results" / "protection" / "results.csv", tmp_path / "protection" / "results.csv")
-    res = subprocess.run([sys.executable, "-m", "vqnet", "summarize", str(root / "scenarios" / "protection.yaml"),
-                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vqnet",
+            "summarize",
+            str(root / "scenarios" / "protection.yaml"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert res.returncode == 0, res.stderr
     assert "between loss" in res.stdout and (tmp_path / "protection" / "protection.png").is_file()
     written = (tmp_path / "protection" / "protection.csv").read_bytes()
@@ -150,7 +173,11 @@ def test_summarize_reads_both_table_layouts(tmp_path, name) -> None:
     root = Path(__file__).resolve().parents[1]
     (tmp_path / name).mkdir()
     shutil.copy(root / "results" / name / "results.csv", tmp_path / name / "results.csv")
-    res = subprocess.run([sys.executable, "-m", "vqnet", "summarize", str(root / "scenarios" / f"{name}.yaml"),
-                          "--out", str(tmp_path)], capture_output=True, text=True, cwd=root)
+    res = subprocess.run(
+        [sys.executable, "-m", "vqnet", "summarize", str(root / "scenarios" / f"{name}.yaml"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / name / "summary.csv").read_bytes() == (root / "results" / name / "summary.csv").read_bytes()

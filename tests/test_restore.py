@@ -1,4 +1,5 @@
 """Concealment baselines and the interface contract."""
+
 from __future__ import annotations
 
 import numpy as np

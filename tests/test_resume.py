@@ -1,6 +1,7 @@
 """`vqnet run` killed with SIGKILL mid-sweep and rerun: it skips the journalled trials and writes
 the results.csv and summary.csv an uninterrupted run writes, byte for byte (real subprocesses, tiny
 saved codec), also with adaptive trials, whose stopping rule reads the journalled rows."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from conftest import tiny_model
 from PIL import Image
 
-from conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, save_codec
 from vqnet.entropy import Prior
 from vqnet.journal import PARTIAL_NAME, read_line
@@ -37,8 +38,18 @@ N_TRIALS = 2 * 4 * 6  # images x losses x max trials; each has one journal line 
 
 
 def _command(tmp_path: Path, out: str) -> list[str]:
-    return [sys.executable, "-m", "vqnet", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / out),
-            "--model", str(tmp_path / "tiny.safetensors"), "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "vqnet",
+        "run",
+        str(tmp_path / "s.yaml"),
+        "--out",
+        str(tmp_path / out),
+        "--model",
+        str(tmp_path / "tiny.safetensors"),
+        "--quiet",
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -75,8 +86,9 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path: Path) -> None:
     assert not (tmp_path / "clean" / "resume" / PARTIAL_NAME).exists()  # removed once the tables are written
 
     partial = tmp_path / "killed" / "resume" / PARTIAL_NAME
-    proc = subprocess.Popen(_command(tmp_path, "killed"), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(tmp_path, "killed"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300  # a guard against hanging, not a timing assertion
     while not (partial.is_file() and partial.read_bytes().count(b"\n") >= 1 + 3):
         assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read()}"
@@ -89,7 +101,7 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "resume" / "results.csv").exists()
     data = partial.read_bytes()
-    journalled = [read_line(line) for line in data[:data.rfind(b"\n") + 1].splitlines()[1:]]  # minus a torn tail
+    journalled = [read_line(line) for line in data[: data.rfind(b"\n") + 1].splitlines()[1:]]  # minus a torn tail
     assert 3 <= len(journalled) < N_TRIALS
 
     resumed = _run(tmp_path, "killed")

@@ -1,13 +1,14 @@
 """Devices and precisions (vqnet/runtime.py): what is refused, in one line, and what the faster
 decode paths must keep (the float32 numbers; bf16 within its documented tolerance)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 from typer.testing import CliRunner
 
-from conftest import tiny_model
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec
 from vqnet.images import NamedImage, load_images
@@ -55,8 +56,11 @@ def test_cuda_without_a_gpu_is_one_error_line(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
-    for args in (["run", str(scenario), "--out", str(tmp_path), "-q"], ["eval", str(tmp_path), "--out", str(tmp_path)],
-                 ["encode", str(image), "-o", str(tmp_path / "a.vqn")]):
+    for args in (
+        ["run", str(scenario), "--out", str(tmp_path), "-q"],
+        ["eval", str(tmp_path), "--out", str(tmp_path)],
+        ["encode", str(image), "-o", str(tmp_path / "a.vqn")],
+    ):
         line = _one_error_line(CliRunner().invoke(app, [*args, "--device", "cuda"]))
         assert "no CUDA GPU is visible" in line
     assert resolve_device("auto") == torch.device("cpu")
@@ -68,7 +72,8 @@ def test_an_unknown_device_or_precision_is_one_error_line(tmp_path):
     base = ["run", str(scenario), "--out", str(tmp_path), "-q"]
     assert "--device must be cpu or cuda" in _one_error_line(CliRunner().invoke(app, [*base, "--device", "tpu"]))
     assert "precision must be float32 or bf16" in _one_error_line(
-        CliRunner().invoke(app, [*base, "--precision", "fp8"]))
+        CliRunner().invoke(app, [*base, "--precision", "fp8"])
+    )
 
 
 def test_inference_decode_equals_the_autograd_one_and_training_still_differentiates():

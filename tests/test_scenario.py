@@ -1,8 +1,8 @@
 """Scenario validation: good files parse, every bad one is a single line naming the field."""
+
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pytest
@@ -88,20 +88,28 @@ def test_model_specific_axes():
 
 
 def test_mask_channel_and_adaptive_trials():
-    sc = parse_scenario({"name": "t", "methods": ["none", "ar"], "trials": {"min": 2, "max": 9, "precision": 0.01},
-                         "channel": {"model": "mask", "loss": [0.1, 0.3], "pattern": "block", "burst": [2]}})
+    sc = parse_scenario(
+        {
+            "name": "t",
+            "methods": ["none", "ar"],
+            "trials": {"min": 2, "max": 9, "precision": 0.01},
+            "channel": {"model": "mask", "loss": [0.1, 0.3], "pattern": "block", "burst": [2]},
+        }
+    )
     assert sc.channel.points() == [(0.1, 2.0), (0.3, 2.0)] and sc.channel.loss_model(0.3, 2.0).name == "mask-block"
     assert sc.max_trials == 9 and sc.reference == "none"  # no neighbor swept: the first method
     assert parse_scenario({"name": "t", "methods": ["ar", "neighbor"]}).reference == "neighbor"
     iid = parse_scenario({"name": "t", "channel": {"model": "mask", "loss": [0.2]}})
     assert iid.channel.points() == [(0.2, None)] and iid.channel.loss_model(0.2, None).pattern == "iid"
-    for bad, needle in [({"channel": {"model": "mask", "loss": [0.2], "pattern": "burst"}}, "burst sizes"),
-                        ({"channel": {"model": "mask", "loss": [0.2], "burst": [2]}}, "not model mask, pattern iid"),
-                        ({"channel": {"model": "bernoulli", "loss": [0.2], "pattern": "iid"}}, "only to model mask"),
-                        ({"trials": {"min": 5, "max": 3}}, "trials: max (3) is below min (5)"),
-                        ({"trials": {"min": 1, "max": 3}}, "trials.min"),
-                        ({"trials": True}, "trials"),
-                        ({"compare_to": "masked"}, "compare_to 'masked' is not one of the methods")]:
+    for bad, needle in [
+        ({"channel": {"model": "mask", "loss": [0.2], "pattern": "burst"}}, "burst sizes"),
+        ({"channel": {"model": "mask", "loss": [0.2], "burst": [2]}}, "not model mask, pattern iid"),
+        ({"channel": {"model": "bernoulli", "loss": [0.2], "pattern": "iid"}}, "only to model mask"),
+        ({"trials": {"min": 5, "max": 3}}, "trials: max (3) is below min (5)"),
+        ({"trials": {"min": 1, "max": 3}}, "trials.min"),
+        ({"trials": True}, "trials"),
+        ({"compare_to": "masked"}, "compare_to 'masked' is not one of the methods"),
+    ]:
         with pytest.raises(ScenarioError, match=re.escape(needle)):
             parse_scenario({"name": "t"} | bad)
 

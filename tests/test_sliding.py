@@ -1,5 +1,6 @@
 """Sliding-window ``ar`` concealment: taming's window rule, the upstream fixture, and equality of the
 fast (truncated, cached, wavefront-batched) implementation with the literal one-at-a-time procedure."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from safetensors.torch import load_file
 
-from conftest import shared_path
 from vqnet.restore.gpt import GPT, GPTConfig, load_gpt_state
 from vqnet.restore.sliding import (
     WINDOW,
@@ -44,8 +45,9 @@ def random_gpt(seed: int = 0, dtype: torch.dtype = torch.float64) -> GPT:
     return model.to(dtype).eval()
 
 
-def reference_ar(model: GPT, grid: np.ndarray, lost: np.ndarray, K: int, sos: int,
-                 choose=lambda row: int(row.argmax())) -> np.ndarray:
+def reference_ar(
+    model: GPT, grid: np.ndarray, lost: np.ndarray, K: int, sos: int, choose=lambda row: int(row.argmax())
+) -> np.ndarray:
     """The procedure literally: raster order, full window crop, one forward per lost position;
     ``choose`` maps the K code logits to the code written (greedy unless told otherwise)."""
     out = np.array(grid, dtype=np.int64, copy=True)
@@ -55,7 +57,7 @@ def reference_ar(model: GPT, grid: np.ndarray, lost: np.ndarray, K: int, sos: in
     with torch.no_grad():
         for i, j in zip(*np.nonzero(lost)):
             (i0, li), (j0, lj) = window_start(int(i), H), window_start(int(j), W)
-            crop = torch.from_numpy(out[i0:i0 + h, j0:j0 + w].reshape(-1))
+            crop = torch.from_numpy(out[i0 : i0 + h, j0 : j0 + w].reshape(-1))
             seq = torch.cat([torch.tensor([sos]), crop])[:-1]
             out[i, j] = choose(model(seq[None], positions[None])[0, li * w + lj, :K])
     return out
@@ -162,8 +164,18 @@ def test_fixture_batched_with_other_grids(fixture):
 
 @pytest.mark.parametrize(
     ("shape", "loss"),
-    [((20, 24), 0.3), ((16, 16), 1.0), ((18, 33), 0.6), ((33, 18), 0.2), ((7, 5), 0.5), ((3, 40), 0.7),
-     ((40, 3), 0.5), ((12, 20), 0.9), ((1, 1), 1.0), ((2, 17), 1.0)],
+    [
+        ((20, 24), 0.3),
+        ((16, 16), 1.0),
+        ((18, 33), 0.6),
+        ((33, 18), 0.2),
+        ((7, 5), 0.5),
+        ((3, 40), 0.7),
+        ((40, 3), 0.5),
+        ((12, 20), 0.9),
+        ((1, 1), 1.0),
+        ((2, 17), 1.0),
+    ],
 )
 def test_matches_one_at_a_time(shape, loss):
     model = random_gpt()
@@ -190,8 +202,12 @@ def test_everything_lost_matches_reference():
 
 def test_batch_of_mixed_shapes_matches_singles_and_reference():
     model = random_gpt(2)
-    cases = [random_case(s, loss, seed=n) for n, (s, loss) in
-             enumerate([((20, 24), 0.5), ((6, 9), 1.0), ((24, 20), 0.1), ((16, 16), 0.0), ((17, 40), 0.3)])]
+    cases = [
+        random_case(s, loss, seed=n)
+        for n, (s, loss) in enumerate(
+            [((20, 24), 0.5), ((6, 9), 1.0), ((24, 20), 0.1), ((16, 16), 0.0), ((17, 40), 0.3)]
+        )
+    ]
     batched = conceal_ar(model, cases, K=K, sos=SOS)
     for (grid, lost), got in zip(cases, batched):
         assert np.array_equal(got, reference_ar(model, grid, lost, K, SOS))
@@ -224,7 +240,9 @@ def test_bayes_choice_matches_one_at_a_time_reference():
     greedy = conceal_ar(model, cases, K=K, sos=SOS)
     assert any(not np.array_equal(a, b) for a, b in zip(out, greedy))  # the rule does change answers
     zero_one = 1.0 - np.eye(K)  # under 0-1 loss the Bayes choice is the argmax
-    assert all(np.array_equal(a, b) for a, b in zip(conceal_ar(model, cases, K=K, sos=SOS, code_distances=zero_one), greedy))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(conceal_ar(model, cases, K=K, sos=SOS, code_distances=zero_one), greedy)
+    )
     with pytest.raises(ValueError, match="deterministically"):
         conceal_ar(model, cases, K=K, sos=SOS, code_distances=dist, temperature=1.0)
     with pytest.raises(ValueError, match="must be 16 x 16"):
@@ -251,7 +269,7 @@ def test_equal_levels_never_read_each_other():
     level_at[lost] = levels
     for (i, j), lv in zip(zip(*np.nonzero(lost)), levels):
         i0, j0 = table[i, j, :2]
-        context = np.concatenate([level_at[i0:i, j0:j0 + WINDOW].ravel(), level_at[i, j0:j]])
+        context = np.concatenate([level_at[i0:i, j0 : j0 + WINDOW].ravel(), level_at[i, j0:j]])
         assert context.max(initial=-1) == lv - 1 if lv else not (context >= 0).any()
 
 

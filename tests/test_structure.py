@@ -1,5 +1,6 @@
 """The package's shape: no import cycle anywhere in vqnet/, and the runtime path (sweep, .vqn files,
 eval, the CLI's entry point) loads no training code."""
+
 from __future__ import annotations
 
 import ast
@@ -14,8 +15,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vqnet"
 
 #: Modules that exist to train or fit models; a sweep or a decode must never need them.
-TRAINING = {"vqnet.codec.train", "vqnet.codec.losses", "vqnet.codec.finetune", "vqnet.codec.kmeans",
-            "vqnet.codec.ladder", "vqnet.codec.photos", "vqnet.restore.train", "vqnet.restore.data"}
+TRAINING = {
+    "vqnet.codec.train",
+    "vqnet.codec.losses",
+    "vqnet.codec.finetune",
+    "vqnet.codec.kmeans",
+    "vqnet.codec.ladder",
+    "vqnet.codec.photos",
+    "vqnet.restore.train",
+    "vqnet.restore.data",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -41,7 +50,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             for a in node.names:
                 found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
     return {m for m in found if m in known and m != name}
@@ -59,6 +70,7 @@ def test_no_import_cycle_in_vqnet():
 @pytest.mark.parametrize("entry", ["vqnet.sweep", "vqnet.vqn", "vqnet.evaluate", "vqnet.cli"])
 def test_runtime_path_loads_no_training_module(entry):
     code = f"import sys, json, {entry}; print(json.dumps(sorted(m for m in sys.modules if m.startswith('vqnet'))))"
-    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                           check=True).stdout))
+    loaded = set(
+        json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    )
     assert not loaded & TRAINING, f"importing {entry} loads training code: {sorted(loaded & TRAINING)}"

@@ -1,4 +1,5 @@
 """The sweep wiring on a small real codec: determinism, pairing of methods, table contents."""
+
 from __future__ import annotations
 
 import json
@@ -8,20 +9,32 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vqnet.chroma import is_chroma_packet
 from vqnet.codec.bundle import Codebook, Codec
-from conftest import tiny_model
 from vqnet.entropy import Prior
 from vqnet.images import NamedImage
 from vqnet.journal import PARTIAL_NAME, JournalError, make_line, read_line
 from vqnet.plots import plot_examples, plot_lpips_vs_loss
-from vqnet.summary import SUMMARY_COLUMNS, mean_interval
 from vqnet.scenario import parse_scenario
-from vqnet.chroma import is_chroma_packet
-from vqnet.sweep import (PROTECTED_COLUMNS, RESULT_COLUMNS, GridScorer, TrialJournal, TrialRecord, encode_image, run_sweep,
-                         sweep_fingerprint, sweep_summary, trial_seed, write_results)
+from vqnet.summary import SUMMARY_COLUMNS, mean_interval
+from vqnet.sweep import (
+    PROTECTED_COLUMNS,
+    RESULT_COLUMNS,
+    GridScorer,
+    TrialJournal,
+    TrialRecord,
+    as_written,
+    encode_image,
+    run_sweep,
+    sweep_fingerprint,
+    sweep_summary,
+    trial_seed,
+    write_results,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +53,13 @@ def images() -> list[NamedImage]:
 
 
 SCENARIO = {
-    "name": "t", "seed": 7, "K": [32], "trials": 2, "packets": {"max_payload": 8, "layout": "interleaved"},
-    "channel": {"model": "gilbert", "loss": [0.2, 0.6], "burst": [3]}, "methods": ["none", "neighbor"],
+    "name": "t",
+    "seed": 7,
+    "K": [32],
+    "trials": 2,
+    "packets": {"max_payload": 8, "layout": "interleaved"},
+    "channel": {"model": "gilbert", "loss": [0.2, 0.6], "burst": [3]},
+    "methods": ["none", "neighbor"],
     "examples": {"losses": [0.6]},
 }
 
@@ -103,12 +121,15 @@ def test_plots_and_summary(codec, images, tmp_path):
     assert set(summary["method"]) == {"none", "neighbor"} and (summary["n"] == 4).all()
     assert (summary["trials"] == 2).all() and (summary["stop"] == "fixed").all()
     assert (summary["lpips_ci95"] >= 0).all() and (summary["reference"] == "neighbor").all()
-    # the paired difference is the mean over (image, trial) of none - neighbor, with its t interval
-    df = out.results
+    # the paired difference is the mean over (image, trial) of none - neighbor, with its t interval,
+    # computed on the table as written (six digits), so summarize on results.csv gives it back
+    df = as_written(out.results)
     for _, row in summary[summary["method"] == "none"].iterrows():
         at = df[df["target_loss"] == row["target_loss"]]
-        d = (at[at["method"] == "none"].set_index(["image", "trial"])["lpips"]
-             - at[at["method"] == "neighbor"].set_index(["image", "trial"])["lpips"])
+        d = (
+            at[at["method"] == "none"].set_index(["image", "trial"])["lpips"]
+            - at[at["method"] == "neighbor"].set_index(["image", "trial"])["lpips"]
+        )
         m, lo, hi = mean_interval(d.to_numpy())
         assert (row["diff"], row["diff_lo"], row["diff_hi"]) == pytest.approx((m, lo, hi), nan_ok=True)
         assert row["wins"] + row["losses"] + row["ties"] == 4 and row["wins"] == (d < 0).sum()
@@ -143,8 +164,10 @@ def test_resume_from_a_torn_journal_gives_the_same_table(codec, images, tmp_path
     a = write_results(full, tmp_path / "a")["results"].read_bytes()
     assert write_results(resumed, tmp_path / "b")["results"].read_bytes() == a
     journalled = [read_line(line)["key"] for line in lines[1:4]]
-    kept = [(t["image"], t["target_loss"], t["trial"]) in {(k[0], k[2], k[4]) for k in journalled}
-            for _, t in full.timings.iterrows()]
+    kept = [
+        (t["image"], t["target_loss"], t["trial"]) in {(k[0], k[2], k[4]) for k in journalled}
+        for _, t in full.timings.iterrows()
+    ]
     assert sum(kept) == 6  # three trials x two methods, kept, not re-measured:
     pd.testing.assert_frame_equal(resumed.timings[kept], full.timings[kept])
     assert set(resumed.examples) == set(full.examples)  # the example trial was rerun for its picture
@@ -176,15 +199,30 @@ def test_journal_of_another_sweep_is_refused_unless_fresh(codec, images, tmp_pat
     more = parse_scenario(dict(SCENARIO, trials={"min": 2, "max": 6, "precision": 0.01}, description="more"))
     assert sweep_fingerprint(more, codec, images) == fp
     changed_pixels = [NamedImage(images[0].name, images[0].pixels ^ 1), images[1]]
-    assert len({fp, sweep_fingerprint(sc, codec, images[:1]), sweep_fingerprint(sc, codec, changed_pixels),
-                sweep_fingerprint(sc, replace(codec, model_id="0123456789abcdef"), images)}) == 4
+    assert (
+        len(
+            {
+                fp,
+                sweep_fingerprint(sc, codec, images[:1]),
+                sweep_fingerprint(sc, codec, changed_pixels),
+                sweep_fingerprint(sc, replace(codec, model_id="0123456789abcdef"), images),
+            }
+        )
+        == 4
+    )
 
 
 def _record(image: str, trial: int, **values: object) -> TrialRecord:
     """A well-formed trial record of key (image, "K=32", 0.2, 3.0, trial) with one method."""
-    row = {c: 0.5 for c in PROTECTED_COLUMNS} | {"image": image, "K": 32, "scheme": "K=32", "trial": trial,
-                                             "layout": "interleaved",
-                                             "channel": "gilbert", "method": "none"}
+    row = {c: 0.5 for c in PROTECTED_COLUMNS} | {
+        "image": image,
+        "K": 32,
+        "scheme": "K=32",
+        "trial": trial,
+        "layout": "interleaved",
+        "channel": "gilbert",
+        "method": "none",
+    }
     return TrialRecord([row | values], [{"decode_ms": 1.5}])
 
 
@@ -212,8 +250,13 @@ def test_damaged_or_malformed_journal_lines_are_not_trusted(tmp_path):
         assert journal.dropped == 0 and len(journal.done) == 2
 
 
-@given(st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "swap"]), st.integers(0, 10**6),
-                          st.integers(0, 255)), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["flip", "cut", "insert", "swap"]), st.integers(0, 10**6), st.integers(0, 255)),
+        min_size=1,
+        max_size=6,
+    )
+)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_damage_to_a_journal_makes_it_hand_back_a_unit_it_was_not_given(tmp_path, edits):
     """Whatever bytes change, each unit read back is one that was written under its key, or the
@@ -230,7 +273,7 @@ def test_no_damage_to_a_journal_makes_it_hand_back_a_unit_it_was_not_given(tmp_p
         if op == "flip" and at < len(data):
             data[at] ^= 1 << (byte % 8)
         elif op == "cut":
-            del data[at:at + byte % 40]
+            del data[at : at + byte % 40]
         elif op == "insert":
             data[at:at] = bytes([byte]) * (1 + byte % 3)
         elif op == "swap" and data.count(b"\n") > 2:
@@ -265,8 +308,12 @@ def test_fingerprint_covers_the_content_of_the_loss_trace(codec, images, tmp_pat
 def test_colour_packet_crosses_the_channel_like_any_packet(codec):
     img = np.zeros((40, 52, 3), dtype=np.uint8)
     img[:, :26], img[:, 26:] = (220, 30, 30), (30, 30, 220)  # red | blue: colour the tiny decoder lacks
-    base = dict(SCENARIO, trials=3, channel={"model": "bernoulli", "loss": [0.0, 0.5]},
-                packets={"max_payload": 64, "layout": "interleaved"})
+    base = dict(
+        SCENARIO,
+        trials=3,
+        channel={"model": "bernoulli", "loss": [0.0, 0.5]},
+        packets={"max_payload": 64, "layout": "interleaved"},
+    )
     coloured = dict(base, packets={"max_payload": 64, "layout": "interleaved", "chroma_cells": 1})
     plain = run_sweep(parse_scenario(base), codec, [NamedImage("c", img)]).results
     col = run_sweep(parse_scenario(coloured), codec, [NamedImage("c", img)]).results
@@ -314,5 +361,9 @@ def test_mask_channel_loses_exactly_round_r_n_indices(codec, images, pattern, si
     assert (df["index_loss"] * n).round(9).isin([round(r * n) for r in (0.1, 0.35, 0.7)]).all()
     for r in (0.1, 0.35, 0.7):
         assert np.allclose(df[df["target_loss"] == r]["index_loss"], round(r * n) / n, atol=1e-12)
-    assert (df["packets_lost"] == 0).all() and df["packet_loss"].isna().all() and (df["channel"] == f"mask-{pattern}").all()
+    assert (
+        (df["packets_lost"] == 0).all()
+        and df["packet_loss"].isna().all()
+        and (df["channel"] == f"mask-{pattern}").all()
+    )
     assert (df["bytes_sent"] > 0).all()  # packets are still built and counted in bpp

@@ -6,6 +6,7 @@ Lightning's layout, ``loss.*`` keys and a ``callbacks`` entry keyed by Lightning
 class included. CI runs the quick path: the same keys at a quarter of the width. The full-size
 test is marked ``slow`` (``pytest -m slow``).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import shared_path
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from conftest import shared_path
 from vqnet.cli import app
 from vqnet.codec.bundle import CodecError, load_codec
 from vqnet.codec.model import VQGANConfig, VQModel
@@ -43,8 +44,10 @@ def official_config(official: dict, **width: int) -> dict:
     if "embed_dim" in width:
         params["embed_dim"] = width["embed_dim"]
     params["ddconfig"] |= {k: v for k, v in width.items() if k != "embed_dim"}
-    params["lossconfig"] = {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-                            "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0}}
+    params["lossconfig"] = {
+        "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+        "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 0},
+    }
     return {"model": {"base_learning_rate": 4.5e-6, "target": "taming.models.vqgan.VQModel", "params": params}}
 
 
@@ -53,8 +56,9 @@ def lightning_checkpoint(path: Path, model: VQModel, official: dict, full_loss_s
     ``quantize.*`` (full shapes, or one number each to save time), optimiser state, and a
     ``callbacks`` dict keyed by a class named pytorch_lightning...ModelCheckpoint, as checkpoints of
     that Lightning era pickle it (Lightning itself is not installed, and need not be)."""
-    loss = {e["key"]: torch.zeros(e["shape"] if full_loss_shapes else [1])
-            for e in official["checkpoint_loss_keys_derived"]}
+    loss = {
+        e["key"]: torch.zeros(e["shape"] if full_loss_shapes else [1]) for e in official["checkpoint_loss_keys_derived"]
+    }
     sd: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if key.startswith("quantize.") and not any(k.startswith("loss.") for k in sd):
@@ -67,10 +71,18 @@ def lightning_checkpoint(path: Path, model: VQModel, official: dict, full_loss_s
         sys.modules[package] = types.ModuleType(package)
     sys.modules[name].ModelCheckpoint = callback
     try:
-        torch.save({"epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.0.8", "state_dict": sd,
-                    "callbacks": {callback: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
-                    "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "params": [0]}]}],
-                    "lr_schedulers": []}, path)
+        torch.save(
+            {
+                "epoch": 3,
+                "global_step": 1234,
+                "pytorch-lightning_version": "1.0.8",
+                "state_dict": sd,
+                "callbacks": {callback: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
+                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "params": [0]}]}],
+                "lr_schedulers": [],
+            },
+            path,
+        )
     finally:
         for package in packages:
             del sys.modules[package]
@@ -90,8 +102,25 @@ def _import(tmp_path: Path, model: VQModel, official: dict, photos: Path, ks: st
     ckpt, config, out = tmp_path / "last.ckpt", tmp_path / "model.yaml", tmp_path / "bundle.safetensors"
     lightning_checkpoint(ckpt, model, official, full_loss_shapes=full)
     config.write_text(yaml.safe_dump(official_config(official, **({} if full else QUICK))))
-    result = CliRunner().invoke(app, ["codebook", "kmeans", "--checkpoint", str(ckpt), "--config", str(config),
-                                      "--out", str(out), "--data", str(photos), "--ks", ks, "--images", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "kmeans",
+            "--checkpoint",
+            str(ckpt),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--data",
+            str(photos),
+            "--ks",
+            ks,
+            "--images",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -103,11 +132,25 @@ def _round_trip(tmp_path: Path, bundle: Path, K: int) -> np.ndarray:
     img = np.stack([np.sin(6 * yy + c) * np.cos(4 * xx - c) for c in range(3)], -1)
     img = ((img + 1) * 127.5 + rng.normal(0, 4, img.shape)).clip(0, 255).astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "in.png")
-    enc = CliRunner().invoke(app, ["encode", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.vqn"), "--K", str(K),
-                                   "--model", str(bundle), "--max-payload", "1000"])
+    enc = CliRunner().invoke(
+        app,
+        [
+            "encode",
+            str(tmp_path / "in.png"),
+            "-o",
+            str(tmp_path / "x.vqn"),
+            "--K",
+            str(K),
+            "--model",
+            str(bundle),
+            "--max-payload",
+            "1000",
+        ],
+    )
     assert enc.exit_code == 0, enc.output
-    dec = CliRunner().invoke(app, ["decode", str(tmp_path / "x.vqn"), "-o", str(tmp_path / "out.png"),
-                                   "--model", str(bundle)])
+    dec = CliRunner().invoke(
+        app, ["decode", str(tmp_path / "x.vqn"), "-o", str(tmp_path / "out.png"), "--model", str(bundle)]
+    )
     assert dec.exit_code == 0 and "0 missing" in dec.output, dec.output
     return np.asarray(Image.open(tmp_path / "out.png"))
 
@@ -135,29 +178,99 @@ def test_quick_official_layout_becomes_a_codec(tmp_path, monkeypatch, photos):
     out = _round_trip(tmp_path, bundle, 16)
     assert out.shape == (256, 256, 3)
     # the bundle is a codec like any other: a sweep (scenario's model) and an RD report (--model)
-    scenario = {"name": "imported", "seed": 1, "images": {"source": str(tmp_path / "in.png")}, "model": str(bundle),
-                "K": [16], "packets": {"max_payload": 24, "layout": "interleaved"},
-                "channel": {"model": "gilbert", "loss": [0.3], "burst": [4]}, "methods": ["neighbor"], "trials": 1}
+    scenario = {
+        "name": "imported",
+        "seed": 1,
+        "images": {"source": str(tmp_path / "in.png")},
+        "model": str(bundle),
+        "K": [16],
+        "packets": {"max_payload": 24, "layout": "interleaved"},
+        "channel": {"model": "gilbert", "loss": [0.3], "burst": [4]},
+        "methods": ["neighbor"],
+        "trials": 1,
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
     run = CliRunner().invoke(app, ["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "results"), "-q"])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "results" / "imported" / "results.csv").is_file()
-    report = CliRunner().invoke(app, ["eval", str(tmp_path / "in.png"), "--model", str(bundle), "--out",
-                                      str(tmp_path / "eval"), "--no-dists", "--classical", "none", "-q"])
+    report = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path / "in.png"),
+            "--model",
+            str(bundle),
+            "--out",
+            str(tmp_path / "eval"),
+            "--no-dists",
+            "--classical",
+            "none",
+            "-q",
+        ],
+    )
     assert report.exit_code == 0, report.output
     assert (tmp_path / "eval" / "compressai" / "vqnet.json").is_file()
     # the paper's fine-tune (VQ_Frozen) and a concealment transformer, on the GPU recipe's bf16 path
     tuned = tmp_path / "tuned.safetensors"
-    finetune = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(bundle), "--out", str(tuned), "--data",
-                                        str(photos), "--ks", "16", "--steps", "2", "--batch", "2", "--crop", "64",
-                                        "--perceptual-weight", "0", "--images", "1", "--bf16", "-q"])
+    finetune = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "finetune",
+            "--model",
+            str(bundle),
+            "--out",
+            str(tuned),
+            "--data",
+            str(photos),
+            "--ks",
+            "16",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "64",
+            "--perceptual-weight",
+            "0",
+            "--images",
+            "1",
+            "--bf16",
+            "-q",
+        ],
+    )
     assert finetune.exit_code == 0, finetune.output
     codec = load_codec(tuned)
     assert codec.codebook(16).finetuned and codec.codebook(16).raw is not None and not codec.codebook(64).finetuned
     assert codec.provenance["finetune"]["bf16"] is True
-    prior = CliRunner().invoke(app, ["train", "prior", "--kind", "masked", "--K", "16", "--model", str(tuned), "--data",
-                                     str(photos), "--steps", "2", "--batch", "4", "--layers", "1", "--heads", "2",
-                                     "--embd", "32", "--bf16", "--out", str(tmp_path / "prior")])
+    prior = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "prior",
+            "--kind",
+            "masked",
+            "--K",
+            "16",
+            "--model",
+            str(tuned),
+            "--data",
+            str(photos),
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--embd",
+            "32",
+            "--bf16",
+            "--out",
+            str(tmp_path / "prior"),
+        ],
+    )
     assert prior.exit_code == 0, prior.output
     assert (tmp_path / "tuned.masked.K16.safetensors").is_file()
 
@@ -169,8 +282,9 @@ def test_full_size_official_checkpoint_becomes_a_codec(tmp_path, monkeypatch, ph
     official = official_keys()
     torch.manual_seed(0)
     model = VQModel(VQGANConfig.from_dict(official["config"])).eval()
-    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [(e["key"], e["shape"])
-                                                                             for e in official["keys"]]
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == [
+        (e["key"], e["shape"]) for e in official["keys"]
+    ]
     bundle = _import(tmp_path, model, official, photos, "256,16", full=True)
     _check_bundle(bundle, model, [256, 16])
     assert _round_trip(tmp_path, bundle, 256).shape == (256, 256, 3)
@@ -188,9 +302,25 @@ def test_tiny_fixture_decodes_as_upstream_through_a_bundle(tmp_path, monkeypatch
     torch.save({"state_dict": model.state_dict() | {"loss.logvar": torch.zeros(())}}, tmp_path / "last.ckpt")
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": {"params": meta["config"]}}))
     out = tmp_path / "tiny.safetensors"
-    result = CliRunner().invoke(app, ["codebook", "kmeans", "--checkpoint", str(tmp_path / "last.ckpt"), "--config",
-                                      str(tmp_path / "model.yaml"), "--out", str(out), "--data", str(photos),
-                                      "--ks", "32,8", "--images", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "kmeans",
+            "--checkpoint",
+            str(tmp_path / "last.ckpt"),
+            "--config",
+            str(tmp_path / "model.yaml"),
+            "--out",
+            str(out),
+            "--data",
+            str(photos),
+            "--ks",
+            "32,8",
+            "--images",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     codec = load_codec(out)
     # the bundle stores fp16 weights: run the fixture's float32 model on them for the reference
@@ -222,13 +352,16 @@ def test_safetensors_state_dict_with_config_loads(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in sd.items())
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"n_embed": 1024}, "quantize.embedding.weight is [16384, 32] in the checkpoint, [1024, 32] in the config"),
-    ({"ddconfig": {"num_res_blocks": 1}}, "unexpected key"),
-    ({"ddconfig": {"attn_resolutions": [8]}}, "50 unexpected key(s) (first encoder.down.4.attn.0.norm.weight)"),
-    ({"ddconfig": {"attn_resolutions": [16, 32]}}, "missing (first encoder.down.3.attn.0.norm.weight)"),
-    ({"ddconfig": {"colour": 3}}, "not a taming VQModel config"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"n_embed": 1024}, "quantize.embedding.weight is [16384, 32] in the checkpoint, [1024, 32] in the config"),
+        ({"ddconfig": {"num_res_blocks": 1}}, "unexpected key"),
+        ({"ddconfig": {"attn_resolutions": [8]}}, "50 unexpected key(s) (first encoder.down.4.attn.0.norm.weight)"),
+        ({"ddconfig": {"attn_resolutions": [16, 32]}}, "missing (first encoder.down.3.attn.0.norm.weight)"),
+        ({"ddconfig": {"colour": 3}}, "not a taming VQModel config"),
+    ],
+)
 def test_config_weights_mismatch_is_one_error_line(tmp_path, change, message):
     official = official_keys()
     torch.manual_seed(0)
@@ -239,8 +372,19 @@ def test_config_weights_mismatch_is_one_error_line(tmp_path, change, message):
     params["ddconfig"] |= change.pop("ddconfig", {})
     params |= change
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(app, ["codebook", "kmeans", "--checkpoint", str(tmp_path / "last.ckpt"), "--config",
-                                      str(tmp_path / "model.yaml"), "--out", str(tmp_path / "b.safetensors")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "kmeans",
+            "--checkpoint",
+            str(tmp_path / "last.ckpt"),
+            "--config",
+            str(tmp_path / "model.yaml"),
+            "--out",
+            str(tmp_path / "b.safetensors"),
+        ],
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
@@ -249,13 +393,16 @@ def test_config_weights_mismatch_is_one_error_line(tmp_path, change, message):
 
 def test_official_checkpoint_without_config_is_one_error_line(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "last.ckpt")
-    result = CliRunner().invoke(app, ["codebook", "kmeans", "--checkpoint", str(tmp_path / "last.ckpt"),
-                                      "--out", str(tmp_path / "b.safetensors")])
+    result = CliRunner().invoke(
+        app,
+        ["codebook", "kmeans", "--checkpoint", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "b.safetensors")],
+    )
     assert result.exit_code == 2 and result.output.startswith("Error: ") and "--config" in result.output
 
 
 def test_other_pickled_objects_are_refused(tmp_path):
     """Only Lightning's bookkeeping classes become placeholders; any other global is refused."""
+
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))

@@ -1,5 +1,6 @@
 """VQGAN training with taming's recipe (the loss falls, a resumed run continues exactly, --init and
 --freeze encoder) and codebook fine-tuning (it lowers the loss and leaves the VQGAN alone)."""
+
 from __future__ import annotations
 
 import csv
@@ -18,12 +19,23 @@ from vqnet.codec.ladder import build_ladder
 from vqnet.codec.losses import reconstruction_loss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
 from vqnet.codec.photos import encode_photos
-from vqnet.codec.train import (LOG_COLUMNS, VAL_COLUMNS, CropDataset, TrainConfig, best_validation, load_checkpoint,
-                               load_init_model, train_vqgan)
+from vqnet.codec.train import (
+    LOG_COLUMNS,
+    VAL_COLUMNS,
+    CropDataset,
+    TrainConfig,
+    best_validation,
+    load_checkpoint,
+    load_init_model,
+    train_vqgan,
+)
 from vqnet.images import choose_photos, to_tensor
 
-TINY = VQGANConfig(embed_dim=8, n_embed=16, ddconfig=DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                                                               attn_resolutions=(), resolution=32, z_channels=16))
+TINY = VQGANConfig(
+    embed_dim=8,
+    n_embed=16,
+    ddconfig=DDConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=32, z_channels=16),
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +63,9 @@ def _log(path) -> list[dict]:
 
 
 def test_loss_falls_with_the_full_recipe(photos, tmp_path):
-    cfg = TrainConfig(steps=30, batch=4, crop=32, lr=1e-3, disc_lr=1e-4, restart_every=10, disc_start=15,
-                      checkpoint_minutes=60)
+    cfg = TrainConfig(
+        steps=30, batch=4, crop=32, lr=1e-3, disc_lr=1e-4, restart_every=10, disc_start=15, checkpoint_minutes=60
+    )
     train_vqgan(photos, tmp_path / "run", cfg, TINY)
     log = _log(tmp_path / "run" / "log.csv")
     assert list(log[0]) == LOG_COLUMNS and len(log) == 30
@@ -104,8 +117,17 @@ def tiny_bundle(tmp_path_factory):
 @pytest.mark.parametrize("post_quant_conv", [False, True])
 def test_freeze_encoder_keeps_every_index_map(photos, tiny_bundle, tmp_path, post_quant_conv):
     start = load_codec(tiny_bundle).model.state_dict()
-    cfg = TrainConfig(steps=3, batch=2, crop=32, disc_start=0, restart_every=1, checkpoint_minutes=60,
-                      freeze_encoder=True, freeze_post_quant_conv=post_quant_conv, init=str(tiny_bundle))
+    cfg = TrainConfig(
+        steps=3,
+        batch=2,
+        crop=32,
+        disc_start=0,
+        restart_every=1,
+        checkpoint_minutes=60,
+        freeze_encoder=True,
+        freeze_post_quant_conv=post_quant_conv,
+        init=str(tiny_bundle),
+    )
     after = load_checkpoint(train_vqgan(photos, tmp_path / "run", cfg))  # config from the bundle
     assert VQGANConfig.from_dict(after["model_config"]) == TINY
     fixed = ("encoder.", "quant_conv.", "quantize.") + (("post_quant_conv.",) if post_quant_conv else ())
@@ -115,8 +137,17 @@ def test_freeze_encoder_keeps_every_index_map(photos, tiny_bundle, tmp_path, pos
 
 
 def test_disc_warmup_logs_the_discriminator_before_the_generator_term(photos, tiny_bundle, tmp_path):
-    cfg = TrainConfig(steps=5, batch=2, crop=32, disc_start=1, disc_warmup=2, checkpoint_minutes=60,
-                      perceptual_weight=0.0, freeze_encoder=True, init=str(tiny_bundle))
+    cfg = TrainConfig(
+        steps=5,
+        batch=2,
+        crop=32,
+        disc_start=1,
+        disc_warmup=2,
+        checkpoint_minutes=60,
+        perceptual_weight=0.0,
+        freeze_encoder=True,
+        init=str(tiny_bundle),
+    )
     rows = _log(train_vqgan(photos, tmp_path / "run", cfg).parent / "log.csv")
     d_on = [r["d_loss"] != "nan" for r in rows]
     g_on = [r["g_loss"] != "nan" for r in rows]
@@ -126,8 +157,9 @@ def test_disc_warmup_logs_the_discriminator_before_the_generator_term(photos, ti
 def test_init_from_a_training_checkpoint(photos, tiny_bundle, tmp_path):
     model = load_init_model(tiny_bundle)
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    train_vqgan(photos, tmp_path / "run", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0,
-                                                      init=str(tiny_bundle)))
+    train_vqgan(
+        photos, tmp_path / "run", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0, init=str(tiny_bundle))
+    )
     assert _log(tmp_path / "run" / "log.csv")[0]["restarted"] == "0"  # a fitted book is not re-seeded at step 1
     again = load_init_model(ckpt)
     assert again.config == model.config
@@ -141,9 +173,28 @@ def test_init_from_a_training_checkpoint(photos, tiny_bundle, tmp_path):
 
 def test_train_cli_with_init_and_freeze(photos, tiny_bundle, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "vqgan", "--data", str(photos), "--out", str(out), "--steps", "2", "--batch", "2",
-            "--crop", "32", "--disc-start", "1", "--perceptual-weight", "0", "--init", str(tiny_bundle),
-            "--freeze", "encoder,post_quant_conv"]
+    args = [
+        "train",
+        "vqgan",
+        "--data",
+        str(photos),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--crop",
+        "32",
+        "--disc-start",
+        "1",
+        "--perceptual-weight",
+        "0",
+        "--init",
+        str(tiny_bundle),
+        "--freeze",
+        "encoder,post_quant_conv",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     saved = load_checkpoint(out / "checkpoint.pt")["train_config"]
@@ -151,12 +202,15 @@ def test_train_cli_with_init_and_freeze(photos, tiny_bundle, tmp_path):
     assert _log(out / "log.csv")[-1]["d_loss"] != "nan"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--freeze", "encoder"], "--freeze encoder needs --init"),
-    (["--freeze", "decoder"], "--freeze must be none or encoder or encoder,post_quant_conv"),
-    (["--init", "BUNDLE", "--ch", "64"], "--ch and --n-embed come from the --init model"),
-    (["--init", "missing.pt"], "--init file not found"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--freeze", "encoder"], "--freeze encoder needs --init"),
+        (["--freeze", "decoder"], "--freeze must be none or encoder or encoder,post_quant_conv"),
+        (["--init", "BUNDLE", "--ch", "64"], "--ch and --n-embed come from the --init model"),
+        (["--init", "missing.pt"], "--init file not found"),
+    ],
+)
 def test_train_cli_user_errors_are_one_line(photos, tiny_bundle, tmp_path, args, message):
     args = [str(tiny_bundle) if a == "BUNDLE" else a for a in args]
     result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"), *args])
@@ -192,8 +246,14 @@ def test_finetune_lowers_the_loss_and_keeps_the_vqgan(photos, ladder, tmp_path):
     before = {k: v.clone() for k, v in ladder.model.state_dict().items()}
     cfg = FinetuneConfig(steps=25, batch=4, crop=32, lr=3e-2)
     steps = []
-    tuned = finetune_ladder(ladder, dataset, _photo_latents(ladder.model, photos, tmp_path), cfg,
-                            on_step=lambda step, logs: steps.append((step, sorted(logs))), prior_views=2)
+    tuned = finetune_ladder(
+        ladder,
+        dataset,
+        _photo_latents(ladder.model, photos, tmp_path),
+        cfg,
+        on_step=lambda step, logs: steps.append((step, sorted(logs))),
+        prior_views=2,
+    )
     assert steps == [(i, [4]) for i in range(1, 26)]  # every K below the base, by default
     for k, v in tuned.model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -216,17 +276,37 @@ def test_finetune_cli_writes_a_bundle_with_raw_codebooks(photos, ladder, tmp_pat
     monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
     save_codec(ladder, tmp_path / "kmeans.safetensors")
     out = tmp_path / "ft.safetensors"
-    result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(tmp_path / "kmeans.safetensors"),
-                                      "--out", str(out), "--data", str(photos), "--steps", "2", "--batch", "2",
-                                      "--crop", "32", "--images", "3", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "finetune",
+            "--model",
+            str(tmp_path / "kmeans.safetensors"),
+            "--out",
+            str(out),
+            "--data",
+            str(photos),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "32",
+            "--images",
+            "3",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "K=4: loss" in result.output
     tuned = load_codec(out)
     assert tuned.codebooks[4].finetuned and tuned.codebooks[4].raw is not None
     assert tuned.provenance["finetune"]["ks"] == [4] and tuned.provenance["finetune"]["steps"] == 2
     assert tuned.provenance["finetune"]["prior_views"] == "photo and mirror at shifts [0]"
-    again = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(out), "--out", str(out),
-                                     "--data", str(photos), "--quiet"])
+    again = CliRunner().invoke(
+        app, ["codebook", "finetune", "--model", str(out), "--out", str(out), "--data", str(photos), "--quiet"]
+    )
     assert again.exit_code == 2 and "already fine-tuned" in again.output
 
 
@@ -245,15 +325,49 @@ def test_decoder_swap_can_restart_finetuned_rungs_from_kmeans(photos, ladder, tm
     kmeans = tmp_path / "kmeans.safetensors"
     save_codec(ladder, kmeans)
     tuned = tmp_path / "ft.safetensors"
-    result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(kmeans), "--out", str(tuned), "--data",
-                                      str(photos), "--steps", "9", "--batch", "2", "--crop", "32", "--images", "3",
-                                      "--minutes", "0", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "finetune",
+            "--model",
+            str(kmeans),
+            "--out",
+            str(tuned),
+            "--data",
+            str(photos),
+            "--steps",
+            "9",
+            "--batch",
+            "2",
+            "--crop",
+            "32",
+            "--images",
+            "3",
+            "--minutes",
+            "0",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_codec(tuned).provenance["finetune"]["steps_run"] == 1
-    ckpt = train_vqgan(photos, tmp_path / "dec", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0,
-                                                             freeze_encoder=True, init=str(kmeans)))
-    args = ["codebook", "decoder", "--model", str(tuned), "--checkpoint", str(ckpt), "--out",
-            str(tmp_path / "swapped.safetensors"), "--images", "0"]
+    ckpt = train_vqgan(
+        photos,
+        tmp_path / "dec",
+        TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0, freeze_encoder=True, init=str(kmeans)),
+    )
+    args = [
+        "codebook",
+        "decoder",
+        "--model",
+        str(tuned),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "swapped.safetensors"),
+        "--images",
+        "0",
+    ]
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2 and "fine-tuned for the old decoder" in refused.output
     result = CliRunner().invoke(app, [*args, "--kmeans-start"])
@@ -271,8 +385,20 @@ def test_codebook_kmeans_fits_on_cached_photos_and_their_mirrors(photos, tmp_pat
     monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
     ckpt = train_vqgan(photos, tmp_path / "run", TrainConfig(steps=1, batch=2, crop=32, perceptual_weight=0.0), TINY)
     out = tmp_path / "kmeans.safetensors"
-    args = ["codebook", "kmeans", "--checkpoint", str(ckpt), "--out", str(out), "--data", str(photos),
-            "--ks", "16,4", "--images", "6"]
+    args = [
+        "codebook",
+        "kmeans",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--data",
+        str(photos),
+        "--ks",
+        "16,4",
+        "--images",
+        "6",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     codec = load_codec(out)
@@ -300,14 +426,48 @@ def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp
     monkeypatch.chdir(tmp_path)  # the latent cache goes to ./runs/prior-data
     kmeans, tuned, refit = (tmp_path / f"{n}.safetensors" for n in ("kmeans", "ft", "refit"))
     save_codec(ladder, kmeans)
-    result = CliRunner().invoke(app, ["codebook", "finetune", "--model", str(kmeans), "--out", str(tuned), "--data",
-                                      str(photos), "--steps", "2", "--batch", "2", "--crop", "32", "--images", "1",
-                                      "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "finetune",
+            "--model",
+            str(kmeans),
+            "--out",
+            str(tuned),
+            "--data",
+            str(photos),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "32",
+            "--images",
+            "1",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     caches = tmp_path / "runs" / "prior-data"
     finetune_cache = set(caches.iterdir())  # its one photo's latents: a cache of another photo list
-    result = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tuned), "--out", str(refit), "--data",
-                                      str(photos), "--images", "4", "--shifts", "4,0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "codebook",
+            "priors",
+            "--model",
+            str(tuned),
+            "--out",
+            str(refit),
+            "--data",
+            str(photos),
+            "--images",
+            "4",
+            "--shifts",
+            "4,0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     before, after = load_codec(tuned), load_codec(refit)
     assert after.provenance["prior_images"] == 4
@@ -322,8 +482,9 @@ def test_codebook_priors_refits_every_prior_and_nothing_else(photos, ladder, tmp
         assert new.prior.context is not None and not np.array_equal(new.prior.probs, cb.prior.probs)
         if cb.raw is not None:  # the "w/o fine-tune" ablation's own prior is refit too
             assert not np.array_equal(new.raw.prior.probs, cb.raw.prior.probs)
-    missing = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tmp_path / "nope.safetensors"),
-                                       "--out", str(refit)])
+    missing = CliRunner().invoke(
+        app, ["codebook", "priors", "--model", str(tmp_path / "nope.safetensors"), "--out", str(refit)]
+    )
     assert missing.exit_code == 2 and "Traceback" not in missing.output
     bad = CliRunner().invoke(app, ["codebook", "priors", "--model", str(tuned), "--out", str(refit), "--shifts", "-8"])
     assert bad.exit_code == 2 and "--shifts must be non-negative" in bad.output
@@ -333,16 +494,38 @@ def test_device_option_is_checked_in_one_line(photos, tmp_path):
     for device, message in (("cuda", "no CUDA GPU is visible"), ("tpu", "--device must be cpu or cuda")):
         if device == "cuda" and torch.cuda.is_available():
             continue
-        result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"),
-                                          "--device", device])
+        result = CliRunner().invoke(
+            app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"), "--device", device]
+        )
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
 def test_decoder_growth_options_start_from_the_init_model_and_resume(photos, tiny_bundle, tmp_path):
     out = tmp_path / "wide"
-    args = ["train", "vqgan", "--data", str(photos), "--out", str(out), "--batch", "2", "--crop", "32",
-            "--disc-start", "100", "--perceptual-weight", "0", "--init", str(tiny_bundle), "--freeze", "encoder",
-            "--decoder-ch", "64", "--decoder-blocks", "2"]
+    args = [
+        "train",
+        "vqgan",
+        "--data",
+        str(photos),
+        "--out",
+        str(out),
+        "--batch",
+        "2",
+        "--crop",
+        "32",
+        "--disc-start",
+        "100",
+        "--perceptual-weight",
+        "0",
+        "--init",
+        str(tiny_bundle),
+        "--freeze",
+        "encoder",
+        "--decoder-ch",
+        "64",
+        "--decoder-blocks",
+        "2",
+    ]
     result = CliRunner().invoke(app, [*args, "--steps", "2"])
     assert result.exit_code == 0, result.output
     state = load_checkpoint(out / "checkpoint.pt")
@@ -355,14 +538,19 @@ def test_decoder_growth_options_start_from_the_init_model_and_resume(photos, tin
     assert [r["step"] for r in _log(out / "log.csv")] == ["1", "2", "3"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--decoder-blocks", "2"], "--decoder-ch/--decoder-blocks grow the --init decoder"),
-    (["--init", "BUNDLE", "--decoder-ch", "80"], "a multiple of its current ch=32"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--decoder-blocks", "2"], "--decoder-ch/--decoder-blocks grow the --init decoder"),
+        (["--init", "BUNDLE", "--decoder-ch", "80"], "a multiple of its current ch=32"),
+    ],
+)
 def test_decoder_ch_errors_are_one_line(photos, tiny_bundle, tmp_path, args, message):
     args = [str(tiny_bundle) if a == "BUNDLE" else a for a in args]
-    result = CliRunner().invoke(app, ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"),
-                                      "--steps", "1", "--crop", "32", *args])
+    result = CliRunner().invoke(
+        app,
+        ["train", "vqgan", "--data", str(photos), "--out", str(tmp_path / "r"), "--steps", "1", "--crop", "32", *args],
+    )
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
 
@@ -393,12 +581,29 @@ def test_validation_logs_the_held_out_loss_keeps_the_best_and_changes_nothing(ph
 
 
 def test_validation_cli_reports_the_best_and_refuses_an_empty_folder(photos, tiny_bundle, tmp_path):
-    base = ["train", "vqgan", "--data", str(photos), "--init", str(tiny_bundle), "--freeze", "encoder",
-            "--batch", "2", "--crop", "32", "--perceptual-weight", "0"]
-    res = CliRunner().invoke(app, [*base, "--steps", "2", "--out", str(tmp_path / "run"), "--val", str(photos),
-                                   "--val-every", "1"])
+    base = [
+        "train",
+        "vqgan",
+        "--data",
+        str(photos),
+        "--init",
+        str(tiny_bundle),
+        "--freeze",
+        "encoder",
+        "--batch",
+        "2",
+        "--crop",
+        "32",
+        "--perceptual-weight",
+        "0",
+    ]
+    res = CliRunner().invoke(
+        app, [*base, "--steps", "2", "--out", str(tmp_path / "run"), "--val", str(photos), "--val-every", "1"]
+    )
     assert res.exit_code == 0, res.output
     assert "best held-out loss" in res.output and (tmp_path / "run" / "best.pt").exists()
     (tmp_path / "empty").mkdir()
-    res = CliRunner().invoke(app, [*base, "--steps", "1", "--out", str(tmp_path / "run2"), "--val", str(tmp_path / "empty")])
+    res = CliRunner().invoke(
+        app, [*base, "--steps", "1", "--out", str(tmp_path / "run2"), "--val", str(tmp_path / "empty")]
+    )
     assert res.exit_code != 0 and "no images" in res.output and "Traceback" not in res.output

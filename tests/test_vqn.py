@@ -1,5 +1,6 @@
 """The .vqn coded-image file: layout, strict reading, decoding with missing packets, and fuzzing
 of the reader and the decode path (every input ends in a result, VqnError or PacketError)."""
+
 from __future__ import annotations
 
 import struct
@@ -10,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import tiny_model
 from vqnet.chroma import is_chroma_packet
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, load_codec, save_codec
@@ -70,7 +71,7 @@ def test_documented_byte_layout(vqn: VqnFile) -> None:
     assert struct.unpack_from("!HIIHBI", data, 12) == (K, H, W, 8, 1, len(vqn.packets))
     assert struct.unpack_from("!I", data, 29)[0] == zlib.crc32(data[:29]) and HEADER_SIZE == 33
     n0 = struct.unpack_from("!H", data, 33)[0]
-    assert data[35:35 + n0] == vqn.packets[0]
+    assert data[35 : 35 + n0] == vqn.packets[0]
     assert len(data) == 33 + sum(2 + len(p) for p in vqn.packets)
     assert read_vqn(data) == vqn
 
@@ -122,16 +123,33 @@ def test_model_and_version_mismatch_name_both(codec: Codec, vqn: VqnFile) -> Non
         read_vqn(bytes(data))
 
 
-@pytest.mark.parametrize("field,value", [("K", 1), ("height", 0), ("width", MAX_PIXELS + 1), ("max_payload", 7),
-                                         ("max_payload", 65535), ("layout", "zigzag"), ("model_id", "unsaved"),
-                                         ("packets", (b"",))])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("K", 1),
+        ("height", 0),
+        ("width", MAX_PIXELS + 1),
+        ("max_payload", 7),
+        ("max_payload", 65535),
+        ("layout", "zigzag"),
+        ("model_id", "unsaved"),
+        ("packets", (b"",)),
+    ],
+)
 def test_invalid_fields_are_refused(vqn: VqnFile, field: str, value: object) -> None:
     with pytest.raises(VqnError):
         replace(vqn, **{field: value})
 
 
-def _forge_header(model_id: bytes = b"\x01" * 8, k: int = K, height: int = H, width: int = W, max_payload: int = 8,
-                  layout: int = 1, count: int = 0) -> bytes:
+def _forge_header(
+    model_id: bytes = b"\x01" * 8,
+    k: int = K,
+    height: int = H,
+    width: int = W,
+    max_payload: int = 8,
+    layout: int = 1,
+    count: int = 0,
+) -> bytes:
     fields = struct.pack("!3sB8sHIIHBI", b"VQN", 1, model_id, k, height, width, max_payload, layout, count)
     return fields + struct.pack("!I", zlib.crc32(fields))
 
@@ -163,15 +181,22 @@ def test_header_bit_flips_and_truncations_are_vqn_errors(vqn: VqnFile, bit: int,
     with pytest.raises(VqnError):
         read_vqn(bytes(flipped))
     with pytest.raises(VqnError):
-        read_vqn(data[:cut % len(data)])
+        read_vqn(data[: cut % len(data)])
 
 
 @FUZZ
-@given(k=st.integers(0, 0xFFFF), height=st.integers(0, 0xFFFFFFFF), width=st.integers(0, 0xFFFFFFFF),
-       max_payload=st.integers(0, 0xFFFF), layout=st.integers(0, 255), count=st.integers(0, 0xFFFFFFFF),
-       tail=st.binary(max_size=64))
-def test_forged_headers_with_valid_crc(k: int, height: int, width: int, max_payload: int, layout: int, count: int,
-                                       tail: bytes) -> None:
+@given(
+    k=st.integers(0, 0xFFFF),
+    height=st.integers(0, 0xFFFFFFFF),
+    width=st.integers(0, 0xFFFFFFFF),
+    max_payload=st.integers(0, 0xFFFF),
+    layout=st.integers(0, 255),
+    count=st.integers(0, 0xFFFFFFFF),
+    tail=st.binary(max_size=64),
+)
+def test_forged_headers_with_valid_crc(
+    k: int, height: int, width: int, max_payload: int, layout: int, count: int, tail: bytes
+) -> None:
     try:
         got = read_vqn(_forge_header(b"\x02" * 8, k, height, width, max_payload, layout, count) + tail)
     except VqnError:
@@ -180,14 +205,18 @@ def test_forged_headers_with_valid_crc(k: int, height: int, width: int, max_payl
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
-       cut=st.none() | st.integers(0, 10**6), tail=st.binary(max_size=6))
-def test_mutated_files_end_in_an_image_or_a_clean_error(codec: Codec, vqn: VqnFile, flips: list[tuple[int, int]],
-                                                        cut: int | None, tail: bytes) -> None:
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.none() | st.integers(0, 10**6),
+    tail=st.binary(max_size=6),
+)
+def test_mutated_files_end_in_an_image_or_a_clean_error(
+    codec: Codec, vqn: VqnFile, flips: list[tuple[int, int]], cut: int | None, tail: bytes
+) -> None:
     data = bytearray(write_vqn(vqn))
     for pos, mask in flips:
         data[pos % len(data)] ^= mask
-    mutated = bytes(data[:None if cut is None else cut % len(data)]) + tail
+    mutated = bytes(data[: None if cut is None else cut % len(data)]) + tail
     try:
         out = decode_vqn(codec, read_vqn(mutated))
     except (VqnError, PacketError):
@@ -209,8 +238,17 @@ def _hostile_packets(draw: st.DrawFn, vqn: VqnFile) -> list[bytes]:
         n = len(range(number, h * w, count))
         payload = b"".join(draw(st.lists(st.binary(min_size=4, max_size=4), min_size=1, max_size=3)))
         try:
-            forged = Packet(layout="interleaved", image_id=draw(st.integers(0, 1)), K=draw(st.sampled_from([K, 16])),
-                            h=h, w=w, packet_number=number, packet_count=count, n=n, payload=payload).to_bytes()
+            forged = Packet(
+                layout="interleaved",
+                image_id=draw(st.integers(0, 1)),
+                K=draw(st.sampled_from([K, 16])),
+                h=h,
+                w=w,
+                packet_number=number,
+                packet_count=count,
+                n=n,
+                payload=payload,
+            ).to_bytes()
         except PacketError:  # e.g. no position left for that number
             forged = draw(st.binary(min_size=1, max_size=60))
         packets.insert(draw(st.integers(0, len(packets))), forged)
@@ -235,8 +273,20 @@ def _cli(*args: str) -> tuple[int, str]:
 
 def test_cli_encode_drop_decode(codec_file: Path, img: np.ndarray, tmp_path: Path) -> None:
     Image.fromarray(img).save(tmp_path / "in.png")
-    code, out = _cli("encode", str(tmp_path / "in.png"), "-o", str(tmp_path / "a.vqn"), "--K", str(K),
-                     "--model", str(codec_file), "--max-payload", "8", "--layout", "raster")
+    code, out = _cli(
+        "encode",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "a.vqn"),
+        "--K",
+        str(K),
+        "--model",
+        str(codec_file),
+        "--max-payload",
+        "8",
+        "--layout",
+        "raster",
+    )
     assert code == 0, out
     size = (tmp_path / "a.vqn").stat().st_size
     assert f"{size} bytes" in out and f"{size * 8 / (H * (W)):.4f} bpp" in out
@@ -246,8 +296,16 @@ def test_cli_encode_drop_decode(codec_file: Path, img: np.ndarray, tmp_path: Pat
     (tmp_path / "b.vqn").write_bytes(drop_packets((tmp_path / "a.vqn").read_bytes(), 0.3, seed=3))
     kept = read_vqn((tmp_path / "b.vqn").read_bytes()).packets
     colour = any(map(is_chroma_packet, kept))
-    code, out = _cli("decode", str(tmp_path / "b.vqn"), "-o", str(tmp_path / "b.png"), "--model", str(codec_file),
-                     "--method", "neighbor")
+    code, out = _cli(
+        "decode",
+        str(tmp_path / "b.vqn"),
+        "-o",
+        str(tmp_path / "b.png"),
+        "--model",
+        str(codec_file),
+        "--method",
+        "neighbor",
+    )
     assert code == 0, out
     present = len(kept) - colour
     assert f"{present} present, {n - present} missing of {n}, 0 corrupt" in out and "concealed" in out
@@ -255,8 +313,9 @@ def test_cli_encode_drop_decode(codec_file: Path, img: np.ndarray, tmp_path: Pat
     assert np.asarray(Image.open(tmp_path / "b.png")).shape == (H, W, 3)
 
 
-@pytest.mark.parametrize("content,needle", [(b"garbage", "not a .vqn file"), (b"VQN\x01" + b"\x00" * 40, "CRC"),
-                                            (b"VQN\x07", "version 7")])
+@pytest.mark.parametrize(
+    "content,needle", [(b"garbage", "not a .vqn file"), (b"VQN\x01" + b"\x00" * 40, "CRC"), (b"VQN\x07", "version 7")]
+)
 def test_cli_decode_bad_file_is_one_error_line(codec_file: Path, tmp_path: Path, content: bytes, needle: str) -> None:
     (tmp_path / "x.vqn").write_bytes(content)
     code, out = _cli("decode", str(tmp_path / "x.vqn"), "-o", str(tmp_path / "x.png"), "--model", str(codec_file))

@@ -18,6 +18,7 @@ CompressAI's plotting tool (``python -m compressai.utils.plot --results-file A.j
 lpips``) reads one curve per JSON file, ``{"name", "description", "results": {"bpp": [...],
 metric: [...]}}``, so each codec in the table gets its own file.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,19 @@ import pandas as pd
 METHOD = "pchip"
 #: The learned codec's rows in rd.csv (:mod:`vqnet.evaluate`): fine-tuned, then K-means.
 VQNET_LABELS = ("vqnet", "vqnet-raw")
-BD_COLUMNS = ["test", "anchor", "points_test", "points_anchor", "bd_rate_lpips_pct", "bd_lpips", "bd_rate_psnr_pct",
-              "bd_psnr_db", "rate_overlap", "lpips_overlap", "psnr_overlap"]
+BD_COLUMNS = [
+    "test",
+    "anchor",
+    "points_test",
+    "points_anchor",
+    "bd_rate_lpips_pct",
+    "bd_lpips",
+    "bd_rate_psnr_pct",
+    "bd_psnr_db",
+    "rate_overlap",
+    "lpips_overlap",
+    "psnr_overlap",
+]
 #: rd.csv column -> CompressAI's metric name (theirs for PSNR and MS-SSIM, ours elsewhere).
 COMPRESSAI_METRICS = {"bpp": "bpp", "lpips": "lpips", "dists": "dists", "psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
 
@@ -61,8 +73,14 @@ def overlap(a: np.ndarray, b: np.ndarray) -> float:
     return max(common, 0.0) / union if union > 0 else 0.0
 
 
-def _delta(kind: str, rate_anchor: np.ndarray, dist_anchor: np.ndarray, rate_test: np.ndarray,
-           dist_test: np.ndarray, method: str) -> float:
+def _delta(
+    kind: str,
+    rate_anchor: np.ndarray,
+    dist_anchor: np.ndarray,
+    rate_test: np.ndarray,
+    dist_test: np.ndarray,
+    method: str,
+) -> float:
     """``bjontegaard.bd_rate`` (kind "rate") or ``bd_psnr`` (kind "dist", any metric where higher
     is better), each curve sorted along the variable it is interpolated over; NaN where that
     variable repeats a value (no function to interpolate) or the ranges do not overlap."""
@@ -87,13 +105,17 @@ def bd_pair(test: pd.DataFrame, anchor: pd.DataFrame, method: str = METHOD) -> d
     l_a, l_t = anchor["lpips"].to_numpy(float), test["lpips"].to_numpy(float)
     p_a, p_t = anchor["psnr"].to_numpy(float), test["psnr"].to_numpy(float)
     # LPIPS falls as quality rises: the package's deltas assume a metric that rises, so use -LPIPS.
-    return {"points_test": len(test), "points_anchor": len(anchor),
-            "bd_rate_lpips_pct": _delta("rate", r_a, -l_a, r_t, -l_t, method),
-            "bd_lpips": -_delta("dist", r_a, -l_a, r_t, -l_t, method),
-            "bd_rate_psnr_pct": _delta("rate", r_a, p_a, r_t, p_t, method),
-            "bd_psnr_db": _delta("dist", r_a, p_a, r_t, p_t, method),
-            "rate_overlap": overlap(np.log10(r_a), np.log10(r_t)), "lpips_overlap": overlap(l_a, l_t),
-            "psnr_overlap": overlap(p_a, p_t)}
+    return {
+        "points_test": len(test),
+        "points_anchor": len(anchor),
+        "bd_rate_lpips_pct": _delta("rate", r_a, -l_a, r_t, -l_t, method),
+        "bd_lpips": -_delta("dist", r_a, -l_a, r_t, -l_t, method),
+        "bd_rate_psnr_pct": _delta("rate", r_a, p_a, r_t, p_t, method),
+        "bd_psnr_db": _delta("dist", r_a, p_a, r_t, p_t, method),
+        "rate_overlap": overlap(np.log10(r_a), np.log10(r_t)),
+        "lpips_overlap": overlap(l_a, l_t),
+        "psnr_overlap": overlap(p_a, p_t),
+    }
 
 
 def bd_table(rd: pd.DataFrame, method: str = METHOD) -> pd.DataFrame:
@@ -115,14 +137,19 @@ def compressai_results(rd: pd.DataFrame, description: str) -> dict[str, dict]:
     out = {}
     for name, rows in rd.groupby("codec", sort=False):
         rows = rows.sort_values("bpp")
-        results = {theirs: [float(v) for v in rows[ours]] for ours, theirs in COMPRESSAI_METRICS.items()
-                   if ours in rows and rows[ours].notna().all()}
+        results = {
+            theirs: [float(v) for v in rows[ours]]
+            for ours, theirs in COMPRESSAI_METRICS.items()
+            if ours in rows and rows[ours].notna().all()
+        }
         results["K"] = [int(k) for k in rows["K"]]
         out[name] = {"name": name, "description": description, "results": results}
     return out
 
 
-def write_companions(rd: pd.DataFrame, folder: Path, description: str, method: str = METHOD) -> tuple[pd.DataFrame, list[Path]]:
+def write_companions(
+    rd: pd.DataFrame, folder: Path, description: str, method: str = METHOD
+) -> tuple[pd.DataFrame, list[Path]]:
     """Write ``bd.csv`` and ``compressai/<codec>.json`` into ``folder`` (beside rd.csv); return the
     BD table and the paths written."""
     table = bd_table(rd, method)
@@ -141,8 +168,10 @@ def format_bd(table: pd.DataFrame) -> str:
     shown = table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}")
     lines = [shown]
     if table[["bd_rate_lpips_pct", "bd_rate_psnr_pct"]].isna().any(axis=None):
-        lines.append("'-' in a bd_rate column: the two curves share no range of that metric (its overlap is 0), so "
-                     "no rate compares at equal quality; bd_lpips / bd_psnr_db compare them at equal rate.")
+        lines.append(
+            "'-' in a bd_rate column: the two curves share no range of that metric (its overlap is 0), so "
+            "no rate compares at equal quality; bd_lpips / bd_psnr_db compare them at equal rate."
+        )
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ distribution p(r) ∝ decay^|r|, the decay chosen by the sender from :data:`DECA
 the bits. Its table is built by repeated float64 multiplication (correctly rounded everywhere),
 so sender and receiver build the same model on any IEEE machine.
 """
+
 from __future__ import annotations
 
 import struct
@@ -149,7 +150,7 @@ def _luma_detail(luma: np.ndarray, planes: np.ndarray, r: int, eps: float) -> np
     statistics are shared by the planes, so they are computed once.
     """
     mean_y = _box(luma, r)
-    var_y = _box(luma * luma, r) - mean_y ** 2
+    var_y = _box(luma * luma, r) - mean_y**2
     detail = luma - mean_y
     out = np.empty_like(planes)
     for i, p in enumerate(planes):
@@ -173,15 +174,17 @@ def apply(decoded: np.ndarray, chroma: Chroma, factor: int, from_luma: bool = Tr
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def decode_in_colour(codec: Codec, grid: np.ndarray, K: int, size: tuple[int, int],
-                     colour: Chroma | None) -> np.ndarray:
+def decode_in_colour(
+    codec: Codec, grid: np.ndarray, K: int, size: tuple[int, int], colour: Chroma | None
+) -> np.ndarray:
     """Decode an index grid to a (size) image and, when the colour packet arrived, put its chroma
     under it: what every receiver (``.vqn`` decoding, the sweep) shows."""
     return decode_many_in_colour(codec, [grid], K, size, colour)[0]
 
 
-def decode_many_in_colour(codec: Codec, grids: list[np.ndarray], K: int, size: tuple[int, int],
-                          colour: Chroma | None) -> list[np.ndarray]:
+def decode_many_in_colour(
+    codec: Codec, grids: list[np.ndarray], K: int, size: tuple[int, int], colour: Chroma | None
+) -> list[np.ndarray]:
     """:func:`decode_in_colour` of grids of one image (one colour packet), in one decoder call."""
     images = codec.decode_many(grids, K, size)
     return images if colour is None else [apply(image, colour, codec.factor) for image in images]
@@ -242,8 +245,15 @@ def chroma_packet(chroma: Chroma, h: int, w: int, image_id: int = 0) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def fitting_chroma_packet(img: np.ndarray, factor: int, grid: tuple[int, int], cells: int, max_payload: int,
-                          step: int = STEP, image_id: int = 0) -> bytes | None:
+def fitting_chroma_packet(
+    img: np.ndarray,
+    factor: int,
+    grid: tuple[int, int],
+    cells: int,
+    max_payload: int,
+    step: int = STEP,
+    image_id: int = 0,
+) -> bytes | None:
     """The chroma packet at the finest thumbnail, from ``cells`` up by doubling, whose payload
     fits ``max_payload`` bytes (as every packet on the link must); None if none does."""
     while cells <= MAX_CELLS:
@@ -267,12 +277,18 @@ def read_chroma_packet(data: bytes | bytearray | memoryview) -> tuple[int, int, 
     magic, version, image_id, h, w, cells, step, decay, length = _HEAD.unpack_from(b)
     if magic != MAGIC or version != VERSION:
         raise ChromaError(f"not a version-{VERSION} chroma packet")
-    if zlib.crc32(b[:-_CRC.size]) != _CRC.unpack_from(b, len(b) - _CRC.size)[0]:
+    if zlib.crc32(b[: -_CRC.size]) != _CRC.unpack_from(b, len(b) - _CRC.size)[0]:
         raise ChromaError("CRC mismatch")
     if len(b) != OVERHEAD + length or length % 4:
         raise ChromaError(f"length {len(b)} disagrees with payload_len {length}")
-    if not (1 <= h and 1 <= w and h * w <= MAX_GRID and 1 <= cells <= MAX_CELLS and 1 <= step <= MAX_STEP
-            and decay < len(DECAYS)):
+    if not (
+        1 <= h
+        and 1 <= w
+        and h * w <= MAX_GRID
+        and 1 <= cells <= MAX_CELLS
+        and 1 <= step <= MAX_STEP
+        and decay < len(DECAYS)
+    ):
         raise ChromaError("chroma header field out of range")
     shape = (2, *thumbnail_shape(h, w, cells))
     span = _span(step)
@@ -280,7 +296,7 @@ def read_chroma_packet(data: bytes | bytearray | memoryview) -> tuple[int, int, 
     # header naming a huge thumbnail is refused before the decoder is asked for it (2x slack).
     if np.prod(shape) * -np.log2(_probs(DECAYS[decay], span).max()) > 2 * (8 * length + 64):
         raise ChromaError("the header names more samples than the payload can hold")
-    words = np.frombuffer(b[_HEAD.size:_HEAD.size + length], dtype=">u4").astype(np.uint32)
+    words = np.frombuffer(b[_HEAD.size : _HEAD.size + length], dtype=">u4").astype(np.uint32)
     try:
         symbols = constriction.stream.queue.RangeDecoder(words).decode(_model(decay, span), int(np.prod(shape)))
     except Exception as exc:  # constriction raises plain exceptions for exhausted or invalid data

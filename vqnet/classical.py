@@ -8,6 +8,7 @@ their best shot, so the comparison is against a fair baseline rather than a stra
 Rates are honest: bpp is the whole file (container and headers included) over the *original*
 pixel count, the same accounting as a ``.vqn`` file's bpp.
 """
+
 from __future__ import annotations
 
 import io

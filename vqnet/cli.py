@@ -3,6 +3,7 @@
 Every user error (bad scenario, missing file, wrong K, refused weights) ends in one ``Error:``
 line on stderr and exit code 2; no traceback reaches the user.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,10 +72,14 @@ def check_device(device: str) -> str:
     return str(resolve_device(device))
 
 
-RUN_DEVICE_HELP = ("cpu | cuda[:N] | auto (a GPU when one is visible): where the codec, the concealment "
-                   "transformers and LPIPS run. A GPU's scores match the CPU's only to float tolerance.")
-PRECISION_HELP = ("float32 | bf16: the decoder's arithmetic. bf16 is refused where it is not fast (CPUs without "
-                  "AMX or AVX512-BF16); its tolerance is in docs/performance.md.")
+RUN_DEVICE_HELP = (
+    "cpu | cuda[:N] | auto (a GPU when one is visible): where the codec, the concealment "
+    "transformers and LPIPS run. A GPU's scores match the CPU's only to float tolerance."
+)
+PRECISION_HELP = (
+    "float32 | bf16: the decoder's arithmetic. bf16 is refused where it is not fast (CPUs without "
+    "AMX or AVX512-BF16); its tolerance is in docs/performance.md."
+)
 
 
 def cluster_pool(spec: str, sc: Scenario, model: Path | str | None, images: list[NamedImage], codec: Codec) -> RayPool:
@@ -121,12 +126,15 @@ def scorable(images: list[NamedImage]) -> list[NamedImage]:
 def note_dropped(journal: Journal) -> None:
     """Say on stderr how many damaged journal lines were not trusted (their units run again)."""
     if journal.dropped:
-        typer.echo(f"note: {journal.dropped} damaged or repeated line(s) of {journal.path} ignored; "
-                   "their work is done again", err=True)
+        typer.echo(
+            f"note: {journal.dropped} damaged or repeated line(s) of {journal.path} ignored; their work is done again",
+            err=True,
+        )
 
 
-def _photo_views(codec: Codec, data: Path, images: int, seed: int, shifts: Sequence[int] = (0,),
-                 quiet: bool = False) -> tuple[list[torch.Tensor], int, str]:
+def _photo_views(
+    codec: Codec, data: Path, images: int, seed: int, shifts: Sequence[int] = (0,), quiet: bool = False
+) -> tuple[list[torch.Tensor], int, str]:
     """Encoder outputs of ``images`` whole training photos (seeded choice) and of their mirror
     images at each shift, cached under ./runs/prior-data (:func:`vqnet.codec.photos.photo_views`),
     with a progress bar: what every ``codebook`` command counts code usage and fits priors on.
@@ -153,14 +161,23 @@ def run(
     out: Annotated[Path, typer.Option(help="Results root; files go to OUT/<scenario name>/.")] = Path("results"),
     model: Annotated[Path | None, typer.Option(help="Codec bundle to use instead of the scenario's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/<name>/partial.jsonl of an interrupted run "
-                                                        "instead of resuming from it.")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh", help="Discard OUT/<name>/partial.jsonl of an interrupted run instead of resuming from it."
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
     precision: Annotated[str | None, typer.Option(help=PRECISION_HELP + " Default: the scenario's.")] = None,
-    cluster: Annotated[str | None, typer.Option(help="Run the trials on Ray workers (each loads the codec once): "
-                                                     "local[:N] starts N on this machine (default: one per core), "
-                                                     "ray://HOST:PORT or auto joins a running cluster. Needs "
-                                                     "pip install 'vqnet[ray]'; docs/performance.md.")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the trials on Ray workers (each loads the codec once): "
+            "local[:N] starts N on this machine (default: one per core), "
+            "ray://HOST:PORT or auto joins a running cluster. Needs "
+            "pip install 'vqnet[ray]'; docs/performance.md."
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
 ) -> None:
     """Run a sweep: results.csv, summary.csv, timings.csv, lpips_vs_loss.png and examples.png under OUT/<name>/.
@@ -171,29 +188,32 @@ def run(
     with user_errors():
         from vqnet.codec.bundle import load_codec
         from vqnet.images import codable_pixels, load_images
+        from vqnet.journal import PARTIAL_NAME
         from vqnet.lock import job_folder
         from vqnet.plots import method_summary, plot_examples, plot_lpips_vs_loss
-        from vqnet.summary import compact_table
         from vqnet.scenario import load_scenario
-        from vqnet.journal import PARTIAL_NAME
+        from vqnet.summary import compact_table
         from vqnet.sweep import TrialJournal, count_trials, run_sweep, sweep_fingerprint, sweep_summary, write_results
 
         sc = load_scenario(scenario)
         codec = placed(load_codec(model or sc.model), device, precision or sc.precision)
         for scheme in sc.protection_schemes():
             codec.codebook(scheme.K)
-        images = scorable(load_images(sc.images.source, sc.images.names, sc.images.limit,
-                                      codable_pixels(codec.factor)))
+        images = scorable(load_images(sc.images.source, sc.images.names, sc.images.limit, codable_pixels(codec.factor)))
         folder = locked_output(job_folder(out, sc.name), wait)
         total = count_trials(sc, len(images))
         pool = nullcontext() if cluster is None else cluster_pool(cluster, sc, model or sc.model, images, codec)
         t0 = time.perf_counter()
-        with pool as workers, TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images),
-                                                fresh) as journal:
+        with (
+            pool as workers,
+            TrialJournal.open(folder / PARTIAL_NAME, sweep_fingerprint(sc, codec, images), fresh) as journal,
+        ):
             if journal.done:
                 bound = "" if isinstance(sc.trials, int) else "at most "
-                typer.echo(f"resuming: {len(journal.done)} of {bound}{count_trials(sc, len(images), per_method=False)} trials already done "
-                           f"({journal.path})")
+                typer.echo(
+                    f"resuming: {len(journal.done)} of {bound}{count_trials(sc, len(images), per_method=False)} trials already done "
+                    f"({journal.path})"
+                )
             note_dropped(journal)
             with progress_bar(total, f"sweep {sc.name}", quiet) as advance:
                 result = run_sweep(sc, codec, images, advance, journal, workers)
@@ -201,7 +221,9 @@ def run(
         summary = sweep_summary(sc, result.results)
         paths = write_results(result, folder, summary)
         journal.discard()
-        plot = plot_lpips_vs_loss(summary, folder / "lpips_vs_loss.png", f"{sc.name}: {result.results['channel'].iloc[0]} channel")
+        plot = plot_lpips_vs_loss(
+            summary, folder / "lpips_vs_loss.png", f"{sc.name}: {result.results['channel'].iloc[0]} channel"
+        )
         examples = plot_examples(result, folder / "examples.png")
         typer.echo(f"\nmodel {codec.model_id}; summary.csv holds every column (docs/results.md)")
         typer.echo(compact_table(summary))
@@ -225,8 +247,9 @@ def write_protection(sc, results, folder: Path) -> list[Path]:  # noqa: ANN001 -
     table = scheme_table(results)
     table.to_csv(folder / "protection.csv", index=False, float_format="%.6g")
     plot = plot_protection(table, folder / "protection.png", f"{sc.name}: schemes at about equal bytes")
-    typer.echo("\nmean LPIPS of each scheme with its best concealment, the best per loss ('clear': beyond "
-               "its 95 % interval):")
+    typer.echo(
+        "\nmean LPIPS of each scheme with its best concealment, the best per loss ('clear': beyond its 95 % interval):"
+    )
     typer.echo(winners(table).to_string(float_format=lambda v: f"{v:.4f}"))
     typer.echo("\n".join(crossovers(table)) or "no crossover: one scheme is best at every loss")
     return [folder / "protection.csv", plot]
@@ -257,11 +280,14 @@ def summarize_cmd(
         if list(results.columns) not in (RESULT_COLUMNS, PROTECTED_COLUMNS):
             raise ScenarioError(f"{path} is not a vqnet results.csv (its columns differ)")
         if sc.schemes and "scheme" not in results:
-            raise ScenarioError(f"{path} has no scheme column, but {scenario} compares schemes: it is another "
-                                "scenario's table")
+            raise ScenarioError(
+                f"{path} has no scheme column, but {scenario} compares schemes: it is another scenario's table"
+            )
         summary = sweep_summary(sc, results)
         summary.to_csv(path.with_name("summary.csv"), index=False, float_format="%.6g")
-        plot = plot_lpips_vs_loss(summary, path.with_name("lpips_vs_loss.png"), f"{sc.name}: {results['channel'].iloc[0]} channel")
+        plot = plot_lpips_vs_loss(
+            summary, path.with_name("lpips_vs_loss.png"), f"{sc.name}: {results['channel'].iloc[0]} channel"
+        )
         typer.echo(compact_table(summary))
         protection = write_protection(sc, results, path.parent)
         typer.echo("\n".join(f"wrote {p}" for p in [path.with_name("summary.csv"), plot, *protection]))
@@ -269,7 +295,9 @@ def summarize_cmd(
 
 @app.command("report")
 def report_cmd(
-    files: Annotated[list[Path] | None, typer.Argument(help="Markdown files (default: README.md and docs/*.md).")] = None,
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Markdown files (default: README.md and docs/*.md).")
+    ] = None,
     check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a table is out of date.")] = False,
 ) -> None:
     """Regenerate the tables marked `<!-- table: ... -->` in the docs from the committed results/."""
@@ -289,10 +317,12 @@ def report_cmd(
             typer.echo(f"updated {p}")
 
 
-CHROMA_HELP = ("Add the colour packet (vqnet/chroma.py): the image's chroma averaged over blocks of this many "
-               "index cells squared (more where the packet would not fit --max-payload), which the receiver puts "
-               "back under the decoder's luminance, following its detail. The bundled model decodes almost no "
-               "colour without it. 0 = no colour packet.")
+CHROMA_HELP = (
+    "Add the colour packet (vqnet/chroma.py): the image's chroma averaged over blocks of this many "
+    "index cells squared (more where the packet would not fit --max-payload), which the receiver puts "
+    "back under the decoder's luminance, following its detail. The bundled model decodes almost no "
+    "colour without it. 0 = no colour packet."
+)
 
 
 @app.command()
@@ -304,8 +334,12 @@ def encode(
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet (headers come on top).")] = 24,
     layout: Annotated[str, typer.Option(help="raster | interleaved (see vqnet/packets.py).")] = "interleaved",
     chroma_cells: Annotated[int, typer.Option(min=0, max=MAX_CELLS, help=CHROMA_HELP)] = CELLS,
-    device: Annotated[str, typer.Option(help="cpu | cuda[:N] | auto: where the encoder runs (always in float32: "
-                                             "the indices are what is sent).")] = "cpu",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="cpu | cuda[:N] | auto: where the encoder runs (always in float32: the indices are what is sent)."
+        ),
+    ] = "cpu",
 ) -> None:
     """Encode an image into a .vqn file of independently decodable packets; print its size and bpp."""
     with user_errors():
@@ -322,18 +356,25 @@ def encode(
         data = write_vqn(vqn)
         output.write_bytes(data)
         colour = sum(map(is_chroma_packet, vqn.packets))
-        typer.echo(f"wrote {output}: {len(data)} bytes, {len(vqn.packets)} packets ({colour} of them colour), "
-                   f"{bpp(len(data), vqn.height, vqn.width):.4f} bpp ({vqn.width}x{vqn.height}, K={K}, "
-                   f"model {codec.model_id})")
+        typer.echo(
+            f"wrote {output}: {len(data)} bytes, {len(vqn.packets)} packets ({colour} of them colour), "
+            f"{bpp(len(data), vqn.height, vqn.width):.4f} bpp ({vqn.width}x{vqn.height}, K={K}, "
+            f"model {codec.model_id})"
+        )
 
 
 @app.command()
 def decode(
     vqn_file: Annotated[Path, typer.Argument(metavar="FILE.vqn", help="A .vqn file, possibly missing packets.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Image to write (format from the suffix).")],
-    method: Annotated[str, typer.Option(help="Concealment for missing indices: none | neighbor | ar | ar-mbr | masked "
-                                                 "(the last three need that K's transformer beside the codec; "
-                                                 "the bundled model has them for K=256).")] = "neighbor",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Concealment for missing indices: none | neighbor | ar | ar-mbr | masked "
+            "(the last three need that K's transformer beside the codec; "
+            "the bundled model has them for K=256)."
+        ),
+    ] = "neighbor",
     model: Annotated[Path | None, typer.Option(help="Codec bundle the file was made with (default: bundled).")] = None,
     device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP)] = "cpu",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
@@ -355,10 +396,18 @@ def decode(
         got = out.received
         expected = "?" if got.n_packets_expected is None else got.n_packets_expected
         missing = "all" if out.missing is None else out.missing
-        typer.echo(f"packets: {got.n_packets_ok} present, {missing} missing of {expected}, "
-                   f"{got.n_packets_bad} corrupt (of {len(vqn.packets)} in the file)")
-        typer.echo("colour: " + (f"from the chroma packet ({out.chroma_cells}x{out.chroma_cells} index cells a sample)"
-                                 if out.chroma_cells else "the decoder's own (no intact chroma packet)"))
+        typer.echo(
+            f"packets: {got.n_packets_ok} present, {missing} missing of {expected}, "
+            f"{got.n_packets_bad} corrupt (of {len(vqn.packets)} in the file)"
+        )
+        typer.echo(
+            "colour: "
+            + (
+                f"from the chroma packet ({out.chroma_cells}x{out.chroma_cells} index cells a sample)"
+                if out.chroma_cells
+                else "the decoder's own (no intact chroma packet)"
+            )
+        )
         typer.echo(f"concealed {out.concealed:.1%} of indices with {method}; wrote {output}")
 
 
@@ -366,25 +415,39 @@ def decode(
 def eval_cmd(
     images: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of images (recursive), e.g. Kodak.")],
     out: Annotated[Path, typer.Option(help="Folder for rd.csv, rd_images.csv, rd.png and grid.png.")] = (
-        Path("results/eval")),
+        Path("results/eval")
+    ),
     model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
-    dists: Annotated[bool, typer.Option("--dists/--no-dists", help="Score DISTS too (~3 s per Kodak image "
-                                                                     "and codec on a CPU).")] = True,
+    dists: Annotated[
+        bool, typer.Option("--dists/--no-dists", help="Score DISTS too (~3 s per Kodak image and codec on a CPU).")
+    ] = True,
     classical: Annotated[str, typer.Option(help="Comma-separated baselines (jpeg, webp, avif), or 'none'.")] = (
-        "jpeg,webp,avif"),
+        "jpeg,webp,avif"
+    ),
     max_payload: Annotated[int, typer.Option(help="Max range-coded bytes per packet of the .vqn files.")] = 1000,
-    layout: Annotated[str, typer.Option(help="Packet layout of the .vqn files: interleaved (what loss "
-                                             "concealment wants) | raster (long runs: every index can be coded "
-                                             "against its left and upper neighbours, the lower bpp).")] = (
-        "interleaved"),
-    codebooks: Annotated[str, typer.Option(help="finetuned (the stored codebooks, rows 'vqnet') | raw (their "
-                                                "K-means ancestors, rows 'vqnet-raw': the paper's w/o fine-tune "
-                                                "ablation) | both.")] = "finetuned",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Packet layout of the .vqn files: interleaved (what loss "
+            "concealment wants) | raster (long runs: every index can be coded "
+            "against its left and upper neighbours, the lower bpp)."
+        ),
+    ] = ("interleaved"),
+    codebooks: Annotated[
+        str,
+        typer.Option(
+            help="finetuned (the stored codebooks, rows 'vqnet') | raw (their "
+            "K-means ancestors, rows 'vqnet-raw': the paper's w/o fine-tune "
+            "ablation) | both."
+        ),
+    ] = "finetuned",
     ks: Annotated[str | None, typer.Option(help="Comma-separated K to evaluate (default: the whole ladder).")] = None,
     chroma_cells: Annotated[int, typer.Option(min=0, max=MAX_CELLS, help=CHROMA_HELP)] = CELLS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Discard OUT/partial.jsonl of an interrupted run instead "
-                                                        "of resuming from it.")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Discard OUT/partial.jsonl of an interrupted run instead of resuming from it."),
+    ] = False,
     device: Annotated[str, typer.Option(help=RUN_DEVICE_HELP + " DISTS too.")] = "cpu",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "float32",
     wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
@@ -412,8 +475,15 @@ def eval_cmd(
         locked_output(out, wait)
         label = images.resolve().name
         total = count_steps(len(pixels), len(k_list), names, codebooks)
-        options = dict(with_dists=dists, classical=names, max_payload=max_payload, codebooks=codebooks, ks=k_list,
-                       layout=layout, chroma_cells=chroma_cells)
+        options = dict(
+            with_dists=dists,
+            classical=names,
+            max_payload=max_payload,
+            codebooks=codebooks,
+            ks=k_list,
+            layout=layout,
+            chroma_cells=chroma_cells,
+        )
         with EvalJournal.open(out / PARTIAL_NAME, eval_fingerprint(codec, pixels, **options), fresh) as journal:
             if journal.done:
                 typer.echo(f"resuming: {len(journal.done)} of {total} codings already done ({journal.path})")
@@ -424,10 +494,14 @@ def eval_cmd(
         result.rd.to_csv(paths[0], index=False)
         result.per_image.to_csv(paths[1], index=False)
         journal.discard()
-        paths += [plot_rd(result.rd, out / "rd.png", f"{label}: {len(pixels)} images, model {codec.model_id}"),
-                  plot_codec_grid(result, out / "grid.png")]
-        description = (f"vqnet eval {label}: {len(pixels)} images, model {codec.model_id}, .vqn files ({layout}, "
-                       f"{max_payload}-byte payloads, colour packet {'off' if not chroma_cells else chroma_cells})")
+        paths += [
+            plot_rd(result.rd, out / "rd.png", f"{label}: {len(pixels)} images, model {codec.model_id}"),
+            plot_codec_grid(result, out / "grid.png"),
+        ]
+        description = (
+            f"vqnet eval {label}: {len(pixels)} images, model {codec.model_id}, .vqn files ({layout}, "
+            f"{max_payload}-byte payloads, colour packet {'off' if not chroma_cells else chroma_cells})"
+        )
         bd, companions = write_companions(result.rd, out, description)
         paths += companions
         shown = result.rd.drop(columns=["target_bpp"] + ([] if dists else ["dists"]))
@@ -445,8 +519,9 @@ def eval_cmd(
 @app.command("bd")
 def bd_cmd(
     rd: Annotated[Path, typer.Argument(metavar="RD.csv", help="An rd.csv written by `vqnet eval`.")],
-    method: Annotated[str, typer.Option(help="Curve interpolation: pchip (2+ points) | akima | cubic (the "
-                                             "classic fit, 4+ points).")] = "pchip",
+    method: Annotated[
+        str, typer.Option(help="Curve interpolation: pchip (2+ points) | akima | cubic (the classic fit, 4+ points).")
+    ] = "pchip",
     description: Annotated[str | None, typer.Option(help="Description in the CompressAI JSON files.")] = None,
 ) -> None:
     """Bjøntegaard deltas (BD-rate, BD-LPIPS, BD-PSNR) of an existing rd.csv: writes bd.csv and
@@ -502,42 +577,76 @@ def train_vqgan_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 4000,
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
     crop: Annotated[int, typer.Option(min=16, help="Crop size in pixels (multiple of 16).")] = 128,
-    ch: Annotated[int | None, typer.Option(min=32, help="Base channel count (multiple of 32) (default 32; "
-                                                        "not with --init).")] = None,
-    n_embed: Annotated[int | None, typer.Option(min=2, help="Base codebook size (default 1024; not with "
-                                                            "--init).")] = None,
+    ch: Annotated[
+        int | None, typer.Option(min=32, help="Base channel count (multiple of 32) (default 32; not with --init).")
+    ] = None,
+    n_embed: Annotated[
+        int | None, typer.Option(min=2, help="Base codebook size (default 1024; not with --init).")
+    ] = None,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 3e-4,
-    perceptual_weight: Annotated[float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 drops it (a much "
-                                                                   "cheaper L1-only step).")] = 1.0,
-    disc_weight: Annotated[float, typer.Option(min=0.0, help="GAN weight on top of the adaptive weight "
-                                                             "(taming: 0.8).")] = 0.8,
+    perceptual_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 drops it (a much cheaper L1-only step).")
+    ] = 1.0,
+    disc_weight: Annotated[
+        float, typer.Option(min=0.0, help="GAN weight on top of the adaptive weight (taming: 0.8).")
+    ] = 0.8,
     disc_start: Annotated[int, typer.Option(min=0, help="Step the PatchGAN starts at (0 suits --init runs).")] = 2000,
-    disc_warmup: Annotated[int, typer.Option(min=0, help="Steps from --disc-start in which only the "
-                                                       "discriminator learns, so the decoder's first GAN "
-                                                       "gradients come from a trained one (taming: 0).")] = 0,
+    disc_warmup: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Steps from --disc-start in which only the "
+            "discriminator learns, so the decoder's first GAN "
+            "gradients come from a trained one (taming: 0).",
+        ),
+    ] = 0,
     disc_lr: Annotated[float | None, typer.Option(min=0.0, help="Discriminator learning rate (default: --lr).")] = None,
     disc_layers: Annotated[int, typer.Option(min=1, help="PatchGAN depth (taming: 3, or 2 for f16-16384).")] = 3,
-    init: Annotated[Path | None, typer.Option(help="Start from this codec bundle (.safetensors) or training "
-                                                   "checkpoint; its model config is used.")] = None,
-    freeze: Annotated[str, typer.Option(help="none | encoder: keep encoder, quant_conv and codebook fixed and "
-                                             "train post_quant_conv + decoder (index maps stay valid; needs "
-                                             "--init) | encoder,post_quant_conv: the decoder alone (`masked` "
-                                             "concealment then also chooses the same codes).")] = "none",
-    decoder_ch: Annotated[int | None, typer.Option(min=32, help="Widen the --init model's decoder to this base "
-                                                                "width (a multiple of its own) before training.")] = None,
-    decoder_blocks: Annotated[int | None, typer.Option(min=1, help="Deepen the --init model's decoder to this many "
-                                                                   "res blocks per level before training. Grown "
-                                                                   "decoders start out computing the same image and "
-                                                                   "index maps stay valid; they decode slower (2x "
-                                                                   "the width: ~3x the time).")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this codec bundle (.safetensors) or training checkpoint; its model config is used."
+        ),
+    ] = None,
+    freeze: Annotated[
+        str,
+        typer.Option(
+            help="none | encoder: keep encoder, quant_conv and codebook fixed and "
+            "train post_quant_conv + decoder (index maps stay valid; needs "
+            "--init) | encoder,post_quant_conv: the decoder alone (`masked` "
+            "concealment then also chooses the same codes)."
+        ),
+    ] = "none",
+    decoder_ch: Annotated[
+        int | None,
+        typer.Option(
+            min=32, help="Widen the --init model's decoder to this base width (a multiple of its own) before training."
+        ),
+    ] = None,
+    decoder_blocks: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Deepen the --init model's decoder to this many "
+            "res blocks per level before training. Grown "
+            "decoders start out computing the same image and "
+            "index maps stay valid; they decode slower (2x "
+            "the width: ~3x the time).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (only faster on CPUs with avx512_bf16).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     minutes: Annotated[float | None, typer.Option(min=0.0, help=MINUTES_HELP)] = None,
-    val: Annotated[Path | None, typer.Option(help="Folder of held-out photos: their loss goes to OUT/val.csv "
-                                                  "every --val-every steps and OUT/best.pt keeps the lowest, "
-                                                  "for long runs that start to memorise their crops.")] = None,
+    val: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of held-out photos: their loss goes to OUT/val.csv "
+            "every --val-every steps and OUT/best.pt keeps the lowest, "
+            "for long runs that start to memorise their crops."
+        ),
+    ] = None,
     val_every: Annotated[int, typer.Option(min=1, help="Steps between two --val measurements.")] = 250,
 ) -> None:
     """Train the f=16 VQGAN with taming's recipe (L1 + LPIPS-VGG + codebook loss, dead-code restarts,
@@ -556,13 +665,26 @@ def train_vqgan_cmd(
             raise typer.BadParameter(f"--freeze {freeze} needs --init: a random encoder would stay random")
         from vqnet.codec.train import TrainConfig, small_config, train_vqgan
 
-        cfg = TrainConfig(steps=steps, batch=batch, crop=crop, lr=lr, seed=seed, bf16=bf16,
-                          perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start,
-                          disc_warmup=disc_warmup, disc_lr=disc_lr, disc_layers=disc_layers,
-                          freeze_encoder=freeze != "none",
-                          freeze_post_quant_conv=freeze == "encoder,post_quant_conv",
-                          init=str(init) if init else None, decoder_ch=decoder_ch,
-                          decoder_res_blocks=decoder_blocks, device=check_device(device))
+        cfg = TrainConfig(
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            lr=lr,
+            seed=seed,
+            bf16=bf16,
+            perceptual_weight=perceptual_weight,
+            disc_weight=disc_weight,
+            disc_start=disc_start,
+            disc_warmup=disc_warmup,
+            disc_lr=disc_lr,
+            disc_layers=disc_layers,
+            freeze_encoder=freeze != "none",
+            freeze_post_quant_conv=freeze == "encoder,post_quant_conv",
+            init=str(init) if init else None,
+            decoder_ch=decoder_ch,
+            decoder_res_blocks=decoder_blocks,
+            device=check_device(device),
+        )
         with Progress(*COLUMNS) as bar:
             loading = bar.add_task("loading photos", total=None, label="")
             training = bar.add_task("training", total=steps, label="")
@@ -571,12 +693,24 @@ def train_vqgan_cmd(
                 bar.update(loading, total=n, completed=i)
 
             def on_step(step: int, row: dict[str, float]) -> None:
-                label = (f"L1 {row['l1']:.4f} P {row['p_loss']:.3f} vq {row['emb_loss']:.4f} "
-                         f"D {row['d_loss']:.3f} ppl {row['perplexity']:.0f}")
+                label = (
+                    f"L1 {row['l1']:.4f} P {row['p_loss']:.3f} vq {row['emb_loss']:.4f} "
+                    f"D {row['d_loss']:.3f} ppl {row['perplexity']:.0f}"
+                )
                 bar.update(training, completed=step, label=label)
 
-            path = train_vqgan(data, out, cfg, small_config(**sizes) if sizes else None, resume=resume,
-                               on_step=on_step, on_load=on_load, minutes=minutes, val=val, val_every=val_every)
+            path = train_vqgan(
+                data,
+                out,
+                cfg,
+                small_config(**sizes) if sizes else None,
+                resume=resume,
+                on_step=on_step,
+                on_load=on_load,
+                minutes=minutes,
+                val=val,
+                val_every=val_every,
+            )
         typer.echo(f"checkpoint: {path}")
         if val is not None:
             from vqnet.codec.train import best_validation
@@ -595,20 +729,44 @@ def _k_list(value: str, option: str = "--ks") -> list[int]:
 
 @codebook_app.command("kmeans")
 def codebook_kmeans(
-    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`, or "
-                                                  "an official taming VQGAN (Lightning last.ckpt or a .safetensors "
-                                                  "state_dict) with --config.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="Training checkpoint (checkpoint.pt) of `vqnet train vqgan`, or "
+            "an official taming VQGAN (Lightning last.ckpt or a .safetensors "
+            "state_dict) with --config."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Codec bundle to write (.safetensors, fp16).")],
-    config: Annotated[Path | None, typer.Option(help="The official checkpoint's model.yaml (taming's configs/*.yaml "
-                                                     "or the zoo's project.yaml); checked against the weights.")] = None,
-    data: Annotated[Path, typer.Option(help="Photos used to count code usage and fit the priors.")] = Path("../shared/data/train"),
-    ks: Annotated[str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")] = "1024,256,64,16",
-    images: Annotated[int, typer.Option(min=1, help="How many photos to encode, each with its mirror image "
-                                                  "(cached under ./runs/prior-data), for usage counts and "
-                                                  "priors.")] = 300,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The official checkpoint's model.yaml (taming's configs/*.yaml "
+            "or the zoo's project.yaml); checked against the weights."
+        ),
+    ] = None,
+    data: Annotated[Path, typer.Option(help="Photos used to count code usage and fit the priors.")] = Path(
+        "../shared/data/train"
+    ),
+    ks: Annotated[
+        str, typer.Option(help="Comma-separated codebook sizes (the base size is kept as is).")
+    ] = "1024,256,64,16",
+    images: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="How many photos to encode, each with its mirror image "
+            "(cached under ./runs/prior-data), for usage counts and "
+            "priors.",
+        ),
+    ] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample and k-means++.")] = 0,
-    device: Annotated[str, typer.Option(help="Where the encoder and the code-usage count run: cpu or cuda "
-                                             "(K-means and the priors stay on the CPU).")] = "cpu",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the encoder and the code-usage count run: cpu or cuda (K-means and the priors stay on the CPU)."
+        ),
+    ] = "cpu",
 ) -> None:
     """K-means the base codebook into each K (usage-weighted) and fit a range-coding prior per K.
 
@@ -624,8 +782,11 @@ def codebook_kmeans(
             from vqnet.weights import sha256_of
 
             model = load_taming_checkpoint(checkpoint, config)
-            origin = {"taming_checkpoint": checkpoint.name, "checkpoint_sha256": sha256_of(checkpoint),
-                      "taming_config": model.config.to_dict()}
+            origin = {
+                "taming_checkpoint": checkpoint.name,
+                "checkpoint_sha256": sha256_of(checkpoint),
+                "taming_config": model.config.to_dict(),
+            }
         elif checkpoint.suffix in (".ckpt", ".safetensors"):
             raise CodecError(f"{checkpoint} looks like an official taming checkpoint: pass its model.yaml as --config")
         else:
@@ -642,11 +803,17 @@ def codebook_kmeans(
         latents, views, described = _photo_views(Codec(model, {}), data, images, seed)
         model.cpu()
         codec = build_ladder(model, latents, k_list, seed, views, device)
-        codec.provenance = origin | {"prior_images": images, "prior_views": described, "data": str(data),
-                                     "kmeans": "usage-weighted"}
+        codec.provenance = origin | {
+            "prior_images": images,
+            "prior_views": described,
+            "data": str(data),
+            "kmeans": "usage-weighted",
+        }
         sha = save_codec(codec, out)
         for K in codec.ks:
-            typer.echo(f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})")
+            typer.echo(
+                f"K={K}: prior entropy {codec.codebooks[K].prior.entropy_bits():.2f} bits/index (uniform {math.log2(K):.2f})"
+            )
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 
@@ -656,12 +823,23 @@ def codebook_decoder(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint of a `vqnet train vqgan --freeze encoder` run.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write.")],
     data: Annotated[Path, typer.Option(help="Photos the priors are refit on.")] = Path("../shared/data/train"),
-    images: Annotated[int, typer.Option(min=0, help="How many photos to encode, each with its mirror image "
-                                                    "(cached), for the priors (0: keep the priors; the index "
-                                                    "maps do not change).")] = 200,
+    images: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="How many photos to encode, each with its mirror image "
+            "(cached), for the priors (0: keep the priors; the index "
+            "maps do not change).",
+        ),
+    ] = 200,
     seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
-    kmeans_start: Annotated[bool, typer.Option(help="Put fine-tuned rungs back to their K-means codebooks (they were "
-                                                    "tuned for the old decoder); fine-tune them again afterwards.")] = False,
+    kmeans_start: Annotated[
+        bool,
+        typer.Option(
+            help="Put fine-tuned rungs back to their K-means codebooks (they were "
+            "tuned for the old decoder); fine-tune them again afterwards."
+        ),
+    ] = False,
 ) -> None:
     """Swap a fine-tuned decoder into a bundle, keeping every codebook (so every index map and the
     concealment transformers stay valid), and refit each K's prior and context table."""
@@ -677,7 +855,8 @@ def codebook_decoder(
         latents, views, described = _photo_views(codec, data, images, seed) if images else (None, 1, "")
         swapped = swap_decoder(codec, new, latents, views)
         swapped.provenance |= {"decoder_checkpoint": str(checkpoint)} | (
-            {"prior_images": images, "prior_views": described, "data": str(data)} if images else {})
+            {"prior_images": images, "prior_views": described, "data": str(data)} if images else {}
+        )
         sha = save_codec(swapped, out)
         typer.echo(f"wrote {out} (sha256 {sha[:16]}); codebooks kept from {model}")
 
@@ -687,10 +866,16 @@ def codebook_priors(
     model: Annotated[Path, typer.Option(help="Codec bundle whose priors to refit.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write.")],
     data: Annotated[Path, typer.Option(help="Photos the priors are fitted on (whole photos, no crops).")] = Path(
-        "../shared/data/train"),
+        "../shared/data/train"
+    ),
     images: Annotated[int, typer.Option(min=1, help="How many photos to encode.")] = 1500,
-    shifts: Annotated[str, typer.Option(help="Comma-separated pixel shifts to encode every photo (and its mirror) "
-                                             "at: 0,8 doubles the index maps, the f=16 grid moved half a token.")] = "0",
+    shifts: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated pixel shifts to encode every photo (and its mirror) "
+            "at: 0,8 doubles the index maps, the f=16 grid moved half a token."
+        ),
+    ] = "0",
     seed: Annotated[int, typer.Option(help="Seed for the photo sample.")] = 0,
 ) -> None:
     """Refit every K's range-coding prior and neighbour-context table on whole training photos and
@@ -713,9 +898,11 @@ def codebook_priors(
         sha = save_codec(new, out)
         for K in new.ks:
             prior = new.codebooks[K].prior
-            typer.echo(f"K={K}: prior entropy {prior.entropy_bits():.2f} bits/index "
-                       f"(was {codec.codebooks[K].prior.entropy_bits():.2f}); "
-                       + (f"two neighbours, exponent {prior.pair}" if prior.pair else "one neighbour"))
+            typer.echo(
+                f"K={K}: prior entropy {prior.entropy_bits():.2f} bits/index "
+                f"(was {codec.codebooks[K].prior.entropy_bits():.2f}); "
+                + (f"two neighbours, exponent {prior.pair}" if prior.pair else "one neighbour")
+            )
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 
@@ -723,27 +910,42 @@ def codebook_priors(
 def codebook_finetune(
     model: Annotated[Path, typer.Option(help="Codec bundle of `vqnet codebook kmeans` to start from.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write: fine-tuned codebooks, K-means ones kept as raw.")],
-    data: Annotated[Path, typer.Option(help="Training photos (crops for fine-tuning; whole photos for the priors).")] = (
-        Path("../shared/data/train")),
-    ks: Annotated[str | None, typer.Option(help="Comma-separated K to fine-tune (default: every K below the base "
-                                                "size).")] = None,
+    data: Annotated[
+        Path, typer.Option(help="Training photos (crops for fine-tuning; whole photos for the priors).")
+    ] = (Path("../shared/data/train")),
+    ks: Annotated[
+        str | None, typer.Option(help="Comma-separated K to fine-tune (default: every K below the base size).")
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps (every K trains on the same crops).")] = 1000,
     batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
     crop: Annotated[int, typer.Option(min=16, help="Crop size in pixels (multiple of 16).")] = 128,
     lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-4,
-    perceptual_weight: Annotated[float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 leaves L1 + codebook "
-                                                                   "loss.")] = 1.0,
-    images: Annotated[int, typer.Option(min=1, help="How many photos to encode, each with its mirror image "
-                                                  "(cached), to refit the priors.")] = 300,
+    perceptual_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 leaves L1 + codebook loss.")
+    ] = 1.0,
+    images: Annotated[
+        int,
+        typer.Option(
+            min=1, help="How many photos to encode, each with its mirror image (cached), to refit the priors."
+        ),
+    ] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the crops and the photo sample.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
-    minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop fine-tuning after this many minutes "
-                                                             "(the steps run are recorded).")] = None,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast for the frozen encoder, "
-                                                                       "decoder and loss (codebook search in float32). "
-                                                                       "Default: on with --device cuda, off on the "
-                                                                       "CPU.")] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Stop fine-tuning after this many minutes (the steps run are recorded)."),
+    ] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="bf16 autocast for the frozen encoder, "
+            "decoder and loss (codebook search in float32). "
+            "Default: on with --device cuda, off on the "
+            "CPU.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune each reduced codebook with its quant_conv/post_quant_conv (encoder and decoder
     frozen; L1 + LPIPS-VGG + codebook loss), as the paper does, and refit the priors."""
@@ -759,13 +961,21 @@ def codebook_finetune(
         codec = load_codec(model)
         codec.model.to(check_device(device))
         targets = finetune_targets(codec, None if ks is None else _k_list(ks))
-        cfg = FinetuneConfig(steps=steps, batch=batch, crop=crop, lr=lr, perceptual_weight=perceptual_weight,
-                             seed=seed, bf16=device.startswith("cuda") if bf16 is None else bf16)
+        cfg = FinetuneConfig(
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            lr=lr,
+            perceptual_weight=perceptual_weight,
+            seed=seed,
+            bf16=device.startswith("cuda") if bf16 is None else bf16,
+        )
         history: dict[int, list[float]] = {K: [] for K in targets}
         with progress_bar(None, "loading photos", quiet) as advance:
             dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
         latents, views, described = _photo_views(codec, data, images, seed, quiet=quiet)
         with progress_bar(steps, f"fine-tuning K={','.join(map(str, targets))}", quiet) as advance:
+
             def on_step(step: int, logs: dict[int, dict[str, float]]) -> None:
                 for K, row in logs.items():
                     history[K].append(row["loss"])
@@ -774,16 +984,23 @@ def codebook_finetune(
             tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step, minutes, views)
         tuned.model.cpu()
         steps_run = len(history[targets[0]])
-        tuned.provenance["finetune"] = asdict(cfg) | {"ks": targets, "from_model": codec.model_id,
-                                                      "prior_images": images, "prior_views": described,
-                                                      "data": str(data), "steps_run": steps_run}
+        tuned.provenance["finetune"] = asdict(cfg) | {
+            "ks": targets,
+            "from_model": codec.model_id,
+            "prior_images": images,
+            "prior_views": described,
+            "data": str(data),
+            "steps_run": steps_run,
+        }
         sha = save_codec(tuned, out)
         n = max(1, min(10, steps_run))
         for K in targets:
-            typer.echo(f"K={K}: loss {sum(history[K][:n]) / n:.4f} -> {sum(history[K][-n:]) / n:.4f} "
-                       f"(mean of first/last {n} steps); prior entropy "
-                       f"{tuned.codebooks[K].prior.entropy_bits():.2f} bits/index "
-                       f"(K-means: {tuned.codebooks[K].raw.prior.entropy_bits():.2f})")
+            typer.echo(
+                f"K={K}: loss {sum(history[K][:n]) / n:.4f} -> {sum(history[K][-n:]) / n:.4f} "
+                f"(mean of first/last {n} steps); prior entropy "
+                f"{tuned.codebooks[K].prior.entropy_bits():.2f} bits/index "
+                f"(K-means: {tuned.codebooks[K].raw.prior.entropy_bits():.2f})"
+            )
         typer.echo(f"wrote {out} (sha256 {sha[:16]})")
 
 

@@ -4,6 +4,7 @@ and exit code 2, whether click found it while parsing options or a command found
 Why not click's own handling: it prints a usage box of five lines or more (rich's panel under
 typer), which scripts cannot parse and users read as a crash. Tracebacks stay for what is a bug.
 """
+
 from __future__ import annotations
 
 import errno
@@ -61,8 +62,9 @@ class OneLineErrors(TyperGroup):
     """The top-level group: a usage error anywhere below it (unknown option, bad value, missing
     argument, a ``BadParameter`` a command raises) becomes one ``Error:`` line, exit 2."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: Context | None = None,
-                     **extra: Any) -> Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
         with _one_line_usage():
             return super().make_context(info_name, args, parent, **extra)
 
@@ -80,4 +82,3 @@ def _one_line_usage() -> Iterator[None]:
     except UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         raise fail(exc.format_message() + where) from None
-

@@ -20,6 +20,7 @@ Ray is an optional extra: ``pip install 'vqnet[ray]'``. Why Ray rather than Dask
 process that keeps a loaded model between tasks and is restarted when it dies, are Ray's own
 primitive, as is asking for GPUs per worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,9 @@ def _ray():  # noqa: ANN202 - the ray module, imported only when a cluster is as
 class _Worker:
     """The actor: a TrialWorker in its own process, set up as the driver is."""
 
-    def __init__(self, sc: Scenario, model: str | None, images: list[NamedImage], device: str, precision: str,
-                 threads: int):
+    def __init__(
+        self, sc: Scenario, model: str | None, images: list[NamedImage], device: str, precision: str, threads: int
+    ):
         torch.set_num_threads(threads)
         codec = load_codec(model).to(*prepare(device, precision))
         self.worker = TrialWorker(sc, codec, images)
@@ -87,25 +89,43 @@ class RayPool:
     """Trials on Ray actors (:class:`vqnet.sweep.TrialPool`); use it as a context manager, which
     leaves (and, for ``local``, stops) the Ray instance at the end."""
 
-    def __init__(self, spec: str, sc: Scenario, model: Path | None, images: list[NamedImage], device: torch.device,
-                 precision: str):
+    def __init__(
+        self,
+        spec: str,
+        sc: Scenario,
+        model: Path | None,
+        images: list[NamedImage],
+        device: torch.device,
+        precision: str,
+    ):
         address, n_local = parse_cluster(spec)
         ray = self.ray = _ray()
         threads = torch.get_num_threads()
         gpu = device.type == "cuda"
         if address is None:
             # The workers import this checkout's vqnet, whatever else the environment has installed.
-            path = os.pathsep.join(filter(None, [str(Path(vqnet.__file__).parent.parent), os.environ.get("PYTHONPATH")]))
+            path = os.pathsep.join(
+                filter(None, [str(Path(vqnet.__file__).parent.parent), os.environ.get("PYTHONPATH")])
+            )
             gpus = torch.cuda.device_count() if gpu else 0
-            ray.init(num_cpus=n_local * (1 if gpu else threads), num_gpus=gpus, include_dashboard=False,
-                     logging_level=logging.ERROR, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+            ray.init(
+                num_cpus=n_local * (1 if gpu else threads),
+                num_gpus=gpus,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": path}},
+            )
             n = n_local
             share = {"num_cpus": 1, "num_gpus": min(1.0, gpus / n)} if gpu else {"num_cpus": threads}
         else:
             try:
-                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
-                         runtime_env={"py_modules": [vqnet]})
+                ray.init(
+                    address=address,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    runtime_env={"py_modules": [vqnet]},
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(f"--cluster {spec}: cannot join the Ray cluster ({exc})") from None
             resources = ray.cluster_resources()
@@ -113,8 +133,9 @@ class RayPool:
             share = {"num_cpus": 1, "num_gpus": 1} if gpu else {"num_cpus": threads}
             if n < 1:
                 ray.shutdown()
-                raise ClusterError(f"--cluster {spec}: the cluster has no {'GPU' if gpu else f'{threads} free CPUs'} "
-                                   "for a worker")
+                raise ClusterError(
+                    f"--cluster {spec}: the cluster has no {'GPU' if gpu else f'{threads} free CPUs'} for a worker"
+                )
         actor = ray.remote(max_restarts=-1, max_task_retries=-1)(_Worker).options(**share)
         shared = ray.put(images)
         model_arg = None if model is None else str(model)

@@ -12,6 +12,7 @@ r0/r1 example) to ~1e-7.
 Images are ``uint8 (H, W, 3)`` RGB arrays, turned into [0, 1] as ``x / 255`` (torchvision's
 ``ToTensor``); the ImageNet mean/std normalisation happens inside the model.
 """
+
 from __future__ import annotations
 
 import functools

@@ -122,7 +122,9 @@ class Prior:
         if self.context is not None:
             c = np.array(self.context, copy=True)
             if c.dtype != np.uint16 or c.shape != (p.shape[0], p.shape[0]):
-                raise ValueError(f"context must be a ({p.shape[0]}, {p.shape[0]}) uint16 array, got {c.dtype} {c.shape}")
+                raise ValueError(
+                    f"context must be a ({p.shape[0]}, {p.shape[0]}) uint16 array, got {c.dtype} {c.shape}"
+                )
             if not np.all(c > 0):
                 raise ValueError("every context weight must be >= 1")
             c.flags.writeable = False
@@ -405,11 +407,11 @@ def decode(data: bytes, n: int, prior: Prior, refs: np.ndarray | None = None) ->
             table, pair, out = prior._table, prior.pair is not None, np.zeros(int(n), dtype=np.int64)
             for i, (left, up) in enumerate(r.tolist()):
                 if pair and left >= 0 and up >= 0:
-                    row = prior._pair_rows(out[left:left + 1], out[up:up + 1])
+                    row = prior._pair_rows(out[left : left + 1], out[up : up + 1])
                 else:
                     ref = left if left >= 0 else up
                     c = out[ref] if ref >= 0 else prior.K
-                    row = table[c:c + 1]
+                    row = table[c : c + 1]
                 out[i] = decoder.decode(_FAMILY, row)[0]
         exhausted = decoder.maybe_exhausted()
     except Exception as exc:  # constriction raises AssertionError, ValueError, ...

@@ -5,6 +5,7 @@ code 2 (:func:`vqnet.cli.user_errors`), without having to import, and keep a lis
 module that defines one. Each subclass also keeps its old built-in base (``ValueError``,
 ``RuntimeError``) so callers that catch those still do.
 """
+
 from __future__ import annotations
 
 

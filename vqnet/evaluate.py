@@ -16,6 +16,7 @@ A fine-tuned bundle also keeps its K-means codebooks (``Codec.raw_codec``); eval
 (rows ``vqnet-raw``, each with its own prior, so its rate is honest) reproduces the paper's
 "w/o fine-tune" ablation.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,11 +47,35 @@ CODEBOOK_SETS = {"finetuned": (VQNET,), "raw": (VQNET_RAW,), "both": (VQNET, VQN
 DEFAULT_CLASSICAL = ("jpeg", "webp", "avif")
 #: One row per (image, codec, K). For classical codecs K names the vqnet rung whose mean bpp
 #: was the target; scale and quality are the winning classical settings.
-IMAGE_COLUMNS = ["image", "codec", "K", "target_bpp", "bytes", "bpp", "scale", "quality",
-                 "lpips", "dists", "psnr", "ms_ssim"]
+IMAGE_COLUMNS = [
+    "image",
+    "codec",
+    "K",
+    "target_bpp",
+    "bytes",
+    "bpp",
+    "scale",
+    "quality",
+    "lpips",
+    "dists",
+    "psnr",
+    "ms_ssim",
+]
 #: One row per (codec, K): means over the images that codec could code (n_images of them).
-RD_COLUMNS = ["codec", "K", "n_images", "target_bpp", "bpp", "bpp_uniform_paper", "lpips", "dists", "psnr",
-              "ms_ssim", "code_usage", "perplexity"]
+RD_COLUMNS = [
+    "codec",
+    "K",
+    "n_images",
+    "target_bpp",
+    "bpp",
+    "bpp_uniform_paper",
+    "lpips",
+    "dists",
+    "psnr",
+    "ms_ssim",
+    "code_usage",
+    "perplexity",
+]
 _MEANS = ("bpp", "lpips", "dists", "psnr", "ms_ssim")  # averaged over images in the rd table
 
 
@@ -154,8 +179,11 @@ class EvalJournal(Journal[Unit]):
         if row is not None and not all(isinstance(row.get(m), (int, float)) for m in ("bpp", "lpips", "psnr")):
             raise TypeError("a row lacks its scores")
         if codec in CODEBOOK_SETS["both"] and not (
-                row is not None and isinstance(counts, list) and len(counts) == K
-                and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+            row is not None
+            and isinstance(counts, list)
+            and len(counts) == K
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+        ):
             raise TypeError("a vqnet coding has a row and a count per code")
         if codec not in CODEBOOK_SETS["both"] and counts is not None:
             raise TypeError("a classical coding has no code counts")
@@ -166,17 +194,39 @@ class EvalJournal(Journal[Unit]):
         return Journal.key(image, codec, K)
 
 
-def eval_fingerprint(codec: Codec, images: Sequence[NamedImage], *, with_dists: bool, classical: Sequence[str],
-                     max_payload: int, codebooks: str, ks: Sequence[int], layout: Layout = "interleaved",
-                     chroma_cells: int = 0) -> str:
+def eval_fingerprint(
+    codec: Codec,
+    images: Sequence[NamedImage],
+    *,
+    with_dists: bool,
+    classical: Sequence[str],
+    max_payload: int,
+    codebooks: str,
+    ks: Sequence[int],
+    layout: Layout = "interleaved",
+    chroma_cells: int = 0,
+) -> str:
     """sha256 of everything an evaluation's rows depend on: the model, where and in which
     precision it runs (a GPU's scores differ from the CPU's in the last digits), the options and
     the images."""
-    return fingerprint({"journal": _JOURNAL_FORMAT, "model": codec.model_id, "dists": with_dists,
-                        "classical": list(classical), "max_payload": max_payload, "layout": layout,
-                        "codebooks": codebooks, "ks": list(ks), "columns": IMAGE_COLUMNS,
-                        "chroma_cells": chroma_cells, "precision": codec.precision}
-                       | describe(codec.device) | receiver_settings(chroma_cells), images)
+    return fingerprint(
+        {
+            "journal": _JOURNAL_FORMAT,
+            "model": codec.model_id,
+            "dists": with_dists,
+            "classical": list(classical),
+            "max_payload": max_payload,
+            "layout": layout,
+            "codebooks": codebooks,
+            "ks": list(ks),
+            "columns": IMAGE_COLUMNS,
+            "chroma_cells": chroma_cells,
+            "precision": codec.precision,
+        }
+        | describe(codec.device)
+        | receiver_settings(chroma_cells),
+        images,
+    )
 
 
 def evaluate(
@@ -268,9 +318,16 @@ def evaluate(
                         row = None
                         if res is not None:
                             score = score or _Scorer(item.pixels, with_dists, codec.device)
-                            row = ({"image": item.name, "codec": name, "K": K, "target_bpp": targets[K],
-                                    "bytes": res.n_bytes, "bpp": res.bpp, "scale": res.scale, "quality": res.quality}
-                                   | score(res.image, lpips=res.lpips))
+                            row = {
+                                "image": item.name,
+                                "codec": name,
+                                "K": K,
+                                "target_bpp": targets[K],
+                                "bytes": res.n_bytes,
+                                "bpp": res.bpp,
+                                "scale": res.scale,
+                                "quality": res.quality,
+                            } | score(res.image, lpips=res.lpips)
                         record(key, (row, None))
                     if n == 0 and res is not None:
                         examples[(name, K)] = Example(res.image, res.bpp, res.lpips)
@@ -279,18 +336,23 @@ def evaluate(
                 else:
                     rows.append(row)
                 advance(1, f"{item.name} {name} K={K}")
-    notes += [f"{name} could not reach {targets[K]:.4f} bpp (K={K}) on {m} of {len(images)} images; "
-              f"its means leave them out" for (name, K), m in missed.items()]
+    notes += [
+        f"{name} could not reach {targets[K]:.4f} bpp (K={K}) on {m} of {len(images)} images; its means leave them out"
+        for (name, K), m in missed.items()
+    ]
     if small := sum(min(item.pixels.shape[:2]) <= MS_SSIM_MIN_SIDE for item in images):
-        notes.append(f"MS-SSIM left out for {small} of {len(images)} images with a side of at most "
-                     f"{MS_SSIM_MIN_SIDE} px (too small for its 5 scales)")
+        notes.append(
+            f"MS-SSIM left out for {small} of {len(images)} images with a side of at most "
+            f"{MS_SSIM_MIN_SIDE} px (too small for its 5 scales)"
+        )
 
     per_image = pd.DataFrame(rows).reindex(columns=IMAGE_COLUMNS)
     return EvalOutput(per_image, _rd_table(per_image, counts, codec.factor), images[0], examples, notes)
 
 
-def _code_vqnet(codec: Codec, item: NamedImage, K: int, score: _Scorer, max_payload: int,
-                layout: Layout, chroma_cells: int) -> tuple[dict, np.ndarray, np.ndarray]:
+def _code_vqnet(
+    codec: Codec, item: NamedImage, K: int, score: _Scorer, max_payload: int, layout: Layout, chroma_cells: int
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Code ``item`` into a real .vqn file at K and decode those bytes: (row, code counts, image)."""
     h, w = item.pixels.shape[:2]
     data = write_vqn(encode_vqn(codec, item.pixels, K, max_payload, layout, chroma_cells))
@@ -303,10 +365,11 @@ def _code_vqnet(codec: Codec, item: NamedImage, K: int, score: _Scorer, max_payl
 
 def _rd_table(per_image: pd.DataFrame, counts: dict[tuple[str, int], np.ndarray], factor: int) -> pd.DataFrame:
     """Means per (codec, K), with vqnet's set-wide code statistics and the paper's uniform bpp."""
-    rd = (per_image.groupby(["codec", "K"], sort=False)
-          .agg(n_images=("image", "size"), target_bpp=("target_bpp", "mean"),
-               **{m: (m, "mean") for m in _MEANS})
-          .reset_index())
+    rd = (
+        per_image.groupby(["codec", "K"], sort=False)
+        .agg(n_images=("image", "size"), target_bpp=("target_bpp", "mean"), **{m: (m, "mean") for m in _MEANS})
+        .reset_index()
+    )
     is_vq = rd["codec"].isin({label for label, _ in counts})
     vq_keys = list(zip(rd.loc[is_vq, "codec"], rd.loc[is_vq, "K"]))
     # What the paper reports: log2(K) bits per index, one index per f x f pixels, nothing else.

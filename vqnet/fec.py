@@ -34,6 +34,7 @@ Parity packet byte layout (network byte order, ``struct`` format in brackets)::
     16      L     payload          the parity symbol
     16+L    4     crc32 [I]        zlib.crc32 of bytes 0 .. 16+L-1
 """
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,9 @@ class FecCode:
             if self.k >= self.n:
                 raise ValueError(f"fec needs k < n (n - k parity packets per block), got k={self.k}, n={self.n}")
             if self.n > MAX_N:
-                raise ValueError(f"fec n={self.n} is above the Reed-Solomon limit of {MAX_N} packets a block "
-                                 "(zfec, GF(2^8))")
+                raise ValueError(
+                    f"fec n={self.n} is above the Reed-Solomon limit of {MAX_N} packets a block (zfec, GF(2^8))"
+                )
 
     def blocks(self, n_data: int) -> list[Block]:
         """The blocks of an image of ``n_data`` packets, in sending order."""
@@ -134,7 +136,7 @@ def protect(packets: list[bytes], code: FecCode, image_id: int = 0) -> list[byte
         raise ValueError(f"{len(packets)} packets are more than a parity header can number")
     out: list[bytes] = []
     for block in code.blocks(len(packets)):
-        data = packets[block.first:block.first + block.k]
+        data = packets[block.first : block.first + block.k]
         width = 2 + max(len(p) for p in data)
         encoder = zfec.Encoder(block.k, block.k + block.r)
         shares = encoder.encode([_symbol(p, width) for p in data], list(range(block.k, block.k + block.r)))
@@ -171,11 +173,11 @@ def _read_parity(data: bytes) -> _Parity:
         raise PacketError(f"length {len(data)} disagrees with payload_len {length}")
     if not (k >= 1 and 1 <= r <= MAX_N - k and j < r and first + k <= n_data):
         raise PacketError(f"inconsistent block: first={first} k={k} r={r} j={j} n_data={n_data}")
-    return _Parity(image_id, n_data, Block(first, k, r), j, data[_HEAD.size:-_CRC.size])
+    return _Parity(image_id, n_data, Block(first, k, r), j, data[_HEAD.size : -_CRC.size])
 
 
 def _intact(data: bytes) -> bool:
-    return len(data) > _CRC.size and zlib.crc32(data[:-_CRC.size]) == _CRC.unpack_from(data, len(data) - _CRC.size)[0]
+    return len(data) > _CRC.size and zlib.crc32(data[: -_CRC.size]) == _CRC.unpack_from(data, len(data) - _CRC.size)[0]
 
 
 def _sequence_number(data: bytes, n_data: int) -> int | None:
@@ -239,9 +241,9 @@ def recover(received: Iterable[bytes], image_id: int | None = None) -> Recovered
         present = {s - block.first: have[s] for s in members if s in have and len(have[s]) <= width - 2}
         if not missing or len(present) + len(shares) < block.k:
             continue
-        chosen = sorted(present.items())[:block.k]
-        nums = [i for i, _ in chosen] + sorted(shares)[:block.k - len(chosen)]
-        symbols = [_symbol(p, width) for _, p in chosen] + [shares[i] for i in nums[len(chosen):]]
+        chosen = sorted(present.items())[: block.k]
+        nums = [i for i, _ in chosen] + sorted(shares)[: block.k - len(chosen)]
+        symbols = [_symbol(p, width) for _, p in chosen] + [shares[i] for i in nums[len(chosen) :]]
         if any(len(s) != width for s in symbols):
             continue  # parity packets of one block that disagree on its width: a forged header
         out = zfec.Decoder(block.k, block.k + block.r).decode(symbols, nums)
@@ -250,5 +252,5 @@ def recover(received: Iterable[bytes], image_id: int | None = None) -> Recovered
             symbol = bytes(out[s - block.first])
             (length,) = _LEN.unpack_from(symbol)
             if length <= width - 2:
-                rebuilt.append(symbol[2:2 + length])
+                rebuilt.append(symbol[2 : 2 + length])
     return Recovered(data + rebuilt, decoded, len(rebuilt))

@@ -3,6 +3,7 @@
 Why one module: the sweep, the trainer and `vqnet score` must agree on how an image becomes a
 tensor (RGB, [-1,1], padded to a multiple of f) or the numbers they report are not comparable.
 """
+
 from __future__ import annotations
 
 import glob
@@ -57,8 +58,9 @@ def to_rgb(arr: np.ndarray) -> np.ndarray:
         if not np.isfinite(arr).all():
             raise ImageError("float pixels must be finite numbers in [0, 1], found NaN or inf")
         if arr.min() < 0 or arr.max() > 1:
-            raise ImageError(f"float pixels must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]; save the "
-                             "image as 8- or 16-bit")
+            raise ImageError(
+                f"float pixels must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]; save the image as 8- or 16-bit"
+            )
         arr = np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)
     else:
         raise ImageError(f"{arr.dtype} pixels have no known range; save the image as 8- or 16-bit")
@@ -119,8 +121,10 @@ def _load_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
 
 def _check_pixels(height: int, width: int, max_pixels: int | None) -> None:
     if max_pixels is not None and height * width > max_pixels:
-        raise ImageError(f"{width}x{height} ({height * width / 1e6:.1f} Mpx) is more than this machine can code "
-                         f"(at most {max_pixels / 1e6:.1f} Mpx)")
+        raise ImageError(
+            f"{width}x{height} ({height * width / 1e6:.1f} Mpx) is more than this machine can code "
+            f"(at most {max_pixels / 1e6:.1f} Mpx)"
+        )
 
 
 def save_image(path: str | Path, pixels: np.ndarray) -> None:
@@ -168,8 +172,9 @@ def skimage_image(name: str) -> np.ndarray:
     return to_rgb(getattr(skimage.data, name)())
 
 
-def load_images(source: str | None, names: list[str] | None = None, limit: int | None = None,
-                max_pixels: int | None = None) -> list[NamedImage]:
+def load_images(
+    source: str | None, names: list[str] | None = None, limit: int | None = None, max_pixels: int | None = None
+) -> list[NamedImage]:
     """The sweep's images: ``source`` is a folder/glob/file, or None for scikit-image's bundled photos.
 
     Each is named by :func:`image_names` (keys, seeds and tables use the name); ``max_pixels``
@@ -179,8 +184,7 @@ def load_images(source: str | None, names: list[str] | None = None, limit: int |
         images = [NamedImage(n, skimage_image(n)) for n in chosen]
     else:
         files = list_image_files(source)
-        images = [NamedImage(name, load_image(f, max_pixels))
-                  for name, f in zip(image_names(files, source), files)]
+        images = [NamedImage(name, load_image(f, max_pixels)) for name, f in zip(image_names(files, source), files)]
     return images[:limit] if limit else images
 
 
@@ -263,7 +267,9 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
     Computed in float64 and rounded once, exactly as ``lpips.im2tensor`` does.
     """
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).double().div(127.5).sub(1.0).float()
+    return (
+        torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).double().div(127.5).sub(1.0).float()
+    )
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -15,6 +15,7 @@ line whose digest fails (edited, fused with another writer's line, damaged on di
 unit does not have the shape of a unit (the job's :meth:`Journal.parse` decides) is not trusted:
 it is dropped and its unit is computed again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -116,12 +117,16 @@ class Journal(Generic[T]):
             except ValueError:
                 head = None
             if not isinstance(head, dict) or head.get("format") != FORMAT or "fingerprint" not in head:
-                raise JournalError(f"{path} is not {cls.kind} journal of this vqnet (journal format {FORMAT}); "
-                                   "rerun with --fresh to discard it")
+                raise JournalError(
+                    f"{path} is not {cls.kind} journal of this vqnet (journal format {FORMAT}); "
+                    "rerun with --fresh to discard it"
+                )
             found = head["fingerprint"]
             if found != fingerprint:
-                raise JournalError(f"{path} was written for {cls.origin} (fingerprint {str(found)[:12]}, now "
-                                   f"{fingerprint[:12]}); rerun with --fresh to discard it")
+                raise JournalError(
+                    f"{path} was written for {cls.origin} (fingerprint {str(found)[:12]}, now "
+                    f"{fingerprint[:12]}); rerun with --fresh to discard it"
+                )
             for line in lines[1:]:
                 try:
                     entry = read_line(line)
@@ -182,7 +187,7 @@ def read_line(line: bytes) -> Any:
     """The object a line of :func:`make_line` holds; ValueError if its digest or framing fails."""
     line = line.rstrip(b"\n")
     tail = len(_SUFFIX % (b"0" * _DIGEST_HEX))
-    body, suffix = line[len(_PREFIX):-tail], line[-tail:]
+    body, suffix = line[len(_PREFIX) : -tail], line[-tail:]
     if not line.startswith(_PREFIX) or len(line) < len(_PREFIX) + tail or suffix != _SUFFIX % _digest(body):
         raise ValueError("journal line fails its checksum")
     return json.loads(body)

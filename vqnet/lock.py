@@ -9,6 +9,7 @@ job never has to clean up after a dead holder. The file itself is left in place:
 would let a third job lock a new file while a second still waits on the old one. The holder
 writes its pid, host and start time into the file, so a refused job can say who holds it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -38,8 +39,9 @@ def job_folder(out: Path, name: str) -> Path:
 
 
 @contextmanager
-def locked_folder(folder: Path, wait: bool = False,
-                  on_wait: Callable[[str], None] = lambda holder: None) -> Iterator[Path]:
+def locked_folder(
+    folder: Path, wait: bool = False, on_wait: Callable[[str], None] = lambda holder: None
+) -> Iterator[Path]:
     """Create ``folder`` and hold its lock for the ``with`` block. When another job holds it,
     raise :class:`FolderBusy`, or with ``wait`` call ``on_wait(holder)`` and block until it is
     free. File-system refusals (``folder`` is a file, read-only) surface as ``OSError``."""
@@ -51,8 +53,9 @@ def locked_folder(folder: Path, wait: bool = False,
         except BlockingIOError:
             holder = _holder(fd)
             if not wait:
-                raise FolderBusy(f"{folder} is in use by another vqnet job ({holder}); wait for it to end "
-                                 "or pass --wait") from None
+                raise FolderBusy(
+                    f"{folder} is in use by another vqnet job ({holder}); wait for it to end or pass --wait"
+                ) from None
             on_wait(holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)

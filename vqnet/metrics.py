@@ -54,16 +54,10 @@ def load_lpips(net: Literal["alex", "vgg"] = "alex", fp16_ok: bool = False) -> l
     with warnings.catch_warnings():
         # lpips 0.1.4 still calls torchvision with the deprecated ``pretrained=`` argument.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        model = lpips.LPIPS(
-            net=net, version="0.1", pretrained=False, pnet_rand=True, verbose=False
-        )
+        model = lpips.LPIPS(net=net, version="0.1", pretrained=False, pnet_rand=True, verbose=False)
     # lpips splits torchvision's ``features`` into slices that keep the original indices as
     # module names, so ``features.<i>`` lives at ``net.slice<k>.<i>``.
-    slice_of = {
-        index: name
-        for name, part in model.net.named_children()
-        for index, _ in part.named_children()
-    }
+    slice_of = {index: name for name, part in model.net.named_children() for index, _ in part.named_children()}
     model.net.load_state_dict(
         {f"{slice_of[key.split('.')[0]]}.{key}": value for key, value in features.items()},
         strict=True,
@@ -79,8 +73,9 @@ def get_lpips(device: str = "cpu") -> lpips.LPIPS:
     return load_lpips("alex").to(device)
 
 
-def lpips_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor,
-                   device: torch.device | str = "cpu") -> float:
+def lpips_distance(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
+) -> float:
     """LPIPS-alex v0.1 distance between two images; 0 means identical.
 
     Accepts either ``uint8`` arrays ``(H, W, 3)`` (scaled to [-1, 1] as ``x / 127.5 - 1``,
@@ -91,8 +86,9 @@ def lpips_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor,
     return float(lpips_distances(a, [b], device)[0])
 
 
-def lpips_distances(ref: np.ndarray | torch.Tensor, tests: list[np.ndarray | torch.Tensor],
-                    device: torch.device | str = "cpu") -> list[float]:
+def lpips_distances(
+    ref: np.ndarray | torch.Tensor, tests: list[np.ndarray | torch.Tensor], device: torch.device | str = "cpu"
+) -> list[float]:
     """:func:`lpips_distance` of each of ``tests`` against ``ref``, in one forward pass of the
     trunk (what a GPU wants; on a CPU, pass one test at a time to keep the reference's bits)."""
     device = str(torch.device(device))
@@ -124,19 +120,14 @@ def _lpips_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         tensor = torch.from_numpy((image / 127.5 - 1.0).astype(np.float32)).permute(2, 0, 1)[None]
     elif isinstance(image, torch.Tensor):
         if not image.is_floating_point() or image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(
-                "expected a float tensor of shape (N, 3, H, W), "
-                f"got {image.dtype} {tuple(image.shape)}"
-            )
+            raise ValueError(f"expected a float tensor of shape (N, 3, H, W), got {image.dtype} {tuple(image.shape)}")
         # Values outside [-1, 1] mean [0, 255] input or an unclamped decoder output: both give
         # plausible-looking but wrong distances, so refuse them.
         if image.numel() and (image.min() < -1 or image.max() > 1):
             raise ValueError("LPIPS tensors must lie in [-1, 1]; clamp or rescale first")
         tensor = image.detach().to(device="cpu", dtype=torch.float32)
     else:
-        raise TypeError(
-            f"expected a numpy uint8 image or a torch tensor, got {type(image).__name__}"
-        )
+        raise TypeError(f"expected a numpy uint8 image or a torch tensor, got {type(image).__name__}")
     return tensor.clone(memory_format=torch.channels_last)
 
 
@@ -219,9 +210,7 @@ def bpp(n_bytes: int, height: int, width: int) -> float:
     version fed to the codec, or rates of differently sized images stop being comparable.
     """
     if n_bytes < 0 or height <= 0 or width <= 0:
-        raise ValueError(
-            f"invalid bpp arguments: n_bytes={n_bytes}, height={height}, width={width}"
-        )
+        raise ValueError(f"invalid bpp arguments: n_bytes={n_bytes}, height={height}, width={width}")
     return n_bytes * 8 / (height * width)
 
 

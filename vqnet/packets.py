@@ -87,9 +87,7 @@ _PAYLOAD_LEN = struct.Struct("!H")
 _CRC = struct.Struct("!I")
 
 #: Header bytes before the payload, per layout (28 raster, 24 interleaved).
-HEADER_BYTES: dict[str, int] = {
-    name: _COMMON.size + s.size + _PAYLOAD_LEN.size for name, s in _LAYOUT_FIELDS.items()
-}
+HEADER_BYTES: dict[str, int] = {name: _COMMON.size + s.size + _PAYLOAD_LEN.size for name, s in _LAYOUT_FIELDS.items()}
 #: CRC-32 trailer after the payload.
 TRAILER_BYTES = _CRC.size
 
@@ -155,8 +153,10 @@ class Packet:
                 raise PacketError("interleaved packets have no start field")
             expected = len(range(self.packet_number, size, self.packet_count))
             if self.n != expected or self.n == 0:
-                raise PacketError(f"interleaved packet {self.packet_number}/{self.packet_count} "
-                                  f"must carry {expected} positions, header says {self.n}")
+                raise PacketError(
+                    f"interleaved packet {self.packet_number}/{self.packet_count} "
+                    f"must carry {expected} positions, header says {self.n}"
+                )
         if not isinstance(self.payload, bytes):
             raise PacketError("payload must be bytes")
         if len(self.payload) > MAX_PAYLOAD or len(self.payload) % 4:
@@ -173,8 +173,17 @@ class Packet:
 
     def to_bytes(self) -> bytes:
         """Serialise, appending the CRC-32 of everything before it."""
-        head = _COMMON.pack(MAGIC, VERSION, _LAYOUT_CODE[self.layout], self.image_id, self.K,
-                            self.h, self.w, self.packet_number, self.packet_count)
+        head = _COMMON.pack(
+            MAGIC,
+            VERSION,
+            _LAYOUT_CODE[self.layout],
+            self.image_id,
+            self.K,
+            self.h,
+            self.w,
+            self.packet_number,
+            self.packet_count,
+        )
         if self.layout == "raster":
             head += _LAYOUT_FIELDS["raster"].pack(self.start, self.n)
         else:
@@ -211,8 +220,18 @@ class Packet:
         (payload_len,) = _PAYLOAD_LEN.unpack_from(b, header - _PAYLOAD_LEN.size)
         if len(b) != header + payload_len + TRAILER_BYTES:
             raise PacketError(f"length {len(b)} disagrees with payload_len {payload_len}")
-        return cls(layout=layout, image_id=image_id, K=K, h=h, w=w, packet_number=number,
-                   packet_count=count, n=n, payload=b[header:header + payload_len], start=start)
+        return cls(
+            layout=layout,
+            image_id=image_id,
+            K=K,
+            h=h,
+            w=w,
+            packet_number=number,
+            packet_count=count,
+            n=n,
+            payload=b[header : header + payload_len],
+            start=start,
+        )
 
 
 @dataclass(frozen=True)
@@ -333,13 +352,14 @@ def _raster_runs(flat: np.ndarray, prior: Prior, max_payload: int, w: int) -> li
             if n > remaining:
                 return False
             if n not in cache:
-                cache[n] = _fitting_payload(flat[start:start + n], prior, max_payload,
-                                            context_refs(np.arange(start, start + n), w))
+                cache[n] = _fitting_payload(
+                    flat[start : start + n], prior, max_payload, context_refs(np.arange(start, start + n), w)
+                )
             return cache[n] is not None
 
         if not fits(1):
             raise ValueError(f"symbol at position {start} does not fit in max_payload={max_payload}")
-        guess = int(np.searchsorted(cum[start + 1:], cum[start] + budget_bits, side="right"))
+        guess = int(np.searchsorted(cum[start + 1 :], cum[start] + budget_bits, side="right"))
         n = _first_true(lambda m: not fits(m + 1), 1, remaining, guess)
         fits(n)  # _first_true guarantees n fits; this just makes sure its payload is cached
         runs.append((start, n, cache[n]))  # type: ignore[arg-type]
@@ -372,8 +392,9 @@ def _interleaved_payloads(flat: np.ndarray, prior: Prior, max_payload: int, w: i
     return cache[N]  # type: ignore[return-value]
 
 
-def packetize(indices: np.ndarray, prior: Prior, max_payload: int,
-              layout: Layout = "raster", image_id: int = 0) -> list[bytes]:
+def packetize(
+    indices: np.ndarray, prior: Prior, max_payload: int, layout: Layout = "raster", image_id: int = 0
+) -> list[bytes]:
     """Split an (h, w) grid into independently decodable packets.
 
     Every packet's payload (the range-coded bytes, not the header) is at most
@@ -397,24 +418,35 @@ def packetize(indices: np.ndarray, prior: Prior, max_payload: int,
         runs = _raster_runs(flat, prior, max_payload, w)
         if len(runs) > _U16:
             raise ValueError(f"grid needs {len(runs)} packets, more than 65535; raise max_payload")
-        packets = [Packet(layout="raster", packet_number=i, packet_count=len(runs), n=n,
-                          payload=data, start=start, **common)
-                   for i, (start, n, data) in enumerate(runs)]
+        packets = [
+            Packet(layout="raster", packet_number=i, packet_count=len(runs), n=n, payload=data, start=start, **common)
+            for i, (start, n, data) in enumerate(runs)
+        ]
     else:
         payloads = _interleaved_payloads(flat, prior, max_payload, w)
         N = len(payloads)
-        packets = [Packet(layout="interleaved", packet_number=i, packet_count=N,
-                          n=len(range(i, flat.size, N)), payload=data, **common)
-                   for i, data in enumerate(payloads)]
+        packets = [
+            Packet(
+                layout="interleaved",
+                packet_number=i,
+                packet_count=N,
+                n=len(range(i, flat.size, N)),
+                payload=data,
+                **common,
+            )
+            for i, data in enumerate(payloads)
+        ]
     return [p.to_bytes() for p in packets]
 
 
-def depacketize(packets: Iterable[bytes],
-                prior_for_k: Callable[[int], Prior] | Mapping[int, Prior],
-                shape: tuple[int, int] | None = None,
-                image_id: int | None = None,
-                fill: int = 0,
-                K: int | None = None) -> Depacketized:
+def depacketize(
+    packets: Iterable[bytes],
+    prior_for_k: Callable[[int], Prior] | Mapping[int, Prior],
+    shape: tuple[int, int] | None = None,
+    image_id: int | None = None,
+    fill: int = 0,
+    K: int | None = None,
+) -> Depacketized:
     """Rebuild the grid and the lost mask from whatever packets arrived.
 
     Each item is parsed independently; unparsable or CRC-failing items,
@@ -434,8 +466,11 @@ def depacketize(packets: Iterable[bytes],
         except PacketError:
             n_bad += 1
             continue
-        if (image_id is not None and pkt.image_id != image_id) or \
-                (shape is not None and (pkt.h, pkt.w) != tuple(shape)) or (K is not None and pkt.K != K):
+        if (
+            (image_id is not None and pkt.image_id != image_id)
+            or (shape is not None and (pkt.h, pkt.w) != tuple(shape))
+            or (K is not None and pkt.K != K)
+        ):
             n_bad += 1
             continue
         parsed.append((pkt, bytes(item)))
@@ -447,8 +482,14 @@ def depacketize(packets: Iterable[bytes],
         if shape is None:
             raise PacketError("no valid packet arrived and no shape was given")
         h, w = shape
-        return Depacketized(indices=np.full((h, w), fill, dtype=np.int64), lost=np.ones((h, w), dtype=bool),
-                            n_packets_expected=None, n_packets_ok=0, n_packets_bad=n_bad, K=None)
+        return Depacketized(
+            indices=np.full((h, w), fill, dtype=np.int64),
+            lost=np.ones((h, w), dtype=bool),
+            n_packets_expected=None,
+            n_packets_ok=0,
+            n_packets_bad=n_bad,
+            K=None,
+        )
 
     votes = Counter(key(p) for p, _ in parsed)
     winner = max(votes, key=votes.__getitem__)  # max keeps the first-seen key on ties
@@ -485,5 +526,11 @@ def depacketize(packets: Iterable[bytes],
         flat[pos] = symbols
         received[pos] = True
         n_ok += 1
-    return Depacketized(indices=flat.reshape(h, w), lost=~received.reshape(h, w),
-                        n_packets_expected=count, n_packets_ok=n_ok, n_packets_bad=n_bad, K=K)
+    return Depacketized(
+        indices=flat.reshape(h, w),
+        lost=~received.reshape(h, w),
+        n_packets_expected=count,
+        n_packets_ok=n_ok,
+        n_packets_bad=n_bad,
+        K=K,
+    )

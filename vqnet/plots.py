@@ -1,5 +1,6 @@
 """Figures of a sweep (LPIPS vs loss with paired differences, and a grid of reconstructions)
 and of an evaluation (LPIPS vs bpp per codec, and a grid of one image at every codec and K)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,9 @@ from vqnet.sweep import SweepOutput
 def method_summary(results: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
     """Per method over the whole sweep: mean LPIPS, top-1 accuracy on lost indices, and the
     concealment time per image (ms, the restore stage alone), the three numbers methods compete on."""
-    acc = results.groupby("method", sort=False).agg(lpips_mean=("lpips", "mean"),
-                                                     lost_index_accuracy=("lost_index_accuracy", "mean"))
+    acc = results.groupby("method", sort=False).agg(
+        lpips_mean=("lpips", "mean"), lost_index_accuracy=("lost_index_accuracy", "mean")
+    )
     ms = timings.groupby("method", sort=False)["restore_ms"].mean().rename("restore_ms_per_image")
     return acc.join(ms)
 
@@ -36,8 +38,14 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
     (packets, or indices for the mask channel), since a few short bursty trials stray from it.
     """
     panels = list(with_scheme(summary).groupby(["K", "scheme", "burst"], dropna=False, sort=True))
-    fig, axes = plt.subplots(2, len(panels), figsize=(max(7.0, 5.6 * len(panels)), 7.4), squeeze=False, sharex="col",
-                             gridspec_kw={"height_ratios": [3, 2]})
+    fig, axes = plt.subplots(
+        2,
+        len(panels),
+        figsize=(max(7.0, 5.6 * len(panels)), 7.4),
+        squeeze=False,
+        sharex="col",
+        gridspec_kw={"height_ratios": [3, 2]},
+    )
     for col, ((_, scheme, burst), g) in enumerate(panels):
         top, bottom = axes[0][col], axes[1][col]
         methods = list(dict.fromkeys(g["method"]))
@@ -47,8 +55,9 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
         for i, method in enumerate(methods):
             gm = g[g["method"] == method].sort_values("target_loss")
             colour = f"C{i}"
-            top.errorbar(gm["target_loss"], gm["lpips"], yerr=gm["lpips_ci95"], marker="o", capsize=3,
-                         label=method, color=colour)
+            top.errorbar(
+                gm["target_loss"], gm["lpips"], yerr=gm["lpips_ci95"], marker="o", capsize=3, label=method, color=colour
+            )
             if method in others:
                 shift = (others.index(method) - (len(others) - 1) / 2) * step * 0.08
                 x = gm["target_loss"] + shift
@@ -63,16 +72,19 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
         what = "index" if per_point["packet_loss"].isna().all() else "packet"
         bottom.set_xlabel(f"target {what} loss ratio (realised mean)")
         burst_txt = "" if pd.isna(burst) else f", burst {burst:g}"
-        top.set_title(f"{scheme}{burst_txt}, {g['bpp'].mean():.3f} bpp, n={int(g['n'].min())}-{int(g['n'].max())} pairs",
-                      fontsize=10)
+        top.set_title(
+            f"{scheme}{burst_txt}, {g['bpp'].mean():.3f} bpp, n={int(g['n'].min())}-{int(g['n'].max())} pairs",
+            fontsize=10,
+        )
         top.set_ylabel("LPIPS (alex), lower is better")
         bottom.set_ylabel(f"LPIPS - {ref} (paired)")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
-    fig.suptitle(f"{title}\nmeans with 95 % intervals; bottom: paired difference, same image and loss pattern",
-                 fontsize=10)
+    fig.suptitle(
+        f"{title}\nmeans with 95 % intervals; bottom: paired difference, same image and loss pattern", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -92,8 +104,15 @@ def plot_protection(table: pd.DataFrame, path: Path, title: str) -> Path:
         lo, hi = g["bytes_on_wire"].min(), g["bytes_on_wire"].max()
         cost = f"{lo:.0f} B" if hi - lo < 0.01 * hi else f"{lo:.0f}-{hi:.0f} B"
         dodge = (i - (len(schemes) - 1) / 2) * step * 0.06  # keeps overlapping intervals apart
-        ax.errorbar(g["target_loss"] + dodge, g["lpips"], yerr=g["lpips_ci95"], marker="o", capsize=3,
-                    color=f"C{i}", label=f"{scheme} ({g['method'].iloc[0]}): {cost}/image")
+        ax.errorbar(
+            g["target_loss"] + dodge,
+            g["lpips"],
+            yerr=g["lpips_ci95"],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=f"{scheme} ({g['method'].iloc[0]}): {cost}/image",
+        )
     ax.set_xlabel("target packet loss ratio")
     ax.set_ylabel("LPIPS (alex), lower is better")
     ax.set_title(title, fontsize=10)
@@ -116,7 +135,10 @@ def plot_examples(out: SweepOutput, path: Path) -> Path | None:
     fig, axes = plt.subplots(len(methods), ncols, figsize=(2.6 * ncols, 2.4 * len(methods)), squeeze=False)
     for r, method in enumerate(methods):
         cells = [("original", out.originals[name]), ("no loss", out.lossless[name])]
-        cells += [(f"{method}, loss {loss:g}" if loss is not None else method, out.examples.get((method, loss))) for loss in losses]
+        cells += [
+            (f"{method}, loss {loss:g}" if loss is not None else method, out.examples.get((method, loss)))
+            for loss in losses
+        ]
         for c, (label, img) in enumerate(cells):
             ax = axes[r][c]
             ax.axis("off")
@@ -141,11 +163,19 @@ def plot_rd(rd: pd.DataFrame, path: Path, title: str) -> Path:
         g = g.sort_values("bpp")
         ax.plot(g["bpp"], g["lpips"], marker="o", label=codec)
         if codec == VQNET:
-            ax.plot(g["bpp_uniform_paper"], g["lpips"], marker="o", ls="--", mfc="none", color="grey",
-                    label=f"{VQNET} at log2(K)/f² (paper's rate)")
+            ax.plot(
+                g["bpp_uniform_paper"],
+                g["lpips"],
+                marker="o",
+                ls="--",
+                mfc="none",
+                color="grey",
+                label=f"{VQNET} at log2(K)/f² (paper's rate)",
+            )
             for _, row in g.iterrows():
-                ax.annotate(f"K={row['K']}", (row["bpp"], row["lpips"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
+                ax.annotate(
+                    f"K={row['K']}", (row["bpp"], row["lpips"]), textcoords="offset points", xytext=(4, 4), fontsize=7
+                )
     ax.set_xlabel("bits per pixel (whole file)")
     ax.set_ylabel("LPIPS (alex), lower is better")
     ax.set_title(title, fontsize=10)

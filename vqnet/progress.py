@@ -1,4 +1,5 @@
 """Progress bars of long commands (sweeps, evaluations, training): one look for all of them, on stderr."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -7,8 +8,15 @@ from contextlib import contextmanager
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 #: The bar's columns; a command that drives its own :class:`rich.progress.Progress` uses these too.
-COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-           TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[label]}"))
+COLUMNS = (
+    TextColumn("{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+    TextColumn("eta"),
+    TimeRemainingColumn(),
+    TextColumn("{task.fields[label]}"),
+)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ the first scheme's on the same image at the same trial number cancels the image-
 (which dwarfs the differences), as in :mod:`vqnet.summary`, and its 95 % interval is Student's t
 over those pairs.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,24 @@ from vqnet.summary import PAIR, mean_interval
 
 #: protection.csv, in order.
 COLUMNS = [
-    "scheme", "K", "method", "target_loss", "n", "packet_loss", "index_loss", "packets_recovered", "retransmissions",
-    "bytes_sent", "bytes_on_wire", "bpp_on_wire", "lpips", "lpips_ci95", "reference", "diff", "diff_lo", "diff_hi",
+    "scheme",
+    "K",
+    "method",
+    "target_loss",
+    "n",
+    "packet_loss",
+    "index_loss",
+    "packets_recovered",
+    "retransmissions",
+    "bytes_sent",
+    "bytes_on_wire",
+    "bpp_on_wire",
+    "lpips",
+    "lpips_ci95",
+    "reference",
+    "diff",
+    "diff_lo",
+    "diff_hi",
 ]
 
 
@@ -40,10 +57,28 @@ def scheme_table(results: pd.DataFrame) -> pd.DataFrame:
     for scheme in schemes:
         for loss, g in chosen[chosen["scheme"] == scheme].groupby("target_loss", sort=True):
             lp, lo, hi = mean_interval(g["lpips"].to_numpy())
-            row = {"scheme": scheme, "K": int(g["K"].iloc[0]), "method": best[scheme], "target_loss": loss, "n": len(g),
-                   "lpips": lp, "lpips_ci95": (hi - lo) / 2, "reference": reference}
-            row |= {c: g[c].mean() for c in ("packet_loss", "index_loss", "packets_recovered", "retransmissions",
-                                             "bytes_sent", "bytes_on_wire", "bpp_on_wire")}
+            row = {
+                "scheme": scheme,
+                "K": int(g["K"].iloc[0]),
+                "method": best[scheme],
+                "target_loss": loss,
+                "n": len(g),
+                "lpips": lp,
+                "lpips_ci95": (hi - lo) / 2,
+                "reference": reference,
+            }
+            row |= {
+                c: g[c].mean()
+                for c in (
+                    "packet_loss",
+                    "index_loss",
+                    "packets_recovered",
+                    "retransmissions",
+                    "bytes_sent",
+                    "bytes_on_wire",
+                    "bpp_on_wire",
+                )
+            }
             if scheme != reference:
                 ref = chosen[(chosen["scheme"] == reference) & (chosen["target_loss"] == loss)].set_index(PAIR)["lpips"]
                 d = (g.set_index(PAIR)["lpips"] - ref.reindex(g.set_index(PAIR).index)).to_numpy(dtype=float)

@@ -10,6 +10,7 @@ A document marks a generated table with a pair of comments naming what goes betw
 difference, 95 % interval, wins/losses); ``damage FOLDER`` is each method's mean LPIPS and its damage
 against the loss-free decode (dLPIPS); ``csv FILE [COLUMNS...]`` copies columns of any committed csv.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,12 +55,20 @@ def verdict_table(root: Path, folder: str) -> str:
     methods = [m for m in dict.fromkeys(s["method"]) if m not in (ref, "none")]
     rows = []
     for (K, loss), g in s.groupby(["K", "target_loss"], sort=True):
-        row = {"K": K, "loss": f"{loss:g}", "realised": f"{_realised(g):.3f}", "pairs": int(g["n"].iloc[0]),
-               "stop": g["stop"].iloc[0], ref: f"{g[g['method'] == ref]['lpips'].iloc[0]:.4f}"}
+        row = {
+            "K": K,
+            "loss": f"{loss:g}",
+            "realised": f"{_realised(g):.3f}",
+            "pairs": int(g["n"].iloc[0]),
+            "stop": g["stop"].iloc[0],
+            ref: f"{g[g['method'] == ref]['lpips'].iloc[0]:.4f}",
+        }
         for m in methods:
             r = g[g["method"] == m].iloc[0]
-            row[f"{m} - {ref}"] = (f"{r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}] "
-                                   f"{int(r['wins'])}/{int(r['losses'])} {'**' + verdict(r) + '**' if verdict(r) != 'not resolved' else 'not resolved'}")
+            row[f"{m} - {ref}"] = (
+                f"{r['diff']:+.4f} [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}] "
+                f"{int(r['wins'])}/{int(r['losses'])} {'**' + verdict(r) + '**' if verdict(r) != 'not resolved' else 'not resolved'}"
+            )
         rows.append(row)
     return _markdown(pd.DataFrame(rows))
 
@@ -95,11 +104,13 @@ TABLES: dict[str, Callable[..., str]] = {"verdict": verdict_table, "damage": dam
 
 def render(text: str, root: Path) -> str:
     """``text`` with every marked table regenerated from the results under ``root``."""
+
     def one(m: re.Match) -> str:
         kind, *args = m["spec"].split()
         if kind not in TABLES:
             raise ReportError(f"unknown table {kind!r} (choose from {', '.join(TABLES)})")
         return m.group(1) + TABLES[kind](root, *args) + m.group(4)
+
     return _BLOCK.sub(one, text)
 
 

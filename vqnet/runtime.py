@@ -9,6 +9,7 @@ CPU without the instructions.
 
 See docs/performance.md for the measurements behind every choice here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,11 +69,14 @@ def check_precision(precision: str, device: torch.device) -> str:
         raise DeviceError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DeviceError(f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
-                              "use float32")
+            raise DeviceError(
+                f"precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use float32"
+            )
         if device.type == "cpu" and not cpu_flags() & set(BF16_CPU_FLAGS):
-            raise DeviceError("precision bf16 needs a CPU with AMX or AVX512-BF16 (flags amx_bf16 / avx512_bf16), "
-                              "which this one lacks; without them bf16 is slower than float32: use float32")
+            raise DeviceError(
+                "precision bf16 needs a CPU with AMX or AVX512-BF16 (flags amx_bf16 / avx512_bf16), "
+                "which this one lacks; without them bf16 is slower than float32: use float32"
+            )
     return precision
 
 

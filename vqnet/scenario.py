@@ -4,6 +4,7 @@ Every field has a type, a range and a description (``vqnet scenario schema`` pri
 Schema). Validation errors become one line naming the field, because a sweep that dies after ten
 minutes on a typo is worse than one that refuses to start.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,17 +30,24 @@ class _Strict(BaseModel):
 
 
 class Images(_Strict):
-    source: str | None = Field(None, description="Folder, glob or file of images; null = scikit-image's bundled photos (offline).")
+    source: str | None = Field(
+        None, description="Folder, glob or file of images; null = scikit-image's bundled photos (offline)."
+    )
     names: list[Literal["astronaut", "chelsea", "coffee", "rocket"]] | None = Field(
-        None, description="Which bundled photos to use when source is null (default: all four).")
+        None, description="Which bundled photos to use when source is null (default: all four)."
+    )
     limit: int | None = Field(None, ge=1, le=10000, description="Use at most this many images (sorted by name).")
 
 
 class Fec(_Strict):
     k: int | None = Field(None, ge=1, description="Data packets per Reed-Solomon block (with n).")
     n: int | None = Field(None, ge=2, description=f"Packets per block, data and parity (with k), at most {MAX_N}.")
-    parity: float | None = Field(None, gt=0, le=MAX_N - 1, description="Instead of k and n: parity packets per "
-                                 "data packet, over blocks as long as the code allows.")
+    parity: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_N - 1,
+        description="Instead of k and n: parity packets per data packet, over blocks as long as the code allows.",
+    )
 
     @model_validator(mode="after")
     def _valid_code(self) -> "Fec":
@@ -55,26 +63,47 @@ class Fec(_Strict):
 class Packets(_Strict):
     max_payload: int = Field(24, ge=8, le=65535, description="Max range-coded bytes per packet (headers come on top).")
     layout: Literal["raster", "interleaved"] = Field(
-        "interleaved", description="raster: contiguous runs of indices; interleaved: packet i carries positions i, i+N, ...")
-    chroma_cells: int = Field(0, ge=0, le=16, description="Send the colour packet too (vqnet/chroma.py): block chroma "
-                              "over this many index cells squared, coarser where it would not fit max_payload; it "
-                              "crosses the channel like any packet (and counts in bpp). 0 = indices only.")
-    fec: Fec | None = Field(None, description="Reed-Solomon parity across the image's packets (vqnet/fec.py): "
-                            "{k, n} or {parity: ratio}; parity packets count in bpp. null = none.")
+        "interleaved",
+        description="raster: contiguous runs of indices; interleaved: packet i carries positions i, i+N, ...",
+    )
+    chroma_cells: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Send the colour packet too (vqnet/chroma.py): block chroma "
+        "over this many index cells squared, coarser where it would not fit max_payload; it "
+        "crosses the channel like any packet (and counts in bpp). 0 = indices only.",
+    )
+    fec: Fec | None = Field(
+        None,
+        description="Reed-Solomon parity across the image's packets (vqnet/fec.py): "
+        "{k, n} or {parity: ratio}; parity packets count in bpp. null = none.",
+    )
 
 
 class Channel(_Strict):
     model: Literal["bernoulli", "gilbert", "gilbert_elliott", "state", "trace", "mask"] = Field(
-        "gilbert", description="Loss process (netem semantics), or mask: exactly round(loss x N) of an image's N "
-        "indices lost, drawn on the index grid (the paper's mask ratio; packets are still built and counted in bpp).")
-    loss: list[float] = Field(default_factory=list, description="Target loss ratios to sweep: of packets (bernoulli, "
-                              "gilbert) or of indices (mask).")
-    burst: list[float] = Field(default_factory=list, description="Mean burst lengths in packets to sweep (gilbert); "
-                               "for mask, the mean run length in indices (pattern burst) or the side of the square "
-                               "holes in index cells (pattern block).")
+        "gilbert",
+        description="Loss process (netem semantics), or mask: exactly round(loss x N) of an image's N "
+        "indices lost, drawn on the index grid (the paper's mask ratio; packets are still built and counted in bpp).",
+    )
+    loss: list[float] = Field(
+        default_factory=list,
+        description="Target loss ratios to sweep: of packets (bernoulli, gilbert) or of indices (mask).",
+    )
+    burst: list[float] = Field(
+        default_factory=list,
+        description="Mean burst lengths in packets to sweep (gilbert); "
+        "for mask, the mean run length in indices (pattern burst) or the side of the square "
+        "holes in index cells (pattern block).",
+    )
     pattern: Literal["iid", "burst", "block"] | None = Field(
-        None, description="mask only: iid positions, runs along raster order, or square holes (default iid).")
-    params: dict[str, float | str] = Field(default_factory=dict, description="Fixed parameters of gilbert_elliott (p, r, loss_bad, loss_good), state (p13, p31, p32, p23, p14) or trace (path).")
+        None, description="mask only: iid positions, runs along raster order, or square holes (default iid)."
+    )
+    params: dict[str, float | str] = Field(
+        default_factory=dict,
+        description="Fixed parameters of gilbert_elliott (p, r, loss_bad, loss_good), state (p13, p31, p32, p23, p14) or trace (path).",
+    )
 
     @field_validator("loss")
     @classmethod
@@ -102,8 +131,9 @@ class Channel(_Strict):
             what = "mean burst lengths" if self.model == "gilbert" else f"{self.pattern} sizes (index cells)"
             raise ValueError(f"{self._label()} needs a list of {what} in 'burst'")
         if not sized and self.burst:
-            raise ValueError(f"'burst' applies only to gilbert and to mask with pattern burst or block, not "
-                             f"{self._label()}")
+            raise ValueError(
+                f"'burst' applies only to gilbert and to mask with pattern burst or block, not {self._label()}"
+            )
         if self.model not in swept and self.loss:
             raise ValueError(f"'loss' cannot be swept for model {self.model}; set its parameters in 'params'")
         if self.model in swept and self.params:
@@ -138,22 +168,36 @@ class Channel(_Strict):
 
 class Arq(_Strict):
     max_retransmissions: int = Field(3, ge=1, le=100, description="Times a packet may be sent again.")
-    return_delay_s: float | None = Field(None, ge=0, le=3600, description="One-way delay of the acknowledgements (s); "
-                                         "null = delay_s.")
+    return_delay_s: float | None = Field(
+        None, ge=0, le=3600, description="One-way delay of the acknowledgements (s); null = delay_s."
+    )
     return_loss: float = Field(0.0, ge=0, lt=1, description="Probability that an acknowledgement is lost.")
-    timeout_s: float | None = Field(None, gt=0, le=3600, description="Wait for an acknowledgement before sending "
-                                    "again (s); null = the longest round trip.")
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="Wait for an acknowledgement before sending again (s); null = the longest round trip.",
+    )
 
 
 class Link(_Strict):
     rate_bps: float | None = Field(None, gt=0, description="Link bit rate (bits/s); null = infinite.")
     delay_s: float = Field(0.0, ge=0, le=3600, description="One-way propagation delay (s).")
     jitter_s: float = Field(0.0, ge=0, le=3600, description="Uniform ± jitter on the delay (s), at most delay_s.")
-    queue_limit: int | None = Field(None, ge=0, description="Packets that may wait for the transmitter; null = unlimited.")
-    deadline_s: float | None = Field(None, gt=0, description="Packets arriving later than this after the first send count as lost.")
-    send_interval_s: float | None = Field(None, gt=0, description="Sender pacing between packets (s); null = back-to-back.")
-    arq: Arq | None = Field(None, description="Selective-repeat retransmission over a return channel "
-                            "(vqnet/channel/link.py); retransmitted bytes count. null = send once.")
+    queue_limit: int | None = Field(
+        None, ge=0, description="Packets that may wait for the transmitter; null = unlimited."
+    )
+    deadline_s: float | None = Field(
+        None, gt=0, description="Packets arriving later than this after the first send count as lost."
+    )
+    send_interval_s: float | None = Field(
+        None, gt=0, description="Sender pacing between packets (s); null = back-to-back."
+    )
+    arq: Arq | None = Field(
+        None,
+        description="Selective-repeat retransmission over a return channel "
+        "(vqnet/channel/link.py); retransmitted bytes count. null = send once.",
+    )
 
     @model_validator(mode="after")
     def _jitter(self) -> "Link":
@@ -167,8 +211,10 @@ class Link(_Strict):
         cannot meet is refused."""
         link = LinkConfig(**self.model_dump() | {"arq": None if arq is None else arq.model_dump()})
         if arq is not None and self.deadline_s is not None and self.deadline_s < link.round_trip_s:
-            raise ValueError(f"deadline_s={self.deadline_s:g} is shorter than one round trip "
-                             f"({link.round_trip_s:g} s), so ARQ could repair nothing in time")
+            raise ValueError(
+                f"deadline_s={self.deadline_s:g} is shorter than one round trip "
+                f"({link.round_trip_s:g} s), so ARQ could repair nothing in time"
+            )
         return link
 
 
@@ -180,9 +226,13 @@ class Scheme(_Strict):
     K: int = Field(..., ge=2, le=65535, description="Codebook size (must exist in the model).")
     fec: Fec | None = Field(None, description="Reed-Solomon parity, as packets.fec; null = none.")
     arq: Arq | None = Field(None, description="Retransmission, as link.arq; null = send once.")
-    methods: list[str] | None = Field(None, min_length=1, description="Concealment methods of this scheme, from the "
-                                      "scenario's methods (a K may lack a method's model); null = all of them. A "
-                                      "scheme without compare_to's method has no paired differences in summary.csv.")
+    methods: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Concealment methods of this scheme, from the "
+        "scenario's methods (a K may lack a method's model); null = all of them. A "
+        "scheme without compare_to's method has no paired differences in summary.csv.",
+    )
 
 
 class AdaptiveTrials(_Strict):
@@ -193,9 +243,14 @@ class AdaptiveTrials(_Strict):
 
     min: int = Field(2, ge=2, le=1000, description="Trials every point gets (at least 2: an interval needs them).")
     max: int = Field(20, ge=2, le=1000, description="Trials a point never exceeds.")
-    precision: float = Field(0.005, gt=0, le=1, description="Target half-width of every concealment method's 95 % "
-                             "paired-difference interval (LPIPS) against compare_to (none, the no-concealment floor, "
-                             "aside).")
+    precision: float = Field(
+        0.005,
+        gt=0,
+        le=1,
+        description="Target half-width of every concealment method's 95 % "
+        "paired-difference interval (LPIPS) against compare_to (none, the no-concealment floor, "
+        "aside).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "AdaptiveTrials":
@@ -206,7 +261,8 @@ class AdaptiveTrials(_Strict):
 
 # A number, or the adaptive bounds; the discriminator picks the branch so an error names only it.
 Trials = Annotated[
-    Annotated[Annotated[int, Field(ge=1, le=1000, strict=True)], Tag("count")] | Annotated[AdaptiveTrials, Tag("adaptive")],
+    Annotated[Annotated[int, Field(ge=1, le=1000, strict=True)], Tag("count")]
+    | Annotated[AdaptiveTrials, Tag("adaptive")],
     Discriminator(lambda v: "adaptive" if isinstance(v, dict | AdaptiveTrials) else "count"),
 ]
 _UNION_TAGS = {"count", "adaptive"}
@@ -214,32 +270,53 @@ _UNION_TAGS = {"count", "adaptive"}
 
 class Examples(_Strict):
     image: str | None = Field(None, description="Image shown in examples.png (default: the first).")
-    losses: list[float] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7], description="Target losses shown as columns.")
+    losses: list[float] = Field(
+        default_factory=lambda: [0.1, 0.3, 0.5, 0.7], description="Target losses shown as columns."
+    )
 
 
 class Scenario(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Names the output folder results/<name>/.")
     description: str = Field("", max_length=2000, description="Free text, copied nowhere.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Root seed; each trial's seed derives from it and the trial's key.")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Root seed; each trial's seed derives from it and the trial's key."
+    )
     images: Images = Field(default_factory=Images, description="Which images to send.")
     model: str | None = Field(None, description="Codec bundle (.safetensors); null = the bundled default model.")
     precision: Literal["float32", "bf16"] = Field(
-        "float32", description="The decoder's arithmetic; bf16 only where it is fast (a CPU with AMX or AVX512-BF16, "
-        "or a GPU), see docs/performance.md. `vqnet run --precision` overrides it.")
-    K: list[int] = Field(default_factory=lambda: [256], min_length=1, description="Codebook sizes to sweep (must exist in the model).")
+        "float32",
+        description="The decoder's arithmetic; bf16 only where it is fast (a CPU with AMX or AVX512-BF16, "
+        "or a GPU), see docs/performance.md. `vqnet run --precision` overrides it.",
+    )
+    K: list[int] = Field(
+        default_factory=lambda: [256], min_length=1, description="Codebook sizes to sweep (must exist in the model)."
+    )
     packets: Packets = Field(default_factory=Packets, description="Packetisation.")
-    channel: Channel = Field(default_factory=lambda: Channel(loss=[0.3], burst=[4.0]), description="Loss process and swept points.")
+    channel: Channel = Field(
+        default_factory=lambda: Channel(loss=[0.3], burst=[4.0]), description="Loss process and swept points."
+    )
     link: Link = Field(default_factory=Link, description="simpy link: rate, delay, queue, deadline.")
-    methods: list[str] = Field(default_factory=lambda: ["none", "neighbor"], min_length=1, description="Concealment methods.")
-    trials: Trials = Field(3, description="Independent channel realisations per "
-                                         "point and image: a number, or {min, max, precision} to add trials until "
-                                         "the paired differences are resolved.")
-    compare_to: str | None = Field(None, description="Reference method of the paired differences in summary.csv "
-                                   "(default: neighbor when swept, else the first method).")
+    methods: list[str] = Field(
+        default_factory=lambda: ["none", "neighbor"], min_length=1, description="Concealment methods."
+    )
+    trials: Trials = Field(
+        3,
+        description="Independent channel realisations per "
+        "point and image: a number, or {min, max, precision} to add trials until "
+        "the paired differences are resolved.",
+    )
+    compare_to: str | None = Field(
+        None,
+        description="Reference method of the paired differences in summary.csv "
+        "(default: neighbor when swept, else the first method).",
+    )
     examples: Examples = Field(default_factory=Examples, description="The example-reconstruction grid.")
-    schemes: list[Scheme] = Field(default_factory=list, description="Protection schemes to compare on the same "
-                                  "channel, each its own K, parity and retransmission (instead of K, packets.fec "
-                                  "and link.arq); empty = one scheme per K with packets.fec and link.arq.")
+    schemes: list[Scheme] = Field(
+        default_factory=list,
+        description="Protection schemes to compare on the same "
+        "channel, each its own K, parity and retransmission (instead of K, packets.fec "
+        "and link.arq); empty = one scheme per K with packets.fec and link.arq.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -266,15 +343,27 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _schemes_fit(self) -> "Scenario":
-        protected = self.packets.fec is not None or self.link.arq is not None or \
-            any(s.fec is not None or s.arq is not None for s in self.schemes)
+        protected = (
+            self.packets.fec is not None
+            or self.link.arq is not None
+            or any(s.fec is not None or s.arq is not None for s in self.schemes)
+        )
         if protected and self.channel.model == "mask":
-            raise ValueError("the mask channel loses indices, not packets: packets.fec, link.arq and schemes' "
-                             "fec/arq do not apply to it")
+            raise ValueError(
+                "the mask channel loses indices, not packets: packets.fec, link.arq and schemes' "
+                "fec/arq do not apply to it"
+            )
         if not self.schemes:
             return self
-        given = [name for name, is_set in (("K", "K" in self.model_fields_set), ("packets.fec", self.packets.fec),
-                                           ("link.arq", self.link.arq)) if is_set]
+        given = [
+            name
+            for name, is_set in (
+                ("K", "K" in self.model_fields_set),
+                ("packets.fec", self.packets.fec),
+                ("link.arq", self.link.arq),
+            )
+            if is_set
+        ]
         if given:
             raise ValueError(f"with schemes, give {', '.join(given)} in each scheme instead")
         names = [s.name for s in self.schemes]
@@ -283,7 +372,9 @@ class Scenario(_Strict):
         for s in self.schemes:
             unknown = [m for m in s.methods or [] if m not in self.methods]
             if unknown:
-                raise ValueError(f"scheme {s.name!r}: methods {', '.join(unknown)} are not among the scenario's methods")
+                raise ValueError(
+                    f"scheme {s.name!r}: methods {', '.join(unknown)} are not among the scenario's methods"
+                )
             self.link.config(s.arq)
         return self
 

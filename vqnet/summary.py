@@ -7,6 +7,7 @@ pairs (``scipy.stats.ttest_1samp(...).confidence_interval``). Image-to-image spr
 differences between methods, cancels in d; two per-method means with their own intervals would
 keep it, which is why their intervals overlap where the paired ones do not.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,29 @@ PAIR = ["image", "trial"]
 
 #: summary.csv, in order (docs/results.md describes each column).
 SUMMARY_COLUMNS = [
-    "K", "scheme", "channel", "target_loss", "burst", "method", "trials", "n", "stop",
-    "packet_loss", "index_loss", "lpips", "lpips_ci95", "psnr", "dlpips", "bpp",
-    "reference", "diff", "diff_lo", "diff_hi", "wins", "losses", "ties",
+    "K",
+    "scheme",
+    "channel",
+    "target_loss",
+    "burst",
+    "method",
+    "trials",
+    "n",
+    "stop",
+    "packet_loss",
+    "index_loss",
+    "lpips",
+    "lpips_ci95",
+    "psnr",
+    "dlpips",
+    "bpp",
+    "reference",
+    "diff",
+    "diff_lo",
+    "diff_hi",
+    "wins",
+    "losses",
+    "ties",
 ]
 
 LEVEL = 0.95
@@ -102,17 +123,30 @@ def summarize(results: pd.DataFrame, reference: str, precision: float | None = N
                 continue
             lp, lp_lo, lp_hi = mean_interval(gm["lpips"].to_numpy())
             row = dict(zip(POINT, point)) | {
-                "method": method, "trials": n_trials, "n": len(gm), "stop": stop,
-                "packet_loss": gm["packet_loss"].mean(), "index_loss": gm["index_loss"].mean(),
-                "lpips": lp, "lpips_ci95": (lp_hi - lp_lo) / 2, "psnr": gm["psnr"].mean(),
-                "dlpips": (gm["lpips"] - gm["lossless_lpips"]).mean(), "bpp": gm["bpp"].mean(),
+                "method": method,
+                "trials": n_trials,
+                "n": len(gm),
+                "stop": stop,
+                "packet_loss": gm["packet_loss"].mean(),
+                "index_loss": gm["index_loss"].mean(),
+                "lpips": lp,
+                "lpips_ci95": (lp_hi - lp_lo) / 2,
+                "psnr": gm["psnr"].mean(),
+                "dlpips": (gm["lpips"] - gm["lossless_lpips"]).mean(),
+                "bpp": gm["bpp"].mean(),
                 "reference": reference,
             }
             if method != reference:
                 d = paired_differences(g, method, reference)
                 diff, lo, hi = mean_interval(d)
-                row |= {"diff": diff, "diff_lo": lo, "diff_hi": hi, "wins": int((d < 0).sum()),
-                        "losses": int((d > 0).sum()), "ties": int((d == 0).sum())}
+                row |= {
+                    "diff": diff,
+                    "diff_lo": lo,
+                    "diff_hi": hi,
+                    "wins": int((d < 0).sum()),
+                    "losses": int((d > 0).sum()),
+                    "ties": int((d == 0).sum()),
+                }
             rows.append(row)
     out = pd.DataFrame(rows, columns=columns)
     return out.replace([math.inf, -math.inf], math.nan)
@@ -137,13 +171,17 @@ def compact_table(summary: pd.DataFrame) -> str:
         lines.append(f"{scheme}{burst_txt}: mean LPIPS (alex), and LPIPS - {ref} per pair [95 % interval]")
         for loss, gp in g.groupby("target_loss", sort=True):
             first = gp.iloc[0]
-            head = (f"  loss {loss:<5g} realised {first['packet_loss'] if not pd.isna(first['packet_loss']) else first['index_loss']:.3f}"
-                    f"  n={first['n']:<3d} {first['stop']:<9s}")
+            head = (
+                f"  loss {loss:<5g} realised {first['packet_loss'] if not pd.isna(first['packet_loss']) else first['index_loss']:.3f}"
+                f"  n={first['n']:<3d} {first['stop']:<9s}"
+            )
             cells = []
             for _, r in gp.iterrows():
                 if r["method"] == ref:
                     cells.append(f"{r['method']} {r['lpips']:.4f}")
                 else:
-                    cells.append(f"{r['method']} {r['lpips']:.4f} {r['diff']:+.4f} [{r['diff_lo']:+.4f},{r['diff_hi']:+.4f}]")
+                    cells.append(
+                        f"{r['method']} {r['lpips']:.4f} {r['diff']:+.4f} [{r['diff_lo']:+.4f},{r['diff_hi']:+.4f}]"
+                    )
             lines.append(head + " | " + " | ".join(cells))
     return "\n".join(lines)

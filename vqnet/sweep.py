@@ -14,6 +14,7 @@ the output folder as it completes, and a rerun after a crash or ``kill -9`` skip
 there. Because a trial's seed depends only on its key, the rerun's ``results.csv`` is the one an
 uninterrupted run writes, byte for byte.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,9 +58,30 @@ from vqnet.weights import sha256_of
 # Columns of results.csv, in order. Timings are kept out of it (timings.csv) so that the same
 # scenario and seed give a byte-identical table.
 RESULT_COLUMNS = [
-    "image", "height", "width", "K", "max_payload", "layout", "channel", "target_loss", "burst", "trial",
-    "method", "n_packets", "packets_lost", "packet_loss", "index_loss", "mean_burst", "delivery_s", "bytes_sent", "bpp",
-    "lossless_lpips", "lossless_psnr", "lpips", "psnr", "lost_index_accuracy",
+    "image",
+    "height",
+    "width",
+    "K",
+    "max_payload",
+    "layout",
+    "channel",
+    "target_loss",
+    "burst",
+    "trial",
+    "method",
+    "n_packets",
+    "packets_lost",
+    "packet_loss",
+    "index_loss",
+    "mean_burst",
+    "delivery_s",
+    "bytes_sent",
+    "bpp",
+    "lossless_lpips",
+    "lossless_psnr",
+    "lpips",
+    "psnr",
+    "lost_index_accuracy",
 ]
 
 #: results.csv of a scenario that protects its packets or compares schemes (:attr:`Scenario.protected`):
@@ -67,10 +89,36 @@ RESULT_COLUMNS = [
 #: these (the journal keeps them all); an unprotected sweep's table leaves the extra ones out, so it
 #: stays the table vqnet wrote before protection existed.
 PROTECTED_COLUMNS = [
-    "image", "height", "width", "K", "scheme", "max_payload", "layout", "channel", "target_loss", "burst", "trial",
-    "method", "n_packets", "packets_lost", "packet_loss", "index_loss", "mean_burst", "delivery_s", "bytes_sent", "bpp",
-    "parity_packets", "packets_recovered", "retransmissions", "bytes_on_wire", "bpp_on_wire",
-    "lossless_lpips", "lossless_psnr", "lpips", "psnr", "lost_index_accuracy",
+    "image",
+    "height",
+    "width",
+    "K",
+    "scheme",
+    "max_payload",
+    "layout",
+    "channel",
+    "target_loss",
+    "burst",
+    "trial",
+    "method",
+    "n_packets",
+    "packets_lost",
+    "packet_loss",
+    "index_loss",
+    "mean_burst",
+    "delivery_s",
+    "bytes_sent",
+    "bpp",
+    "parity_packets",
+    "packets_recovered",
+    "retransmissions",
+    "bytes_on_wire",
+    "bpp_on_wire",
+    "lossless_lpips",
+    "lossless_psnr",
+    "lpips",
+    "psnr",
+    "lost_index_accuracy",
 ]
 
 
@@ -115,21 +163,44 @@ class SweepOutput:
     lossless: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def encode_image(codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, max_payload: int, layout: str,
-                 image_id: int, chroma_cells: int = 0) -> Encoded:
+def encode_image(
+    codec: Codec,
+    image: NamedImage,
+    latent: torch.Tensor,
+    K: int,
+    max_payload: int,
+    layout: str,
+    image_id: int,
+    chroma_cells: int = 0,
+) -> Encoded:
     """Quantise the image's encoder output at K, packetize it (the colour packet last, when asked
     for and it fits) and score the loss-free decode."""
     indices = codec.quantize(latent, K)
     packets = packetize(indices, codec.codebook(K).prior, max_payload, layout=layout, image_id=image_id)
     colour = None
-    if chroma_cells and (packet := fitting_chroma_packet(image.pixels, codec.factor, indices.shape, chroma_cells,
-                                                         max_payload, image_id=image_id)) is not None:
+    if (
+        chroma_cells
+        and (
+            packet := fitting_chroma_packet(
+                image.pixels, codec.factor, indices.shape, chroma_cells, max_payload, image_id=image_id
+            )
+        )
+        is not None
+    ):
         packets.append(packet)
         colour = read_chroma_packet(packet)[3]
     h, w = image.pixels.shape[:2]
     lossless = decode_in_colour(codec, indices, K, (h, w), colour)
-    return Encoded(image, K, indices, packets, colour, lossless, lpips_distance(image.pixels, lossless, codec.device),
-                   psnr(image.pixels, lossless))
+    return Encoded(
+        image,
+        K,
+        indices,
+        packets,
+        colour,
+        lossless,
+        lpips_distance(image.pixels, lossless, codec.device),
+        psnr(image.pixels, lossless),
+    )
 
 
 def count_trials(sc: Scenario, n_images: int, per_method: bool = True) -> int:
@@ -165,13 +236,26 @@ def sweep_fingerprint(sc: Scenario, codec: Codec, images: list[NamedImage]) -> s
     pixels, and where and in which precision the codec runs (:func:`vqnet.runtime.describe`). A
     journal written under another fingerprint is refused, because mixing its rows with new ones
     would give a table no single run could produce."""
-    concealers = {f"{m}.K{s.K}": sha256_of(path) if (path := concealer_path(codec, m, s.K)).is_file() else None
-                  for s in sc.protection_schemes() for m in _model_kinds(sc, s)}
+    concealers = {
+        f"{m}.K{s.K}": sha256_of(path) if (path := concealer_path(codec, m, s.K)).is_file() else None
+        for s in sc.protection_schemes()
+        for m in _model_kinds(sc, s)
+    }
     trace = sc.channel.params.get("path") if sc.channel.model == "trace" else None
-    return fingerprint({"journal": _JOURNAL_FORMAT, "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS),
-                        "model": codec.model_id, "concealers": concealers, "columns": result_columns(sc),
-                        "trace": None if trace is None else sha256_of(Path(str(trace))), "precision": codec.precision}
-                       | describe(codec.device) | receiver_settings(sc.packets.chroma_cells), images)
+    return fingerprint(
+        {
+            "journal": _JOURNAL_FORMAT,
+            "scenario": sc.model_dump(mode="json", exclude=_NOT_IN_ROWS),
+            "model": codec.model_id,
+            "concealers": concealers,
+            "columns": result_columns(sc),
+            "trace": None if trace is None else sha256_of(Path(str(trace))),
+            "precision": codec.precision,
+        }
+        | describe(codec.device)
+        | receiver_settings(sc.packets.chroma_cells),
+        images,
+    )
 
 
 class TrialJournal(Journal[TrialRecord]):
@@ -194,7 +278,8 @@ class TrialJournal(Journal[TrialRecord]):
         for row in rows:
             require_scalars(row, PROTECTED_COLUMNS)
             if (row["image"], row["scheme"], row["trial"]) != (image, scheme, trial) or not all(
-                    isinstance(v, str) == (c in _TEXT_COLUMNS) for c, v in row.items() if v is not None):
+                isinstance(v, str) == (c in _TEXT_COLUMNS) for c, v in row.items() if v is not None
+            ):
                 raise TypeError("a row does not belong to its trial, or a value has the wrong type")
         if len({row["method"] for row in rows}) < len(rows):
             raise TypeError("a method is listed twice")
@@ -245,8 +330,9 @@ class TrialWorker:
             latent = self.codec.encode_latent(self.images[image_id].pixels)
             self.latents[image_id] = (latent, 1000 * (time.perf_counter() - t0))
         if (image_id, k_i) not in self.runners:
-            self.runners[(image_id, k_i)] = _TrialRunner(self.sc, self.codec, self.schemes[k_i], self.images[image_id],
-                                                         image_id, *self.latents[image_id])
+            self.runners[(image_id, k_i)] = _TrialRunner(
+                self.sc, self.codec, self.schemes[k_i], self.images[image_id], image_id, *self.latents[image_id]
+            )
         return self.runners[(image_id, k_i)]
 
     def run(self, task: TrialTask) -> TrialResult:
@@ -303,9 +389,14 @@ class _Point:
     waiting: int = 0  # this trial's tasks still running
 
 
-def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage] | None = None,
-              advance: Callable[[int, str], None] | None = None, journal: TrialJournal | None = None,
-              pool: TrialPool | None = None) -> SweepOutput:
+def run_sweep(
+    sc: Scenario,
+    codec: Codec | None = None,
+    images: list[NamedImage] | None = None,
+    advance: Callable[[int, str], None] | None = None,
+    journal: TrialJournal | None = None,
+    pool: TrialPool | None = None,
+) -> SweepOutput:
     """Run every trial of ``sc`` and return the tables; ``advance(n, label)`` reports progress.
 
     A point (one scheme and channel setting) runs trial t for every image, then decides whether to
@@ -349,7 +440,11 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
         while pt.trial < sc.max_trials and trials_to_run(sc, pt.rows, pt.trial):
             pt.round = {}
             for image_id, image in enumerate(images):
-                done = journal.done.get(TrialJournal.key(image.name, scheme.name, target_loss, burst, pt.trial)) if journal else None
+                done = (
+                    journal.done.get(TrialJournal.key(image.name, scheme.name, target_loss, burst, pt.trial))
+                    if journal
+                    else None
+                )
                 example = image.name == example_image and pt.k_i == 0
                 shown = example and pt.trial == 0 and burst == points[0][1] and _shown(target_loss, sc.examples.losses)
                 if done is None or shown:
@@ -361,8 +456,10 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
                 return True
             close_round(pt)
         if advance and pt.trial < sc.max_trials:  # stopped early: the bar's total counted up to max
-            advance((sc.max_trials - pt.trial) * len(images) * len(sc.scheme_methods(scheme)),
-                    f"{scheme.name} point resolved")
+            advance(
+                (sc.max_trials - pt.trial) * len(images) * len(sc.scheme_methods(scheme)),
+                f"{scheme.name} point resolved",
+            )
         return False
 
     def close_round(pt: _Point) -> None:
@@ -390,7 +487,9 @@ def run_sweep(sc: Scenario, codec: Codec | None = None, images: list[NamedImage]
             out.lossless[image.name] = result.lossless
         if task.image_id not in pt.round:  # not a journalled trial rerun for its picture
             if journal:
-                journal.append(TrialJournal.key(image.name, schemes[pt.k_i].name, *points[pt.p_i], task.trial), result.record)
+                journal.append(
+                    TrialJournal.key(image.name, schemes[pt.k_i].name, *points[pt.p_i], task.trial), result.record
+                )
             record(pt, task.image_id, result.record)
         if not pt.waiting:
             close_round(pt)
@@ -418,12 +517,21 @@ class _TrialRunner:
     """Runs the trials of one (image, scheme): the image is encoded, packetized and given its parity
     once, here."""
 
-    def __init__(self, sc: Scenario, codec: Codec, scheme: Scheme, image: NamedImage, image_id: int,
-                 latent: torch.Tensor, latent_ms: float):
+    def __init__(
+        self,
+        sc: Scenario,
+        codec: Codec,
+        scheme: Scheme,
+        image: NamedImage,
+        image_id: int,
+        latent: torch.Tensor,
+        latent_ms: float,
+    ):
         t0 = time.perf_counter()
         K = scheme.K
-        self.enc = encode_image(codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id,
-                                sc.packets.chroma_cells)
+        self.enc = encode_image(
+            codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id, sc.packets.chroma_cells
+        )
         self.sent = self.enc.packets if scheme.fec is None else protect(self.enc.packets, scheme.fec.code(), image_id)
         self.encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
         self.sc, self.scheme, self.image_id, self.K, self.codec = sc, scheme, image_id, K, codec
@@ -432,8 +540,9 @@ class _TrialRunner:
         self.prior = codec.codebook(K).prior
         self.scorer = GridScorer(codec, self.enc)
 
-    def __call__(self, loss_model: LossModel, target_loss: float | None, burst: float | None,
-                 trial: int) -> tuple[TrialRecord, dict[str, np.ndarray]]:
+    def __call__(
+        self, loss_model: LossModel, target_loss: float | None, burst: float | None, trial: int
+    ) -> tuple[TrialRecord, dict[str, np.ndarray]]:
         """One channel realisation, scored for every method -> (record, reconstruction per method)."""
         sc, enc, K, prior = self.sc, self.enc, self.K, self.prior
         name = enc.image.name
@@ -454,11 +563,16 @@ class _TrialRunner:
                 fec = recover(received, image_id=self.image_id)
                 received, recovered = fec.packets, fec.packets_recovered
             colour = enc.colour if any(is_chroma_packet(p) for p in received) else None
-            got = depacketize([p for p in received if not is_chroma_packet(p)], {K: prior}, shape=enc.indices.shape,
-                              image_id=self.image_id)
+            got = depacketize(
+                [p for p in received if not is_chroma_packet(p)],
+                {K: prior},
+                shape=enc.indices.shape,
+                image_id=self.image_id,
+            )
             held, lost = got.indices, got.lost
-            base = _trial_row(sc, self.scheme, enc, self.sent, loss_model, target_loss, burst, trial, sent, recovered,
-                              lost)
+            base = _trial_row(
+                sc, self.scheme, enc, self.sent, loss_model, target_loss, burst, trial, sent, recovered, lost
+            )
         n_lost = int(lost.sum())
         record = TrialRecord([], [])
         recons: dict[str, np.ndarray] = {}
@@ -468,14 +582,26 @@ class _TrialRunner:
             restored.append(restore(method, held, lost, RestoreContext(K, prior, seed, self.codec)))
             restore_ms.append(1000 * (time.perf_counter() - t1))
         scores = self.scorer.score(restored, colour)  # the methods' grids decoded together where that pays
-        for method, grid, ms, (recons[method], lp, ps, decode_ms, lpips_ms) in zip(self.methods, restored, restore_ms,
-                                                                                 scores):
+        for method, grid, ms, (recons[method], lp, ps, decode_ms, lpips_ms) in zip(
+            self.methods, restored, restore_ms, scores
+        ):
             acc = float((grid[lost] == enc.indices[lost]).mean()) if n_lost else np.nan
             record.rows.append(base | {"method": method, "lpips": lp, "psnr": ps, "lost_index_accuracy": acc})
-            record.timings.append({"image": name, "K": K, "target_loss": base["target_loss"], "burst": base["burst"],
-                                   "trial": trial, "method": method, "encode_ms": self.encode_ms,
-                                   "restore_ms": ms, "decode_ms": decode_ms, "lpips_ms": lpips_ms,
-                                   "lost_indices": n_lost})
+            record.timings.append(
+                {
+                    "image": name,
+                    "K": K,
+                    "target_loss": base["target_loss"],
+                    "burst": base["burst"],
+                    "trial": trial,
+                    "method": method,
+                    "encode_ms": self.encode_ms,
+                    "restore_ms": ms,
+                    "decode_ms": decode_ms,
+                    "lpips_ms": lpips_ms,
+                    "lost_indices": n_lost,
+                }
+            )
         return record, recons
 
 
@@ -489,8 +615,12 @@ class GridScorer:
     def __init__(self, codec: Codec, enc: Encoded):
         self.codec, self.image, self.K = codec, enc.image, enc.K
         self.cache: dict[tuple[bytes, bool], tuple[np.ndarray, float, float]] = {
-            (enc.indices.astype(np.int64).tobytes(), enc.colour is not None):
-                (enc.lossless, enc.lossless_lpips, enc.lossless_psnr)}
+            (enc.indices.astype(np.int64).tobytes(), enc.colour is not None): (
+                enc.lossless,
+                enc.lossless_lpips,
+                enc.lossless_psnr,
+            )
+        }
 
     def forget(self) -> None:
         """Drop every decode but the loss-free one: grids rarely recur across trials, and a sweep
@@ -498,8 +628,9 @@ class GridScorer:
         lossless = next(iter(self.cache))
         self.cache = {lossless: self.cache[lossless]}
 
-    def score(self, grids: list[np.ndarray], colour: Chroma | None = None
-              ) -> list[tuple[np.ndarray, float, float, float, float]]:
+    def score(
+        self, grids: list[np.ndarray], colour: Chroma | None = None
+    ) -> list[tuple[np.ndarray, float, float, float, float]]:
         """-> per grid (reconstruction, LPIPS, PSNR, decode ms, LPIPS ms). Grids not seen before are
         decoded and scored :attr:`Codec.decode_batch` at a time (one at a time on a CPU, where a
         batch gains nothing and would move the last bits); a batch's time is shared out equally,
@@ -511,10 +642,11 @@ class GridScorer:
         new = {k: g for k, g in zip(keys, grids) if k not in self.cache}
         ms: dict[tuple[bytes, bool], tuple[float, float]] = {}
         todo, size = list(new), self.codec.decode_batch
-        for chunk in (todo[i:i + size] for i in range(0, len(todo), size)):
+        for chunk in (todo[i : i + size] for i in range(0, len(todo), size)):
             t0 = time.perf_counter()
-            recons = decode_many_in_colour(self.codec, [new[k] for k in chunk], self.K, self.image.pixels.shape[:2],
-                                           colour)
+            recons = decode_many_in_colour(
+                self.codec, [new[k] for k in chunk], self.K, self.image.pixels.shape[:2], colour
+            )
             t1 = time.perf_counter()
             lps = lpips_distances(self.image.pixels, recons, self.codec.device)
             t2 = time.perf_counter()
@@ -524,9 +656,19 @@ class GridScorer:
         return [(*self.cache[k], *ms.pop(k, (0.0, 0.0))) for k in keys]
 
 
-def _trial_row(sc: Scenario, scheme: Scheme, enc: Encoded, packets: list[bytes], loss_model: LossModel | IndexMask,
-               target_loss: float | None, burst: float | None, trial: int, sent: TransmissionResult | None,
-               recovered: int, lost: np.ndarray) -> dict:
+def _trial_row(
+    sc: Scenario,
+    scheme: Scheme,
+    enc: Encoded,
+    packets: list[bytes],
+    loss_model: LossModel | IndexMask,
+    target_loss: float | None,
+    burst: float | None,
+    trial: int,
+    sent: TransmissionResult | None,
+    recovered: int,
+    lost: np.ndarray,
+) -> dict:
     """The method-independent columns of a trial's rows. ``packets`` are those sent once (parity
     included: bytes_sent and bpp count them); bytes_on_wire adds the retransmissions. With no
     transmission (``sent`` None: the index-mask experiment) no packet is lost, packet loss is
@@ -534,24 +676,50 @@ def _trial_row(sc: Scenario, scheme: Scheme, enc: Encoded, packets: list[bytes],
     h, w = enc.image.pixels.shape[:2]
     bytes_sent = int(sum(len(p) for p in packets))
     if sent is None:
-        link = {"packets_lost": 0, "packet_loss": np.nan, "mean_burst": mean_run(lost), "delivery_s": np.nan,
-                "retransmissions": 0, "bytes_on_wire": bytes_sent}
+        link = {
+            "packets_lost": 0,
+            "packet_loss": np.nan,
+            "mean_burst": mean_run(lost),
+            "delivery_s": np.nan,
+            "retransmissions": 0,
+            "bytes_on_wire": bytes_sent,
+        }
     else:
-        link = {"packets_lost": int(sent.n_sent - sent.n_delivered), "packet_loss": sent.packet_loss_ratio,
-                "mean_burst": sent.mean_burst, "delivery_s": sent.completion_s,
-                "retransmissions": sent.retransmissions, "bytes_on_wire": sent.bytes_on_wire}
+        link = {
+            "packets_lost": int(sent.n_sent - sent.n_delivered),
+            "packet_loss": sent.packet_loss_ratio,
+            "mean_burst": sent.mean_burst,
+            "delivery_s": sent.completion_s,
+            "retransmissions": sent.retransmissions,
+            "bytes_on_wire": sent.bytes_on_wire,
+        }
     return {
-        "image": enc.image.name, "height": h, "width": w, "K": enc.K, "scheme": scheme.name,
+        "image": enc.image.name,
+        "height": h,
+        "width": w,
+        "K": enc.K,
+        "scheme": scheme.name,
         "max_payload": sc.packets.max_payload,
-        "layout": sc.packets.layout, "channel": loss_model.name,
+        "layout": sc.packets.layout,
+        "channel": loss_model.name,
         "target_loss": target_loss if target_loss is not None else round(loss_model.expected_loss, 6),
-        "burst": burst if burst is not None else np.nan, "trial": trial,
-        "n_packets": len(packets), "packets_lost": link["packets_lost"], "packet_loss": link["packet_loss"],
-        "index_loss": float(lost.mean()), "mean_burst": link["mean_burst"], "delivery_s": link["delivery_s"],
-        "bytes_sent": bytes_sent, "bpp": bpp(bytes_sent, h, w), "parity_packets": len(packets) - len(enc.packets),
-        "packets_recovered": recovered, "retransmissions": link["retransmissions"],
-        "bytes_on_wire": link["bytes_on_wire"], "bpp_on_wire": bpp(link["bytes_on_wire"], h, w),
-        "lossless_lpips": enc.lossless_lpips, "lossless_psnr": enc.lossless_psnr,
+        "burst": burst if burst is not None else np.nan,
+        "trial": trial,
+        "n_packets": len(packets),
+        "packets_lost": link["packets_lost"],
+        "packet_loss": link["packet_loss"],
+        "index_loss": float(lost.mean()),
+        "mean_burst": link["mean_burst"],
+        "delivery_s": link["delivery_s"],
+        "bytes_sent": bytes_sent,
+        "bpp": bpp(bytes_sent, h, w),
+        "parity_packets": len(packets) - len(enc.packets),
+        "packets_recovered": recovered,
+        "retransmissions": link["retransmissions"],
+        "bytes_on_wire": link["bytes_on_wire"],
+        "bpp_on_wire": bpp(link["bytes_on_wire"], h, w),
+        "lossless_lpips": enc.lossless_lpips,
+        "lossless_psnr": enc.lossless_psnr,
     }
 
 

@@ -38,6 +38,7 @@ Reading is strict: every defect (wrong magic, unknown version, bad CRC, a field 
 a record running past the end, trailing bytes) raises :class:`VqnError` with a one-line
 message, and no allocation is sized by a field before the data has shown it is that long.
 """
+
 from __future__ import annotations
 
 import struct
@@ -47,17 +48,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vqnet.images import MAX_PIXELS
 from vqnet.chroma import ChromaError, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
 from vqnet.errors import VqnetError
+from vqnet.images import MAX_PIXELS
 from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout, depacketize, packetize
 from vqnet.restore import RestoreContext, restore
 
 if TYPE_CHECKING:
     from vqnet.codec.bundle import Codec
 
-__all__ = ["VqnError", "VqnFile", "DecodedVqn", "MAGIC", "VERSION", "HEADER_SIZE", "MAX_PIXELS", "MAX_VQN_PAYLOAD",
-           "write_vqn", "read_vqn", "drop_packets", "encode_vqn", "decode_vqn"]
+__all__ = [
+    "VqnError",
+    "VqnFile",
+    "DecodedVqn",
+    "MAGIC",
+    "VERSION",
+    "HEADER_SIZE",
+    "MAX_PIXELS",
+    "MAX_VQN_PAYLOAD",
+    "write_vqn",
+    "read_vqn",
+    "drop_packets",
+    "encode_vqn",
+    "decode_vqn",
+]
 
 MAGIC = b"VQN"
 VERSION = 1
@@ -85,8 +99,10 @@ def _check_size(height: int, width: int) -> None:
 
 def _check_max_payload(max_payload: int) -> None:
     if not MIN_PAYLOAD <= max_payload <= MAX_VQN_PAYLOAD:
-        raise VqnError(f"max_payload {max_payload} is outside [{MIN_PAYLOAD}, {MAX_VQN_PAYLOAD}] "
-                       f"(every packet must fit a u16-framed record)")
+        raise VqnError(
+            f"max_payload {max_payload} is outside [{MIN_PAYLOAD}, {MAX_VQN_PAYLOAD}] "
+            f"(every packet must fit a u16-framed record)"
+        )
 
 
 @dataclass(frozen=True)
@@ -121,8 +137,17 @@ class VqnFile:
 
 def write_vqn(vqn: VqnFile) -> bytes:
     """Serialise ``vqn`` in the layout of the module docstring."""
-    fields = _FIELDS.pack(MAGIC, VERSION, bytes.fromhex(vqn.model_id), vqn.K, vqn.height, vqn.width,
-                          vqn.max_payload, _LAYOUTS.index(vqn.layout), len(vqn.packets))
+    fields = _FIELDS.pack(
+        MAGIC,
+        VERSION,
+        bytes.fromhex(vqn.model_id),
+        vqn.K,
+        vqn.height,
+        vqn.width,
+        vqn.max_payload,
+        _LAYOUTS.index(vqn.layout),
+        len(vqn.packets),
+    )
     parts = [fields, _CRC.pack(zlib.crc32(fields))]
     for p in vqn.packets:
         parts += [_RECORD_LEN.pack(len(p)), p]
@@ -138,22 +163,23 @@ def read_vqn(data: bytes | bytearray | memoryview, source: str = ".vqn data") ->
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise VqnError(f"{source}: expected bytes, got {type(data).__name__}")
     b = bytes(data)
-    if b[:len(MAGIC)] != MAGIC:
-        raise VqnError(f"{source}: not a .vqn file (starts with {b[:len(MAGIC)]!r}, expected {MAGIC!r})")
+    if b[: len(MAGIC)] != MAGIC:
+        raise VqnError(f"{source}: not a .vqn file (starts with {b[: len(MAGIC)]!r}, expected {MAGIC!r})")
     if len(b) > len(MAGIC) and b[len(MAGIC)] != VERSION:
         raise VqnError(f"{source}: .vqn version {b[len(MAGIC)]} is not supported (this vqnet reads version {VERSION})")
     if len(b) < HEADER_SIZE:
         raise VqnError(f"{source}: truncated: {len(b)} bytes, shorter than the {HEADER_SIZE}-byte header")
     (crc,) = _CRC.unpack_from(b, _FIELDS.size)
-    if zlib.crc32(b[:_FIELDS.size]) != crc:
+    if zlib.crc32(b[: _FIELDS.size]) != crc:
         raise VqnError(f"{source}: header CRC mismatch (the header is damaged)")
     _, _, model_id, K, height, width, max_payload, layout_code, count = _FIELDS.unpack_from(b)
     if layout_code >= len(_LAYOUTS):
         raise VqnError(f"{source}: unknown layout code {layout_code}")
     # Every record takes at least 3 bytes, so a forged count is caught before any loop or list.
     if count * (_RECORD_LEN.size + 1) > len(b) - HEADER_SIZE:
-        raise VqnError(f"{source}: truncated: header announces {count} packets, "
-                       f"only {len(b) - HEADER_SIZE} bytes follow")
+        raise VqnError(
+            f"{source}: truncated: header announces {count} packets, only {len(b) - HEADER_SIZE} bytes follow"
+        )
     packets: list[bytes] = []
     pos = HEADER_SIZE
     for i in range(count):
@@ -165,13 +191,20 @@ def read_vqn(data: bytes | bytearray | memoryview, source: str = ".vqn data") ->
             raise VqnError(f"{source}: packet {i} of {count} has length 0")
         if pos + n > len(b):
             raise VqnError(f"{source}: truncated in packet {i} of {count} ({len(b) - pos} of {n} bytes present)")
-        packets.append(b[pos:pos + n])
+        packets.append(b[pos : pos + n])
         pos += n
     if pos != len(b):
         raise VqnError(f"{source}: {len(b) - pos} unexpected bytes after the last packet")
     try:
-        return VqnFile(model_id=model_id.hex(), K=K, height=height, width=width, max_payload=max_payload,
-                       layout=_LAYOUTS[layout_code], packets=tuple(packets))  # type: ignore[arg-type]
+        return VqnFile(
+            model_id=model_id.hex(),
+            K=K,
+            height=height,
+            width=width,
+            max_payload=max_payload,
+            layout=_LAYOUTS[layout_code],
+            packets=tuple(packets),
+        )  # type: ignore[arg-type]
     except VqnError as exc:
         raise VqnError(f"{source}: {exc}") from None
 
@@ -190,8 +223,9 @@ def drop_packets(data: bytes, fraction: float, seed: int) -> bytes:
     return write_vqn(VqnFile(vqn.model_id, vqn.K, vqn.height, vqn.width, vqn.max_payload, vqn.layout, kept))
 
 
-def encode_vqn(codec: Codec, img: np.ndarray, K: int, max_payload: int, layout: Layout,
-               chroma_cells: int = 0) -> VqnFile:
+def encode_vqn(
+    codec: Codec, img: np.ndarray, K: int, max_payload: int, layout: Layout, chroma_cells: int = 0
+) -> VqnFile:
     """Encode a uint8 (H, W, 3) image at K and packetize it (image id 0) into a :class:`VqnFile`.
 
     ``chroma_cells`` > 0 appends the colour packet (:mod:`vqnet.chroma`) with thumbnail pixels of
@@ -203,8 +237,10 @@ def encode_vqn(codec: Codec, img: np.ndarray, K: int, max_payload: int, layout: 
     _check_max_payload(max_payload)
     indices = codec.encode(img, K)
     packets = packetize(indices, codec.codebook(K).prior, max_payload, layout=layout)
-    if chroma_cells and (colour := fitting_chroma_packet(img, codec.factor, indices.shape, chroma_cells,
-                                                         max_payload)) is not None:
+    if (
+        chroma_cells
+        and (colour := fitting_chroma_packet(img, codec.factor, indices.shape, chroma_cells, max_payload)) is not None
+    ):
         packets.append(colour)
     return VqnFile(codec.model_id, K, h, w, max_payload, layout, tuple(packets))
 
@@ -238,8 +274,10 @@ def decode_vqn(codec: Codec, vqn: VqnFile, method: str = "neighbor") -> DecodedV
     the codec lacks.
     """
     if vqn.model_id != codec.model_id:
-        raise VqnError(f"the file was encoded with model {vqn.model_id} but the loaded codec is {codec.model_id}; "
-                       f"pass --model with the codec it was made with")
+        raise VqnError(
+            f"the file was encoded with model {vqn.model_id} but the loaded codec is {codec.model_id}; "
+            f"pass --model with the codec it was made with"
+        )
     prior = codec.codebook(vqn.K).prior
     f = codec.factor
     shape = (-(-vqn.height // f), -(-vqn.width // f))

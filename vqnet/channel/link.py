@@ -141,9 +141,7 @@ class LinkConfig:
         if self.deadline_s is not None and not self.deadline_s >= 0.0:
             raise ValueError(f"deadline_s must be >= 0 (or None), got {self.deadline_s!r}")
         if self.send_interval_s is not None and not 0.0 <= self.send_interval_s < math.inf:
-            raise ValueError(
-                f"send_interval_s must be >= 0 (or None), got {self.send_interval_s!r}"
-            )
+            raise ValueError(f"send_interval_s must be >= 0 (or None), got {self.send_interval_s!r}")
 
     @property
     def return_delay_s(self) -> float:

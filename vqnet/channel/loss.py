@@ -142,9 +142,7 @@ def _sample_hmm(
     return rng.random(n) < per_packet
 
 
-def _hmm_mean_burst(
-    pi: np.ndarray, transition: np.ndarray, loss_prob: np.ndarray
-) -> float:
+def _hmm_mean_burst(pi: np.ndarray, transition: np.ndarray, loss_prob: np.ndarray) -> float:
     """Mean loss-run length of a stationary hidden-Markov loss process.
 
     Over a long trace the number of bursts equals the number of
@@ -428,9 +426,7 @@ class TraceLoss:
         for lineno, line in enumerate(text.splitlines(), 1):
             for token in re.split(r"[\s,]+", line):
                 if token and not re.fullmatch(r"[01]+", token):
-                    raise ValueError(
-                        f"{path}:{lineno}: expected 0/1 values, got {token[:20]!r}"
-                    )
+                    raise ValueError(f"{path}:{lineno}: expected 0/1 values, got {token[:20]!r}")
                 values.extend(token)
         if not values:
             raise ValueError(f"{path}: loss trace contains no 0/1 values")
@@ -475,9 +471,7 @@ def _as_prob_args(kind: str, params: dict[str, Any]) -> dict[str, float]:
         try:
             out[key] = float(value)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"loss model {kind!r}: parameter {key!r} must be a number, got {value!r}"
-            ) from None
+            raise ValueError(f"loss model {kind!r}: parameter {key!r} must be a number, got {value!r}") from None
     return out
 
 
@@ -507,8 +501,7 @@ def make_loss_model(kind: str, **params: Any) -> LossModel:
     unexpected = sorted(set(given) - set(required) - set(optional))
     if unexpected:
         raise ValueError(
-            f"loss model {kind!r} does not take {', '.join(unexpected)}; "
-            f"it takes {', '.join(required + optional)}"
+            f"loss model {kind!r} does not take {', '.join(unexpected)}; it takes {', '.join(required + optional)}"
         )
     missing = [k for k in required if k not in given]
     if missing:

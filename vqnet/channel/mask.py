@@ -12,6 +12,7 @@ The paper instead masks a fixed fraction of the grid; :class:`IndexMask` draws e
 Runs and squares may overlap and are placed until the count is reached; the last one is cut short
 so the count is exact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

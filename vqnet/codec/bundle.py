@@ -22,6 +22,7 @@ File format (one ``.safetensors`` file, fp16 for weights, float32 for priors, ui
 Why per-K quant convs live beside the codebook: swapping K must not touch the shared encoder
 and decoder, so a sweep encodes each image once and quantises it at every K.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -133,8 +134,13 @@ class Codec:
         """
         if not any(cb.raw for cb in self.codebooks.values()):
             raise CodecError(f"model {self.model_id} keeps no codebooks from before fine-tuning (raw)")
-        return Codec(self.model, {K: cb.raw or cb for K, cb in self.codebooks.items()}, self.model_id,
-                     self.provenance, precision=self.precision)
+        return Codec(
+            self.model,
+            {K: cb.raw or cb for K, cb in self.codebooks.items()},
+            self.model_id,
+            self.provenance,
+            precision=self.precision,
+        )
 
     @torch.inference_mode()
     def encode_latent(self, img: np.ndarray) -> torch.Tensor:
@@ -188,9 +194,13 @@ class Codec:
         return [np.ascontiguousarray(im) for im in images]
 
 
-_CODEBOOK_TENSORS = {"embedding": "embedding", "quant_conv.weight": "quant_conv_weight",
-                     "quant_conv.bias": "quant_conv_bias", "post_quant_conv.weight": "post_quant_conv_weight",
-                     "post_quant_conv.bias": "post_quant_conv_bias"}  # file name -> Codebook field
+_CODEBOOK_TENSORS = {
+    "embedding": "embedding",
+    "quant_conv.weight": "quant_conv_weight",
+    "quant_conv.bias": "quant_conv_bias",
+    "post_quant_conv.weight": "post_quant_conv_weight",
+    "post_quant_conv.bias": "post_quant_conv_bias",
+}  # file name -> Codebook field
 
 
 def _names(K: int, raw: bool) -> tuple[str, str]:
@@ -200,8 +210,9 @@ def _names(K: int, raw: bool) -> tuple[str, str]:
 
 def _codebook_tensors(cb: Codebook, raw: bool) -> dict[str, torch.Tensor]:
     prefix, prior = _names(cb.K, raw)
-    tensors = {prefix + name: getattr(cb, field).detach().half().contiguous()
-               for name, field in _CODEBOOK_TENSORS.items()}
+    tensors = {
+        prefix + name: getattr(cb, field).detach().half().contiguous() for name, field in _CODEBOOK_TENSORS.items()
+    }
     tensors[prior] = torch.from_numpy(cb.prior.to_array())
     if cb.prior.context is not None:
         tensors[prior + ".context"] = torch.from_numpy(cb.prior.context.copy())
@@ -215,9 +226,16 @@ def _read_codebook(tensors: dict[str, torch.Tensor], K: int, raw: bool, finetune
     prefix, prior = _names(K, raw)
     fields = {field: tensors[prefix + name].float() for name, field in _CODEBOOK_TENSORS.items()}
     context, pair = tensors.get(prior + ".context"), tensors.get(prior + ".pair")
-    return Codebook(K=K, prior=Prior.from_array(tensors[prior].numpy(), None if context is None else context.numpy(),
-                                                None if pair is None else float(pair[0])),
-                    finetuned=finetuned, **fields)
+    return Codebook(
+        K=K,
+        prior=Prior.from_array(
+            tensors[prior].numpy(),
+            None if context is None else context.numpy(),
+            None if pair is None else float(pair[0]),
+        ),
+        finetuned=finetuned,
+        **fields,
+    )
 
 
 def save_codec(codec: Codec, path: Path) -> str:
@@ -243,8 +261,7 @@ def save_codec(codec: Codec, path: Path) -> str:
 
 
 def _restore_hint(path: Path) -> str:
-    return (f"restore it with `git checkout vqnet/models/{path.name}` (in a git checkout) "
-            f"or reinstall vqnet")
+    return f"restore it with `git checkout vqnet/models/{path.name}` (in a git checkout) or reinstall vqnet"
 
 
 def manifest_sha256(path: Path, manifest: Path) -> str:
@@ -252,8 +269,9 @@ def manifest_sha256(path: Path, manifest: Path) -> str:
     try:
         entries = json.loads(manifest.read_text())
     except FileNotFoundError:
-        raise CodecError(f"weights manifest {manifest} is missing, so {path.name} cannot be verified; "
-                         f"{_restore_hint(manifest)}") from None
+        raise CodecError(
+            f"weights manifest {manifest} is missing, so {path.name} cannot be verified; {_restore_hint(manifest)}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise CodecError(f"weights manifest {manifest} is unreadable ({exc}); {_restore_hint(manifest)}") from None
     sha = entries.get(path.name) if isinstance(entries, dict) else None
@@ -288,14 +306,17 @@ def load_codec(path: Path | str | None = None) -> Codec:
         raise CodecError(f"codec file not found: {path}{hint}")
     sha = sha256_of(path)
     if bundled and sha != (expected := manifest_sha256(path, MANIFEST)):
-        raise CodecError(f"{path} has sha256 {sha[:16]}..., the manifest says {expected[:16]}... "
-                         f"(tampered or truncated); {_restore_hint(path)}")
+        raise CodecError(
+            f"{path} has sha256 {sha[:16]}..., the manifest says {expected[:16]}... "
+            f"(tampered or truncated); {_restore_hint(path)}"
+        )
     meta, tensors = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise CodecError(f"{path} is not a vqnet codec bundle (format={meta.get('format')!r})")
     if meta.get("version") not in VERSIONS:
-        raise CodecError(f"{path} has bundle version {meta.get('version')!r}; this vqnet reads versions "
-                         f"{', '.join(VERSIONS)}")
+        raise CodecError(
+            f"{path} has bundle version {meta.get('version')!r}; this vqnet reads versions {', '.join(VERSIONS)}"
+        )
     cfg, ks, finetuned, provenance = _metadata(meta, path)
     model = VQModel(cfg).eval()
     base = {k: v.float() for k, v in tensors.items() if not k.startswith(("codebooks.", "priors."))}
@@ -328,7 +349,6 @@ def _metadata(meta: dict[str, str], path: Path) -> tuple[VQGANConfig, list[int],
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CodecError(f"{path}: broken metadata ({type(exc).__name__}: {str(exc)[:80]})") from None
     return cfg, ks, set(finetuned), provenance
-
 
 
 def encoder_fingerprint(codec: Codec) -> str:

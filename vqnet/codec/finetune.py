@@ -11,6 +11,7 @@ and that latent serves every K. The fine-tuned rungs keep their K-means ancestor
 so the ablation can be re-run from the same bundle, and both get their own priors: fine-tuning
 changes which codes the encoder's outputs pick.
 """
+
 from __future__ import annotations
 
 import time
@@ -70,13 +71,20 @@ class _Rung(nn.Module):
     def codebook(self, raw: Codebook) -> Codebook:
         """The trained rung as a fine-tuned Codebook (on the CPU, as every Codebook) that remembers
         ``raw`` (prior still raw's)."""
+
         def take(t: torch.Tensor) -> torch.Tensor:
             return t.detach().cpu().clone()
 
-        return replace(raw, embedding=take(self.quantize.embedding.weight),
-                       quant_conv_weight=take(self.quant_conv.weight), quant_conv_bias=take(self.quant_conv.bias),
-                       post_quant_conv_weight=take(self.post_quant_conv.weight),
-                       post_quant_conv_bias=take(self.post_quant_conv.bias), finetuned=True, raw=raw)
+        return replace(
+            raw,
+            embedding=take(self.quantize.embedding.weight),
+            quant_conv_weight=take(self.quant_conv.weight),
+            quant_conv_bias=take(self.quant_conv.bias),
+            post_quant_conv_weight=take(self.post_quant_conv.weight),
+            post_quant_conv_bias=take(self.post_quant_conv.bias),
+            finetuned=True,
+            raw=raw,
+        )
 
 
 @contextmanager
@@ -136,6 +144,7 @@ def finetune_ladder(
     rungs = {K: _Rung(codec.codebook(K)).to(device) for K in targets}
     opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in rungs.items()}
     stop_at = None if minutes is None else time.monotonic() + 60 * minutes
+
     def mixed() -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
@@ -153,8 +162,13 @@ def finetune_ladder(
                 opts[K].zero_grad(set_to_none=True)
                 loss.backward()
                 opts[K].step()
-                logs[K] = {"loss": loss.item(), "l1": rec["l1"].item(), "p_loss": rec["p_loss"].item(),
-                           "emb_loss": emb_loss.item(), "perplexity": perplexity(torch.bincount(idx.flatten().cpu()).float())}
+                logs[K] = {
+                    "loss": loss.item(),
+                    "l1": rec["l1"].item(),
+                    "p_loss": rec["p_loss"].item(),
+                    "emb_loss": emb_loss.item(),
+                    "perplexity": perplexity(torch.bincount(idx.flatten().cpu()).float()),
+                }
             if on_step:
                 on_step(step, logs)
             if stop_at is not None and time.monotonic() > stop_at:

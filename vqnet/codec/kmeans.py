@@ -5,6 +5,7 @@ The paper clusters a trained codebook into K centroids and uses them as a smalle
 should not pull a centroid away from the codes that carry the images (Mao et al. cluster plainly;
 with a 1024 book trained from scratch many codes are rare, so weighting matters more here).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,9 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cdist(chunk, centroids).argmin(dim=1) for chunk in x.split(rows)])
 
 
-def kmeans(points: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 50, seed: int = 0) -> torch.Tensor:
+def kmeans(
+    points: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 50, seed: int = 0
+) -> torch.Tensor:
     """Weighted Lloyd's k-means with k-means++ seeding. Returns (k, d) float32 centroids."""
     x = points.detach().float()
     n = x.shape[0]

@@ -3,6 +3,7 @@
 Input: a trained VQModel and a folder of training photos. The encoder runs once per photo; every K
 re-quantises the same latents, so adding rungs costs almost nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -22,7 +23,9 @@ from vqnet.packets import context_refs
 def quantized_vectors(latents: Sequence[torch.Tensor], qc_weight: torch.Tensor, qc_bias: torch.Tensor) -> torch.Tensor:
     """All latent positions after quant_conv, as an (N, embed_dim) matrix."""
     with torch.inference_mode():
-        return torch.cat([F.conv2d(z, qc_weight, qc_bias).permute(0, 2, 3, 1).reshape(-1, qc_weight.shape[0]) for z in latents])
+        return torch.cat(
+            [F.conv2d(z, qc_weight, qc_bias).permute(0, 2, 3, 1).reshape(-1, qc_weight.shape[0]) for z in latents]
+        )
 
 
 def code_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> np.ndarray:
@@ -63,8 +66,12 @@ def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook, views: int = 1) -> 
 
     ``views`` consecutive latents are views of one photo (mirror, shifts: :func:`~vqnet.codec.photos.photo_views`);
     they are held out together, or the held-out maps would reward a table that memorised them."""
-    grids = [code_indices(quantized_vectors([z], cb.quant_conv_weight, cb.quant_conv_bias), cb.embedding)
-             .reshape(z.shape[-2:]) for z in latents]
+    grids = [
+        code_indices(quantized_vectors([z], cb.quant_conv_weight, cb.quant_conv_bias), cb.embedding).reshape(
+            z.shape[-2:]
+        )
+        for z in latents
+    ]
     # Strength and exponent are chosen on half the photos with a table fitted on the other half:
     # chosen on the maps its table was fitted on, the product rewards the table's overfitting.
     fit, held = photo_halves(grids, views)
@@ -109,19 +116,28 @@ def best_pair(prior: Prior, grids: Sequence[np.ndarray], limit: int = 400) -> fl
     return min((None, *PAIR_EXPONENTS), key=lambda pair: bits(prior.with_pair(pair)))
 
 
-def best_context(counts: np.ndarray, pairs: np.ndarray, grids: Sequence[np.ndarray],
-                 limit: int = 400) -> tuple[float, float | None]:
+def best_context(
+    counts: np.ndarray, pairs: np.ndarray, grids: Sequence[np.ndarray], limit: int = 400
+) -> tuple[float, float | None]:
     """The (shrinkage strength, pair exponent) under which the prior of ``counts`` and the table
     of ``pairs`` code ``grids`` (held-out maps) in the fewest ideal bits, as :func:`best_pair`."""
     bits = _raster_bits(grids, limit)
     marginal = Prior.from_counts(counts)
     tables = {s: marginal.with_context(pairs, s) for s in STRENGTHS}
-    return min(((s, pair) for s in STRENGTHS for pair in (None, *PAIR_EXPONENTS)),
-               key=lambda choice: bits(tables[choice[0]].with_pair(choice[1])))
+    return min(
+        ((s, pair) for s in STRENGTHS for pair in (None, *PAIR_EXPONENTS)),
+        key=lambda choice: bits(tables[choice[0]].with_pair(choice[1])),
+    )
 
 
-def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[int], seed: int = 0,
-                 views: int = 1, device: str | torch.device = "cpu") -> Codec:
+def build_ladder(
+    model: VQModel,
+    latents: Sequence[torch.Tensor],
+    ks: Sequence[int],
+    seed: int = 0,
+    views: int = 1,
+    device: str | torch.device = "cpu",
+) -> Codec:
     """K-means the base codebook (usage-weighted) into every K and fit each K's prior on the latents
     (``views`` as :func:`fit_prior`). The usage count runs on ``device``: against the official
     16384-code book it is the costliest step (1500 photos and their mirrors: ~19 TFLOP)."""
@@ -139,8 +155,7 @@ def build_ladder(model: VQModel, latents: Sequence[torch.Tensor], ks: Sequence[i
     return Codec(model, codebooks)
 
 
-def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] | None = None,
-                 views: int = 1) -> Codec:
+def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] | None = None, views: int = 1) -> Codec:
     """``codec`` with ``model``'s post_quant_conv and decoder, every codebook kept.
 
     Why not rebuild the ladder with K-means: a decoder fine-tuned with the encoder frozen
@@ -154,24 +169,34 @@ def swap_decoder(codec: Codec, model: VQModel, latents: Sequence[torch.Tensor] |
     """
     tuned = [K for K, cb in codec.codebooks.items() if cb.finetuned]
     if tuned:
-        raise CodecError(f"K={', '.join(map(str, tuned))} were fine-tuned for the old decoder; swap the decoder "
-                         f"into a K-means ladder and fine-tune afterwards")
+        raise CodecError(
+            f"K={', '.join(map(str, tuned))} were fine-tuned for the old decoder; swap the decoder "
+            f"into a K-means ladder and fine-tune afterwards"
+        )
     if model.config.encoder_side != codec.model.config.encoder_side:
         raise CodecError("the new model's config differs from the codec's (other than its decoder's size)")
     for part in ("encoder", "quant_conv", "quantize"):
         old, new = getattr(codec.model, part).state_dict(), getattr(model, part).state_dict()
         if any(not torch.equal(old[k].half(), new[k].half()) for k in old):
-            raise CodecError(f"the new model's {part} differs from the codec's: its index maps would change, "
-                             f"so build a new ladder (vqnet codebook kmeans) instead")
+            raise CodecError(
+                f"the new model's {part} differs from the codec's: its index maps would change, "
+                f"so build a new ladder (vqnet codebook kmeans) instead"
+            )
     swapped = VQModel(model.config)  # the new decoder may be larger (grow_decoder)
-    swapped.load_state_dict(codec.model.state_dict() | {k: v for k, v in model.state_dict().items()
-                                                        if k.startswith("decoder.")})
+    swapped.load_state_dict(
+        codec.model.state_dict() | {k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}
+    )
     swapped.to(memory_format=torch.channels_last).eval()
     swapped.post_quant_conv.load_state_dict(model.post_quant_conv.state_dict())
     base = Codebook.from_model(swapped)
-    codebooks = {K: replace(cb, post_quant_conv_weight=base.post_quant_conv_weight.clone(),
-                            post_quant_conv_bias=base.post_quant_conv_bias.clone())
-                 for K, cb in codec.codebooks.items()}
+    codebooks = {
+        K: replace(
+            cb,
+            post_quant_conv_weight=base.post_quant_conv_weight.clone(),
+            post_quant_conv_bias=base.post_quant_conv_bias.clone(),
+        )
+        for K, cb in codec.codebooks.items()
+    }
     out = Codec(swapped, codebooks, provenance=dict(codec.provenance))
     return refit_priors(out, latents, views) if latents is not None else out
 
@@ -186,6 +211,7 @@ def refit_priors(codec: Codec, latents: Sequence[torch.Tensor], views: int = 1) 
     run J (README) coded Kodak at K=1024 in 0.0356 instead of 0.0380 bpp. ``views`` as
     :func:`fit_prior`.
     """
+
     def refit(cb: Codebook) -> Codebook:
         return replace(cb, prior=fit_prior(latents, cb, views), raw=refit(cb.raw) if cb.raw is not None else None)
 

@@ -25,6 +25,7 @@ The perceptual network is LPIPS v0.1 with the VGG16 trunk (``load_lpips("vgg")``
 frozen, eval mode), as taming trains with. LPIPS-alex is the evaluation metric and is never
 trained against, so scores stay honest.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,12 +62,18 @@ class NLayerDiscriminator(nn.Module):
         nf_mult = 1
         for n in range(1, n_layers):
             nf_mult_prev, nf_mult = nf_mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=4, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
+            seq += [
+                nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(ndf * nf_mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         nf_mult_prev, nf_mult = nf_mult, min(2**n_layers, 8)
-        seq += [nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=4, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(ndf * nf_mult), nn.LeakyReLU(0.2, True),
-                nn.Conv2d(ndf * nf_mult, 1, kernel_size=4, stride=1, padding=1)]
+        seq += [
+            nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=4, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(ndf * nf_mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * nf_mult, 1, kernel_size=4, stride=1, padding=1),
+        ]
         self.main = nn.Sequential(*seq)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +116,17 @@ class VQGANLoss(nn.Module):
     never lands in a checkpoint.
     """
 
-    def __init__(self, *, perceptual_weight: float = 1.0, codebook_weight: float = 1.0, disc_weight: float = 0.8,
-                 disc_start: int = 0, disc_warmup: int = 0, disc_layers: int = 3, disc_ndf: int = 64):
+    def __init__(
+        self,
+        *,
+        perceptual_weight: float = 1.0,
+        codebook_weight: float = 1.0,
+        disc_weight: float = 0.8,
+        disc_start: int = 0,
+        disc_warmup: int = 0,
+        disc_layers: int = 3,
+        disc_ndf: int = 64,
+    ):
         super().__init__()
         self.perceptual_weight = perceptual_weight
         self.codebook_weight = codebook_weight
@@ -128,8 +144,9 @@ class VQGANLoss(nn.Module):
         discriminator starts (taming: at once)."""
         return step >= self.disc_start + self.disc_warmup
 
-    def generator_loss(self, x: torch.Tensor, xrec: torch.Tensor, codebook_loss: torch.Tensor,
-                       last_layer: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def generator_loss(
+        self, x: torch.Tensor, xrec: torch.Tensor, codebook_loss: torch.Tensor, last_layer: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Return (surrogate, log): ``surrogate.backward()`` gives the model parameters exactly the
         gradient of upstream's total loss, whose value is ``log["loss"]``.
 
@@ -139,15 +156,21 @@ class VQGANLoss(nn.Module):
         """
         rec = reconstruction_loss(x, xrec, self.perceptual_weight)
         nll_grad = torch.autograd.grad(rec["nll"], xrec)[0]
-        log = {"l1": rec["l1"].item(), "p_loss": rec["p_loss"].item(), "emb_loss": codebook_loss.item(),
-               "g_loss": math.nan, "d_weight": 0.0}
+        log = {
+            "l1": rec["l1"].item(),
+            "p_loss": rec["p_loss"].item(),
+            "emb_loss": codebook_loss.item(),
+            "g_loss": math.nan,
+            "d_weight": 0.0,
+        }
         total = rec["nll"].item() + self.codebook_weight * codebook_loss.item()
         grad = nll_grad
         if self.adversarial_active(step):
             g_loss = -torch.mean(self.discriminator(xrec))
             g_grad = torch.autograd.grad(g_loss, xrec)[0]
-            nll_w, g_w = (torch.autograd.grad(xrec, last_layer, grad_outputs=g, retain_graph=True)[0]
-                          for g in (nll_grad, g_grad))
+            nll_w, g_w = (
+                torch.autograd.grad(xrec, last_layer, grad_outputs=g, retain_graph=True)[0] for g in (nll_grad, g_grad)
+            )
             d_weight = adaptive_weight(nll_w, g_w) * self.disc_weight
             grad = nll_grad + d_weight * g_grad
             total += d_weight.item() * g_loss.item()
@@ -161,5 +184,8 @@ class VQGANLoss(nn.Module):
         logits_real = self.discriminator(x.detach())
         logits_fake = self.discriminator(xrec.detach())
         d_loss = hinge_d_loss(logits_real, logits_fake)
-        return d_loss, {"d_loss": d_loss.item(), "logits_real": logits_real.mean().item(),
-                        "logits_fake": logits_fake.mean().item()}
+        return d_loss, {
+            "d_loss": d_loss.item(),
+            "logits_real": logits_real.mean().item(),
+            "logits_fake": logits_fake.mean().item(),
+        }

@@ -8,6 +8,7 @@ unchanged and our own models can be read by upstream code.
 Source: CompVis/taming-transformers @ 3ba01b2, ``taming/modules/diffusionmodules/model.py``,
 ``taming/modules/vqvae/quantize.py`` (VectorQuantizer2, legacy=True) and ``taming/models/vqgan.py``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -387,9 +388,13 @@ def grow_decoder(model: VQModel, ch: int | None = None, res_blocks: int | None =
     if res_blocks < old.num_res_blocks:
         raise ValueError(f"the decoder has {old.num_res_blocks} res blocks per level already; it cannot shrink")
     factor = ch // old.ch
-    big = VQModel(replace(model.config, decoder_ch=None if ch == model.config.ddconfig.ch else ch,
-                          decoder_res_blocks=None if res_blocks == model.config.ddconfig.num_res_blocks
-                          else res_blocks))
+    big = VQModel(
+        replace(
+            model.config,
+            decoder_ch=None if ch == model.config.ddconfig.ch else ch,
+            decoder_res_blocks=None if res_blocks == model.config.ddconfig.num_res_blocks else res_blocks,
+        )
+    )
     big.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}, strict=False)
     gen = torch.Generator().manual_seed(seed)
     src = model.decoder.state_dict()

@@ -7,6 +7,7 @@ K, fine-tuned codebook or refit re-quantises the cache in seconds. Mirroring hap
 space because a code is not mirror-symmetric: flipping an index grid does not give the grid of
 the flipped photo, so a mirror image is a second, natural view of the same scene.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ def latent_cache(encoder_key: str, files: list[Path], shift: int = 0) -> Path:
     return Path("runs/prior-data") / f"{encoder_key}{f'-shift{shift}' if shift else ''}-{h.hexdigest()[:12]}"
 
 
-def photo_views(codec: Codec, files: list[Path], shifts: Sequence[int] = (0,),
-                progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+def photo_views(
+    codec: Codec, files: list[Path], shifts: Sequence[int] = (0,), progress: Callable[[int, int], None] | None = None
+) -> list[torch.Tensor]:
     """Cached encoder outputs (:func:`encode_photos`: fp16, one (C, h, w) tensor per view) of every
     photo in ``files`` at each shift, photo-major: photo i's ``2 * len(shifts)`` views (itself and
     its mirror at each shift) come together, so a caller can hold a photo's views out together
@@ -40,15 +42,23 @@ def photo_views(codec: Codec, files: list[Path], shifts: Sequence[int] = (0,),
     key = encoder_fingerprint(codec)
     per_shift = []
     for n, shift in enumerate(shifts):
+
         def step(i: int, total: int, done: int = n * len(files)) -> None:
             if progress:
                 progress(done + i, len(shifts) * total)
+
         per_shift.append(encode_photos(codec, files, latent_cache(key, files, shift), progress=step, shift=shift))
     return [views[i] for photo in range(len(files)) for views in per_shift for i in (2 * photo, 2 * photo + 1)]
 
 
-def encode_photos(codec: Codec, files: list[Path], cache: Path, shard: int = 50,
-                  progress: Callable[[int, int], None] | None = None, shift: int = 0) -> list[torch.Tensor]:
+def encode_photos(
+    codec: Codec,
+    files: list[Path],
+    cache: Path,
+    shard: int = 50,
+    progress: Callable[[int, int], None] | None = None,
+    shift: int = 0,
+) -> list[torch.Tensor]:
     """Encoder outputs (fp16) of every photo in ``files`` and of its mirror image.
 
     ``shift`` > 0 drops that many pixel rows and columns at the top left of both views first. Why:

@@ -14,6 +14,7 @@ or run. Every other global is refused.
 key and shape must match the config exactly, so a wrong config is one line naming the first
 mismatch rather than a model with silently random layers.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -33,11 +34,15 @@ LIGHTNING_GLOBALS = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "o
 def _placeholder(qualified_name: str) -> type:
     """An inert class standing in for ``qualified_name``: it accepts and ignores any arguments and
     state, so unpickling it builds an empty object and runs nothing."""
-    return type(qualified_name.rsplit(".", 1)[-1], (), {
-        "__init__": lambda self, *args, **kwargs: None,
-        "__setstate__": lambda self, state: None,
-        "__module__": "vqnet.codec.taming.placeholders",
-    })
+    return type(
+        qualified_name.rsplit(".", 1)[-1],
+        (),
+        {
+            "__init__": lambda self, *args, **kwargs: None,
+            "__setstate__": lambda self, state: None,
+            "__module__": "vqnet.codec.taming.placeholders",
+        },
+    )
 
 
 def _is_lightning(name: str) -> bool:
@@ -63,8 +68,9 @@ def read_config(config: VQGANConfig | dict | Path | str) -> VQGANConfig:
         return VQGANConfig.from_dict(config)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
-        raise CodecError(f"the config is not a taming VQModel config (model.params with embed_dim, n_embed, "
-                         f"ddconfig): {detail}") from None
+        raise CodecError(
+            f"the config is not a taming VQModel config (model.params with embed_dim, n_embed, ddconfig): {detail}"
+        ) from None
 
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
@@ -107,11 +113,17 @@ def load_taming_checkpoint(path: Path | str, config: VQGANConfig | dict | Path |
     unexpected = [k for k in sd if k not in expected]
     shapes = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
     if missing or unexpected or shapes:
-        first = (f"{shapes[0]} is {list(sd[shapes[0]].shape)} in the checkpoint, {list(expected[shapes[0]].shape)} "
-                 f"in the config" if shapes else
-                 f"{len(missing)} key(s) missing (first {missing[0]})" if missing else
-                 f"{len(unexpected)} unexpected key(s) (first {unexpected[0]})")
-        raise CodecError(f"{path} does not match the config (embed_dim {cfg.embed_dim}, n_embed {cfg.n_embed}, "
-                         f"ch {cfg.ddconfig.ch}): {first}")
+        first = (
+            f"{shapes[0]} is {list(sd[shapes[0]].shape)} in the checkpoint, {list(expected[shapes[0]].shape)} "
+            f"in the config"
+            if shapes
+            else f"{len(missing)} key(s) missing (first {missing[0]})"
+            if missing
+            else f"{len(unexpected)} unexpected key(s) (first {unexpected[0]})"
+        )
+        raise CodecError(
+            f"{path} does not match the config (embed_dim {cfg.embed_dim}, n_embed {cfg.n_embed}, "
+            f"ch {cfg.ddconfig.ch}): {first}"
+        )
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model

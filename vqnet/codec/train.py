@@ -12,6 +12,7 @@ Why checkpoints hold everything (model, discriminator, both optimisers, data RNG
 statistics, step): a resumed run must continue the same loss curve, not restart Adam's moments or
 the data order.
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,8 +74,21 @@ class TrainConfig:
 #: Fields a resumed run may change: they do not alter the loss curve up to the saved step (a
 #: device only changes the last bits of the arithmetic).
 _RESUMABLE_CHANGES = ("steps", "checkpoint_minutes", "init", "device")
-LOG_COLUMNS = ["step", "loss", "l1", "p_loss", "emb_loss", "g_loss", "d_weight", "d_loss", "logits_real",
-               "logits_fake", "perplexity", "restarted", "seconds"]
+LOG_COLUMNS = [
+    "step",
+    "loss",
+    "l1",
+    "p_loss",
+    "emb_loss",
+    "g_loss",
+    "d_weight",
+    "d_loss",
+    "logits_real",
+    "logits_fake",
+    "perplexity",
+    "restarted",
+    "seconds",
+]
 #: ``out/val.csv``: the held-out reconstruction loss (L1 + perceptual_weight * LPIPS-VGG) every
 #: ``val_every`` steps; ``best`` is 1 where it was the lowest so far and ``best.pt`` was written.
 VAL_COLUMNS = ["step", "loss", "l1", "p_loss", "best"]
@@ -85,7 +99,9 @@ def small_config(ch: int = 32, n_embed: int = 1024, embed_dim: int = 32, z_chann
     return VQGANConfig(
         embed_dim=embed_dim,
         n_embed=n_embed,
-        ddconfig=DDConfig(ch=ch, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(16,), z_channels=z_channels),
+        ddconfig=DDConfig(
+            ch=ch, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(16,), z_channels=z_channels
+        ),
     )
 
 
@@ -126,8 +142,9 @@ class CropDataset:
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def autoencode(model: VQModel, x: torch.Tensor, cfg: TrainConfig, encoder_grad: bool
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def autoencode(
+    model: VQModel, x: torch.Tensor, cfg: TrainConfig, encoder_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``x`` through encoder, codebook and decoder as training runs it: ``(h, emb_loss, idx, xrec)``.
     A frozen encoder needs no graph (``encoder_grad=False``): its outputs and indices are constants."""
     dev_type = torch.device(cfg.device).type
@@ -180,7 +197,9 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def restart_dead_codes(model: VQModel, usage: torch.Tensor, h: torch.Tensor, threshold: float, gen: torch.Generator) -> int:
+def restart_dead_codes(
+    model: VQModel, usage: torch.Tensor, h: torch.Tensor, threshold: float, gen: torch.Generator
+) -> int:
     """Re-seed rarely used codes on encoder outputs from the current batch (+ small noise).
 
     Without this a 1024-code book trained from scratch collapses to a few dozen live codes, and the
@@ -199,9 +218,18 @@ def restart_dead_codes(model: VQModel, usage: torch.Tensor, h: torch.Tensor, thr
     return int(dead.numel())
 
 
-def save_checkpoint(path: Path, model: VQModel, opt: torch.optim.Optimizer, loss_fn: VQGANLoss,
-                    opt_d: torch.optim.Optimizer, step: int, cfg: TrainConfig, rng: np.random.Generator,
-                    gen: torch.Generator, usage: torch.Tensor) -> None:
+def save_checkpoint(
+    path: Path,
+    model: VQModel,
+    opt: torch.optim.Optimizer,
+    loss_fn: VQGANLoss,
+    opt_d: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    usage: torch.Tensor,
+) -> None:
     """Atomic write (tmp + rename) so a kill during save never leaves a broken checkpoint."""
     state = {
         "model": model.state_dict(),
@@ -274,8 +302,10 @@ def load_init_model(path: str | Path) -> VQModel:
         model = VQModel(VQGANConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"])
     except Exception as exc:  # noqa: BLE001 - unpickling, missing keys, shapes: all mean "not a checkpoint"
-        raise CodecError(f"{path} is neither a codec bundle (.safetensors) nor a vqnet training checkpoint "
-                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise CodecError(
+            f"{path} is neither a codec bundle (.safetensors) nor a vqnet training checkpoint "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     return model
 
 
@@ -285,14 +315,18 @@ def _check_resumable(state: dict, cfg: TrainConfig, model_cfg: VQGANConfig | Non
     if model_cfg is not None and saved_model_cfg != model_cfg:
         raise CodecError(f"{ckpt_path} was trained with a different model config; use another --out")
     if "discriminator" not in state:
-        raise CodecError(f"{ckpt_path} predates the perceptual/GAN recipe and cannot be resumed under it; "
-                         f"start a new run from its weights with --init {ckpt_path} --out NEW_FOLDER")
+        raise CodecError(
+            f"{ckpt_path} predates the perceptual/GAN recipe and cannot be resumed under it; "
+            f"start a new run from its weights with --init {ckpt_path} --out NEW_FOLDER"
+        )
     saved = asdict(TrainConfig(**state["train_config"]))
     changed = [k for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and saved[k] != v]
     if changed:
-        raise CodecError(f"{ckpt_path} was trained with other settings ("
-                         + ", ".join(f"{k}={saved[k]!r}, now {getattr(cfg, k)!r}" for k in changed)
-                         + "); resume with the same options or use another --out")
+        raise CodecError(
+            f"{ckpt_path} was trained with other settings ("
+            + ", ".join(f"{k}={saved[k]!r}, now {getattr(cfg, k)!r}" for k in changed)
+            + "); resume with the same options or use another --out"
+        )
     return saved_model_cfg
 
 
@@ -360,9 +394,15 @@ def train_vqgan(
     model = (init or VQModel(model_cfg or small_config())).to(cfg.device)
     n_embed = model.config.n_embed
     opt = torch.optim.Adam(_trainable(model, cfg), lr=cfg.lr, betas=(0.5, 0.9))
-    loss_fn = VQGANLoss(perceptual_weight=cfg.perceptual_weight, codebook_weight=cfg.codebook_weight,
-                        disc_weight=cfg.disc_weight, disc_start=cfg.disc_start, disc_warmup=cfg.disc_warmup,
-                        disc_layers=cfg.disc_layers, disc_ndf=cfg.disc_ndf).to(cfg.device)
+    loss_fn = VQGANLoss(
+        perceptual_weight=cfg.perceptual_weight,
+        codebook_weight=cfg.codebook_weight,
+        disc_weight=cfg.disc_weight,
+        disc_start=cfg.disc_start,
+        disc_warmup=cfg.disc_warmup,
+        disc_layers=cfg.disc_layers,
+        disc_ndf=cfg.disc_ndf,
+    ).to(cfg.device)
     opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -420,8 +460,11 @@ def train_vqgan(
             restarted = 0
             if cfg.restart_every and not cfg.freeze_encoder and (step == 1 or step % cfg.restart_every == 0):
                 restarted = restart_dead_codes(model, usage, h, cfg.restart_threshold, gen)
-            row |= d_row | {"perplexity": perplexity(counts),
-                            "restarted": restarted, "seconds": time.perf_counter() - t0}
+            row |= d_row | {
+                "perplexity": perplexity(counts),
+                "restarted": restarted,
+                "seconds": time.perf_counter() - t0,
+            }
             writer.writerow([step] + [f"{row[c]:.6g}" for c in LOG_COLUMNS[1:]])
             if on_step:
                 on_step(step, row)

@@ -4,6 +4,7 @@ Every method receives the grid as the depacketizer left it (lost positions hold 
 the boolean lost mask, and must return a full grid in which **received positions are unchanged**.
 Methods are looked up by name so the scenario file and the CLI only deal in strings.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -104,12 +105,18 @@ def restore_masked(indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -
 
     model = _concealer("masked", ctx)
     ratios = None if ctx.prior.context is None else NEIGHBOUR_WEIGHT * ctx.prior.neighbour_log_ratios()
-    return conceal_masked(model, [(indices, lost)], ctx.K, seed=ctx.seed, neighbour_log_ratios=ratios,
-                          code_distances=_code_distances(ctx))[0]
+    return conceal_masked(
+        model, [(indices, lost)], ctx.K, seed=ctx.seed, neighbour_log_ratios=ratios, code_distances=_code_distances(ctx)
+    )[0]
 
 
-METHODS: dict[str, Restorer] = {"none": restore_none, "neighbor": restore_neighbor, "ar": restore_ar,
-                                "ar-mbr": restore_ar_mbr, "masked": restore_masked}
+METHODS: dict[str, Restorer] = {
+    "none": restore_none,
+    "neighbor": restore_neighbor,
+    "ar": restore_ar,
+    "ar-mbr": restore_ar_mbr,
+    "masked": restore_masked,
+}
 #: The transformer kind each method loads.
 MODEL_KIND = {"ar": "ar", "ar-mbr": "ar", "masked": "masked"}
 #: The kinds of concealment transformer (``vqnet train prior --kind``), one file per K beside the codec.

@@ -4,6 +4,7 @@ Wiring only: photos -> cached encoder outputs (:mod:`vqnet.codec.photos`) -> ind
 (:mod:`vqnet.restore.data`) -> :func:`vqnet.restore.train.train_prior` -> fp16 file beside the
 codec (:mod:`vqnet.restore.store`).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 
 
 def default_workers(device: str) -> int:
@@ -29,7 +29,9 @@ def train_prior_cmd(
     K: Annotated[int, typer.Option("--K", min=2, help="Codebook size of the ladder rung to train for.")],
     model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
     data: Annotated[Path, typer.Option(help="Folder of training photos (recursively).")] = Path("../shared/data/train"),
-    photos: Annotated[int | None, typer.Option(min=1, help="Use this many photos (seeded choice; default all).")] = None,
+    photos: Annotated[
+        int | None, typer.Option(min=1, help="Use this many photos (seeded choice; default all).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/prior-KIND-KK).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 2000,
     batch: Annotated[int, typer.Option(min=1, help="16x16 windows per step.")] = 32,
@@ -38,33 +40,79 @@ def train_prior_cmd(
     embd: Annotated[int, typer.Option(min=8, help="Width (multiple of --heads).")] = 256,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights, windows and masks.")] = 0,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout on the embeddings and residual "
-                                                                 "branches while training (upstream's embd_pdrop, "
-                                                                 "resid_pdrop).")] = 0.0,
-    init: Annotated[str, typer.Option(help="codes: 2-D sin-cos positions, code embeddings from the codebook, "
-                                           "head tied to them (learns faster); taming: upstream's init.")] = "codes",
-    corrupt: Annotated[bool, typer.Option(help="ar: at sampled lost positions the inputs are the model's own greedy "
-                                               "guesses (targets stay true), as in a concealment run.")] = False,
-    start: Annotated[Path | None, typer.Option(help="Start from this concealment file's weights (same kind, K and "
-                                                    "--layers/--heads/--embd): a fine-tune.")] = None,
+    dropout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Dropout on the embeddings and residual branches while training (upstream's embd_pdrop, resid_pdrop).",
+        ),
+    ] = 0.0,
+    init: Annotated[
+        str,
+        typer.Option(
+            help="codes: 2-D sin-cos positions, code embeddings from the codebook, "
+            "head tied to them (learns faster); taming: upstream's init."
+        ),
+    ] = "codes",
+    corrupt: Annotated[
+        bool,
+        typer.Option(
+            help="ar: at sampled lost positions the inputs are the model's own greedy "
+            "guesses (targets stay true), as in a concealment run."
+        ),
+    ] = False,
+    start: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this concealment file's weights (same kind, K and --layers/--heads/--embd): a fine-tune."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
     device: Annotated[str, typer.Option(help="Where to train and encode: cpu, or cuda where a GPU is lent.")] = "cpu",
-    minutes: Annotated[float | None, typer.Option(min=0.0, help="Stop after this many minutes of training, with a "
-                                                             "checkpoint (for a fixed GPU budget).")] = None,
-    workers: Annotated[int | None, typer.Option(min=0, help="Processes that draw the training windows and "
-                                                           "masks ahead (the same run, faster). Default: none "
-                                                           "with --device cpu, where they would take the model's "
-                                                           "cores; up to 8 with cuda, where drawing sets the "
-                                                           "pace.")] = None,
-    maps: Annotated[Path | None, typer.Option(help="Index-map file: read when it exists (it must come from this "
-                                                   "codec's K), else written after encoding --data. Lets a GPU "
-                                                   "machine train on maps encoded elsewhere.")] = None,
-    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast for the forward passes. "
-                                                                       "Default: on with --device cuda, off on the "
-                                                                       "CPU (where it is slower).")] = None,
-    install: Annotated[bool, typer.Option("--install", help="With the bundled codec: replace its shipped "
-                                                            "transformer and manifest entry. Without it the file "
-                                                            "goes to OUT beside a copy of the codec.")] = False,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, help="Stop after this many minutes of training, with a checkpoint (for a fixed GPU budget)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Processes that draw the training windows and "
+            "masks ahead (the same run, faster). Default: none "
+            "with --device cpu, where they would take the model's "
+            "cores; up to 8 with cuda, where drawing sets the "
+            "pace.",
+        ),
+    ] = None,
+    maps: Annotated[
+        Path | None,
+        typer.Option(
+            help="Index-map file: read when it exists (it must come from this "
+            "codec's K), else written after encoding --data. Lets a GPU "
+            "machine train on maps encoded elsewhere."
+        ),
+    ] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="bf16 autocast for the forward passes. "
+            "Default: on with --device cuda, off on the "
+            "CPU (where it is slower).",
+        ),
+    ] = None,
+    install: Annotated[
+        bool,
+        typer.Option(
+            "--install",
+            help="With the bundled codec: replace its shipped "
+            "transformer and manifest entry. Without it the file "
+            "goes to OUT beside a copy of the codec.",
+        ),
+    ] = False,
 ) -> None:
     """Train a concealment transformer for one K, checkpointing every 3 minutes, then write it in fp16
     beside the codec as <codec>.KIND.K<K>.safetensors.
@@ -90,8 +138,8 @@ def train_prior_cmd(
         from rich.progress import Progress
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
-        from vqnet.images import choose_photos
         from vqnet.codec.photos import photo_views
+        from vqnet.images import choose_photos
         from vqnet.restore.data import index_maps, load_maps, save_maps
         from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer_file
         from vqnet.restore.train import PriorTrainConfig, train_prior
@@ -101,8 +149,10 @@ def train_prior_cmd(
         dest = concealer_path(codec, kind, K)
         bundled = dest.parent == DEFAULT_MODEL.parent
         if install and not bundled:
-            raise typer.BadParameter("--install replaces the bundled model's transformer; with --model the file "
-                                     "is written beside that codec anyway")
+            raise typer.BadParameter(
+                "--install replaces the bundled model's transformer; with --model the file "
+                "is written beside that codec anyway"
+            )
         resolve_device(device)  # refused in one line when this machine has no such device
         if not (maps and maps.is_file()) and not data.is_dir():
             raise FileNotFoundError(f"training photo folder not found: {data}")
@@ -112,14 +162,29 @@ def train_prior_cmd(
         if start is not None:
             start_model, start_sha = load_concealer_file(start, kind, K, fingerprint)
             start_weights = start_model.state_dict()
-        cfg = PriorTrainConfig(kind=kind, K=K, n_layer=layers, n_head=heads, n_embd=embd, steps=steps, batch=batch,
-                               lr=lr, seed=seed, init=init, corrupt=corrupt, start=start_sha, dropout=dropout,
-                               bf16=device.startswith("cuda") if bf16 is None else bf16)
+        cfg = PriorTrainConfig(
+            kind=kind,
+            K=K,
+            n_layer=layers,
+            n_head=heads,
+            n_embd=embd,
+            steps=steps,
+            batch=batch,
+            lr=lr,
+            seed=seed,
+            init=init,
+            corrupt=corrupt,
+            start=start_sha,
+            dropout=dropout,
+            bf16=device.startswith("cuda") if bf16 is None else bf16,
+        )
         layout = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_unmasked")
         if start is not None and any(getattr(start_model.config, f) != getattr(cfg.gpt_config(), f) for f in layout):
             c = start_model.config
-            raise CodecError(f"--start {start} has {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}; "
-                             "pass the same --layers/--heads/--embd")
+            raise CodecError(
+                f"--start {start} has {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}; "
+                "pass the same --layers/--heads/--embd"
+            )
         with Progress(*COLUMNS) as bar:
             encoding = bar.add_task("encoding photos (cached)", total=None, label="")
             if maps and maps.is_file():
@@ -127,8 +192,7 @@ def train_prior_cmd(
             else:
                 files = choose_photos(data, photos, seed)
                 codec.model.to(device)
-                latents = photo_views(codec, files,
-                                      progress=lambda i, n: bar.update(encoding, total=n, completed=i))
+                latents = photo_views(codec, files, progress=lambda i, n: bar.update(encoding, total=n, completed=i))
                 codec.model.cpu()  # index maps quantise on the CPU, where the codebooks live
                 grids, n_photos = index_maps(codec, latents, K), len(files)
                 if maps:
@@ -140,10 +204,19 @@ def train_prior_cmd(
                 bar.update(training, completed=step, label=f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
 
             try:
-                ckpt = train_prior(grids, out, cfg, resume=resume, extra={"fingerprint": fingerprint},
-                                   code_vectors=codec.codebook(K).embedding, on_step=on_step, device=device,
-                                   minutes=minutes, start_weights=start_weights,
-                                   workers=default_workers(device) if workers is None else workers)
+                ckpt = train_prior(
+                    grids,
+                    out,
+                    cfg,
+                    resume=resume,
+                    extra={"fingerprint": fingerprint},
+                    code_vectors=codec.codebook(K).embedding,
+                    on_step=on_step,
+                    device=device,
+                    minutes=minutes,
+                    start_weights=start_weights,
+                    workers=default_workers(device) if workers is None else workers,
+                )
             except (ValueError, TimeoutError) as exc:  # a refused resume, or a lost batch-drawing worker
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(2) from None
@@ -156,14 +229,26 @@ def train_prior_cmd(
             # A self-contained bundle in OUT: codec copy + transformer, usable as --model at once.
             shutil.copyfile(DEFAULT_MODEL, out / DEFAULT_MODEL.name)
             dest = out / dest.name
-        sha = export_concealer(gpt, kind, K, fingerprint, dest,
-                               {"train": json.dumps(state["train_config"]), "data": str(maps or data),
-                                "photos": n_photos, "maps": len(grids)})
+        sha = export_concealer(
+            gpt,
+            kind,
+            K,
+            fingerprint,
+            dest,
+            {
+                "train": json.dumps(state["train_config"]),
+                "data": str(maps or data),
+                "photos": n_photos,
+                "maps": len(grids),
+            },
+        )
         if bundled and install:
             entries = json.loads(MANIFEST.read_text())
             entries[dest.name] = sha
             MANIFEST.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
         typer.echo(f"checkpoint: {ckpt}\nwrote {dest} (sha256 {sha[:16]}...)")
         if bundled and not install:
-            typer.echo(f"use it with --model {out / DEFAULT_MODEL.name}; the bundled one is unchanged "
-                       "(train with --install to replace it)")
+            typer.echo(
+                f"use it with --model {out / DEFAULT_MODEL.name}; the bundled one is unchanged "
+                "(train with --install to replace it)"
+            )

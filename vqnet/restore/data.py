@@ -7,6 +7,7 @@ another pass of the encoder.
 Masks imitate what the receiver sees: i.i.d. holes, raster-run packets and interleaved packets lost
 in Gilbert-style bursts (the packetizer's two layouts), and rectangular blocks.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -201,6 +202,8 @@ class StepBatches:
             try:  # a worker killed from outside (out of memory, say) loses its batch without an error
                 codes, masks = self.pending.pop(step).get(timeout=WORKER_TIMEOUT_S)
             except multiprocessing.TimeoutError:
-                raise TimeoutError(f"no batch from the window-drawing workers in {WORKER_TIMEOUT_S} s "
-                                   "(was one killed?); resume with --workers 0") from None
+                raise TimeoutError(
+                    f"no batch from the window-drawing workers in {WORKER_TIMEOUT_S} s "
+                    "(was one killed?); resume with --workers 0"
+                ) from None
         return torch.from_numpy(codes), torch.from_numpy(masks)

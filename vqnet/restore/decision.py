@@ -21,6 +21,7 @@ Measured with ``masked`` (neighbour table included), K=256, bursty channel, LPIP
   0.6585; a distance between decoded single-code patches 0.6531, 16 passes instead of 8 0.6496,
   one extra checkerboard re-prediction round 0.6511 -- none adopted.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ taming ``Net2NetTransformer`` checkpoint's ``transformer.*`` weights load unchan
 - ``forward(idx, pos=None)`` accepts explicit position ids, so a window narrower than the 16-wide
   training window keeps each token at its 2-D position; ``pos=None`` is upstream's ``arange(T)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -146,7 +147,7 @@ def load_gpt_state(state: dict[str, torch.Tensor], config: GPTConfig) -> GPT:
     """Build a GPT from a state_dict; a taming ``Net2NetTransformer`` checkpoint's ``transformer.``
     prefix is stripped and its first-stage / cond-stage weights are ignored."""
     if any(k.startswith("transformer.") for k in state):
-        state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+        state = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
     model = GPT(config)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()

@@ -10,6 +10,7 @@ position is read from the window in which it sits most centrally, so every predi
 on all sides wherever the grid allows. Windows narrower than 16 keep the 2-D position ids of the
 16x16 layout (``GPT.forward``'s ``pos``).
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,14 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
             by_shape.setdefault((h, w), []).append((g_i, wr, wc))
     logits: dict[tuple[int, int, int], torch.Tensor] = {}
     for (h, w), wins in by_shape.items():
-        batch = np.stack([grids[g].codes[grids[g].rows[wr] : grids[g].rows[wr] + h, grids[g].cols[wc] : grids[g].cols[wc] + w].reshape(-1)
-                          for g, wr, wc in wins])
+        batch = np.stack(
+            [
+                grids[g]
+                .codes[grids[g].rows[wr] : grids[g].rows[wr] + h, grids[g].cols[wc] : grids[g].cols[wc] + w]
+                .reshape(-1)
+                for g, wr, wc in wins
+            ]
+        )
         device = model.pos_emb.device
         out = model(torch.from_numpy(batch).to(device), _position_ids(h, w).to(device))[..., :K].float()
         out = out.softmax(-1).cpu()
@@ -97,8 +104,11 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
     result = []
     for g_i, g in enumerate(grids):
         r, c = np.nonzero(g.missing)
-        probs = (torch.stack([logits[(g_i, int(g.wrow[i]), int(g.wcol[j]))][g.orow[i], g.ocol[j]] for i, j in zip(r, c)])
-                 if len(r) else torch.zeros(0, K))
+        probs = (
+            torch.stack([logits[(g_i, int(g.wrow[i]), int(g.wcol[j]))][g.orow[i], g.ocol[j]] for i, j in zip(r, c)])
+            if len(r)
+            else torch.zeros(0, K)
+        )
         result.append((r, c, probs.numpy()))
     return result
 
@@ -116,10 +126,16 @@ def _neighbour_evidence(g: _Grid, r: np.ndarray, c: np.ndarray, log_ratios: np.n
     return out
 
 
-def conceal_masked(model: GPT, items: list[tuple[np.ndarray, np.ndarray]], K: int, passes: int = 8,
-                   temperature: float | None = None, seed: int = 0,
-                   neighbour_log_ratios: np.ndarray | None = None,
-                   code_distances: np.ndarray | None = None) -> list[np.ndarray]:
+def conceal_masked(
+    model: GPT,
+    items: list[tuple[np.ndarray, np.ndarray]],
+    K: int,
+    passes: int = 8,
+    temperature: float | None = None,
+    seed: int = 0,
+    neighbour_log_ratios: np.ndarray | None = None,
+    code_distances: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Fill the lost positions of every ``(grid, lost)`` pair; received positions are untouched.
 
     Greedy (argmax, confidence = its probability) unless ``temperature`` is given, in which case

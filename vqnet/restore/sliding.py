@@ -37,6 +37,7 @@ Each input token gets the position id ``r*16 + c``, where (r, c) is the window c
 The model is thus asked about the same 2-D cell as in its 16x16 training layout. For a full
 16-wide window these ids are upstream's ``arange``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -109,7 +110,7 @@ def wavefront_levels(lost: np.ndarray, size: int = WINDOW) -> np.ndarray:
     level = np.full((H, W), -1, np.int64)
     for i, j in zip(*np.nonzero(lost)):
         i0, j0 = table[i, j, 0], table[i, j, 1]
-        above = level[i0:i, j0:j0 + w].max(initial=-1)
+        above = level[i0:i, j0 : j0 + w].max(initial=-1)
         left = level[i, j0:j].max(initial=-1)
         level[i, j] = 1 + max(above, left)
     return level[lost]
@@ -160,7 +161,7 @@ class _Grid:
         """
         i0, j0 = self.windows[n, :2]
         stop = self.lengths[n]
-        crop = self.grid[i0:i0 + self.h, j0:j0 + self.w].reshape(-1)[max(start - 1, 0):stop - 1]
+        crop = self.grid[i0 : i0 + self.h, j0 : j0 + self.w].reshape(-1)[max(start - 1, 0) : stop - 1]
         tokens = np.concatenate([[self.sos], crop]) if start == 0 else crop
         return tokens, self.positions[start:stop]
 
@@ -247,10 +248,10 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
         for b, (n, store) in enumerate(zip(sizes, stores)):
             c, m = store.length, 1 if final else n
             new = slice(ends[b] - n, ends[b])
-            kv = store.kv[layer, :, :, :c + n]
+            kv = store.kv[layer, :, :, : c + n]
             kv[0, :, c:] = k[new].view(n, n_head, -1).transpose(0, 1)
             kv[1, :, c:] = v[new].view(n, n_head, -1).transpose(0, 1)
-            qb = q[b:b + 1] if final else q[new]
+            qb = q[b : b + 1] if final else q[new]
             y = _attend(qb.view(m, n_head, -1).transpose(0, 1), kv, c + n - m)
             rows.append(y.transpose(0, 1).reshape(m, -1))
         x = x + block.attn.resid_drop(block.attn.proj(torch.cat(rows)))
@@ -260,8 +261,13 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
     return model.head(model.ln_f(x))
 
 
-def _pick(logits: torch.Tensor, u: torch.Tensor | None, temperature: float | None, top_k: int | None,
-          distances: np.ndarray | None = None) -> torch.Tensor:
+def _pick(
+    logits: torch.Tensor,
+    u: torch.Tensor | None,
+    temperature: float | None,
+    top_k: int | None,
+    distances: np.ndarray | None = None,
+) -> torch.Tensor:
     """Code choice from (B, K) code logits: argmax (or, with ``distances``, the minimum-Bayes-risk
     code of :mod:`vqnet.restore.decision`), or one draw per row by inverse CDF at ``u``.
 
@@ -291,16 +297,21 @@ def _uniforms(counts: list[int], seed: int | Sequence[int]) -> list[torch.Tensor
     seeds = [seed + k for k in range(len(counts))] if isinstance(seed, int) else list(seed)
     if len(seeds) != len(counts):
         raise ValueError(f"got {len(seeds)} seeds for {len(counts)} grids")
-    return [torch.rand(n, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
-            for n, s in zip(counts, seeds)]
+    return [
+        torch.rand(n, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+        for n, s in zip(counts, seeds)
+    ]
 
 
-def _check(model: GPT, K: int, sos: int, temperature: float | None, top_k: int | None,
-           code_distances: np.ndarray | None) -> None:
+def _check(
+    model: GPT, K: int, sos: int, temperature: float | None, top_k: int | None, code_distances: np.ndarray | None
+) -> None:
     """Refuse settings under which the result would not be taming's procedure."""
     cfg = model.config
     if not 0 < K <= cfg.vocab_size or not 0 <= sos < cfg.vocab_size:
-        raise ValueError(f"need 0 < K <= vocab_size and 0 <= sos < vocab_size (K={K}, sos={sos}, vocab={cfg.vocab_size})")
+        raise ValueError(
+            f"need 0 < K <= vocab_size and 0 <= sos < vocab_size (K={K}, sos={sos}, vocab={cfg.vocab_size})"
+        )
     if cfg.block_size < WINDOW * WINDOW:
         raise ValueError(f"block_size {cfg.block_size} is smaller than the {WINDOW}x{WINDOW} window")
     if cfg.n_unmasked or cfg.n_layer < 1:

@@ -7,6 +7,7 @@ codebook). A transformer is only valid for those index maps, so loading checks t
 decoder-only fine-tune of the codec keeps it, a new encoder or codebook refuses the old model.
 Bundled files are also checked against ``vqnet/models/manifest.json`` like the codec itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,15 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from vqnet.codec.bundle import (DEFAULT_MODEL, MANIFEST, Codec, CodecError, encoder_fingerprint, manifest_sha256,
-                                read_safetensors)
+from vqnet.codec.bundle import (
+    DEFAULT_MODEL,
+    MANIFEST,
+    Codec,
+    CodecError,
+    encoder_fingerprint,
+    manifest_sha256,
+    read_safetensors,
+)
 from vqnet.restore.gpt import GPT, GPTConfig
 from vqnet.weights import sha256_of
 
@@ -41,8 +49,14 @@ def concealer_path(codec: Codec, kind: str, K: int) -> Path:
 def export_concealer(model: GPT, kind: str, K: int, fingerprint: str, path: Path, provenance: dict) -> str:
     """Write the fp16 file atomically; returns its sha256 (for the manifest when it is bundled)."""
     tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "kind": kind, "K": str(K), "fingerprint": fingerprint,
-            "config": json.dumps(model.config.to_dict()), "provenance": json.dumps(provenance)}
+    meta = {
+        "format": FORMAT,
+        "kind": kind,
+        "K": str(K),
+        "fingerprint": fingerprint,
+        "config": json.dumps(model.config.to_dict()),
+        "provenance": json.dumps(provenance),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -54,12 +68,16 @@ def load_concealer(codec: Codec, kind: str, K: int) -> GPT:
     """The ``kind`` model for ``codec`` at K, refused with a one-line reason if absent or stale."""
     path = concealer_path(codec, kind, K)
     if not path.is_file():
-        raise CodecError(f"no {kind} concealment model for K={K} ({path.name} not found beside the codec); "
-                         f"train one with `vqnet train prior --kind {kind} --K {K}`")
+        raise CodecError(
+            f"no {kind} concealment model for K={K} ({path.name} not found beside the codec); "
+            f"train one with `vqnet train prior --kind {kind} --K {K}`"
+        )
     sha = sha256_of(path)
     if path.parent == DEFAULT_MODEL.parent and sha != manifest_sha256(path, MANIFEST):
-        raise CodecError(f"{path} does not match the weights manifest (tampered or truncated); "
-                         f"restore it with `git checkout vqnet/models/{path.name}` or reinstall vqnet")
+        raise CodecError(
+            f"{path} does not match the weights manifest (tampered or truncated); "
+            f"restore it with `git checkout vqnet/models/{path.name}` or reinstall vqnet"
+        )
     return _load(path, sha, kind, K, index_fingerprint(codec, K))
 
 
@@ -78,9 +96,11 @@ def _load(path: Path, sha: str, kind: str, K: int, fingerprint: str) -> GPT:
     if meta.get("format") != FORMAT or meta.get("kind") != kind or meta.get("K") != str(K):
         raise CodecError(f"{path} is not a {kind} concealment model for K={K}")
     if meta.get("fingerprint") != fingerprint:
-        raise CodecError(f"{path} was trained on other index maps than this codec's K={K} "
-                         f"(fingerprint {meta.get('fingerprint')} != {fingerprint}); retrain it with "
-                         f"`vqnet train prior --kind {kind} --K {K}`")
+        raise CodecError(
+            f"{path} was trained on other index maps than this codec's K={K} "
+            f"(fingerprint {meta.get('fingerprint')} != {fingerprint}); retrain it with "
+            f"`vqnet train prior --kind {kind} --K {K}`"
+        )
     model = GPT(GPTConfig.from_dict(json.loads(meta["config"])))
     try:
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)

@@ -13,6 +13,7 @@ Both kinds see 16x16 windows of the training photos' index maps at one K:
 A checkpoint holds model, optimiser, step and every RNG state, so ``--resume`` continues the same
 curve; it is written atomically every few minutes and at the end.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,9 +61,16 @@ class PriorTrainConfig:
     def gpt_config(self) -> GPTConfig:
         """Vocabulary K+1: the extra id is SOS for ``ar`` and the mask token for ``masked``."""
         block = WINDOW * WINDOW
-        return GPTConfig(vocab_size=self.K + 1, block_size=block, n_layer=self.n_layer, n_head=self.n_head,
-                         n_embd=self.n_embd, n_unmasked=block if self.kind == "masked" else 0,
-                         embd_pdrop=self.dropout, resid_pdrop=self.dropout)  # attention keeps its fused path
+        return GPTConfig(
+            vocab_size=self.K + 1,
+            block_size=block,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            n_unmasked=block if self.kind == "masked" else 0,
+            embd_pdrop=self.dropout,
+            resid_pdrop=self.dropout,
+        )  # attention keeps its fused path
 
 
 def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
@@ -75,8 +83,9 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
     return torch.nn.functional.pad(out, (0, dim - out.shape[1]))
 
 
-def make_batch(kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor,
-               guesses: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(
+    kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor, guesses: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, which positions count) for one batch of windows.
 
     ``guesses`` (``ar`` only) replace the codes at the masked positions in the inputs, never in
@@ -110,8 +119,9 @@ def own_guesses(model: GPT, K: int, codes: torch.Tensor, bf16: bool = False) -> 
     return guesses
 
 
-def loss_and_accuracy(model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor,
-                      corrupt: bool = False, bf16: bool = False) -> tuple[torch.Tensor, float]:
+def loss_and_accuracy(
+    model: GPT, kind: Kind, K: int, codes: torch.Tensor, masks: torch.Tensor, corrupt: bool = False, bf16: bool = False
+) -> tuple[torch.Tensor, float]:
     device = model.pos_emb.device
     guesses = own_guesses(model, K, codes, bf16) if corrupt and kind == "ar" else None
     inputs, targets, counted = (t.to(device) for t in make_batch(kind, K, codes, masks, guesses))
@@ -133,8 +143,14 @@ def lr_at(step: int, cfg: PriorTrainConfig) -> float:
 
 def _save(path: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: PriorTrainConfig, extra: dict) -> None:
     """Atomically. No numpy generator state: each step's windows come from (seed, step) alone."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "train_config": asdict(cfg),
-             "torch_rng": torch.get_rng_state(), **extra}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "train_config": asdict(cfg),
+        "torch_rng": torch.get_rng_state(),
+        **extra,
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -164,11 +180,19 @@ def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor
     model.head.weight = model.tok_emb.weight
 
 
-def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume: bool = False,
-                extra: dict | None = None, code_vectors: torch.Tensor | None = None,
-                on_step: Callable[[int, dict[str, float]], None] | None = None, device: str = "cpu",
-                minutes: float | None = None, start_weights: dict[str, torch.Tensor] | None = None,
-                workers: int = 0) -> Path:
+def train_prior(
+    maps: list[np.ndarray],
+    out: Path,
+    cfg: PriorTrainConfig,
+    resume: bool = False,
+    extra: dict | None = None,
+    code_vectors: torch.Tensor | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    device: str = "cpu",
+    minutes: float | None = None,
+    start_weights: dict[str, torch.Tensor] | None = None,
+    workers: int = 0,
+) -> Path:
     """Train (or resume) a concealment transformer; returns the checkpoint path.
 
     ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
@@ -200,11 +224,15 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if "np_rng" in state:
-            raise ValueError(f"--resume: {ckpt_path} comes from an older vqnet that drew its windows from one "
-                             "running generator, so it cannot continue the same way; start a new run "
-                             "(--start continues an exported concealment file)")
-        saved = ({"init": "taming", "corrupt": False, "start": "", "dropout": 0.0, "bf16": False}  # older checkpoints
-                 | state["train_config"])
+            raise ValueError(
+                f"--resume: {ckpt_path} comes from an older vqnet that drew its windows from one "
+                "running generator, so it cannot continue the same way; start a new run "
+                "(--start continues an exported concealment file)"
+            )
+        saved = (
+            {"init": "taming", "corrupt": False, "start": "", "dropout": 0.0, "bf16": False}  # older checkpoints
+            | state["train_config"]
+        )
         if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
             raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
         for key, value in extra.items():
@@ -221,8 +249,7 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
     last_save = time.monotonic()
     stop_at = None if minutes is None else last_save + 60 * minutes
     model.train()
-    batches = StepBatches(maps, cfg.seed, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt,
-                          workers=workers)
+    batches = StepBatches(maps, cfg.seed, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt, workers=workers)
     with batches, log_path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
         if new_log:
@@ -251,4 +278,3 @@ def train_prior(maps: list[np.ndarray], out: Path, cfg: PriorTrainConfig, resume
             if out_of_time:
                 break
     return ckpt_path
-
