@@ -33,3 +33,24 @@ def tiny_model():
         ),
     )
     return VQModel(cfg).eval()
+
+
+def save_tiny_sweep_inputs(folder, n_images: int, size: tuple[int, int]):
+    """A saved tiny codec (``folder/tiny.safetensors``, K=32) and ``n_images`` random photos of
+    ``size`` (h, w) in ``folder/images``: what the subprocess sweep tests run ``vqnet run`` on."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vqnet.codec.bundle import Codebook, Codec, save_codec
+    from vqnet.entropy import Prior
+
+    model = tiny_model()
+    cb = Codebook.from_model(model)
+    cb.embedding = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
+    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
+    save_codec(Codec(model, {32: cb}), folder / "tiny.safetensors")
+    rng = np.random.default_rng(4)
+    (folder / "images").mkdir()
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / "images" / f"p{i}.png")

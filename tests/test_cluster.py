@@ -12,17 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import tiny_model
-from PIL import Image
+from conftest import save_tiny_sweep_inputs
 from typer.testing import CliRunner
 
 from vqnet.cli import app
-from vqnet.codec.bundle import Codebook, Codec, save_codec
-from vqnet.entropy import Prior
 from vqnet.journal import PARTIAL_NAME
 
 # Adaptive trials (2 to 8 per point; here one point stops at 3, two run 8; `none` is the reference,
@@ -61,15 +56,7 @@ schemes:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("cluster")
-    model = tiny_model()
-    cb = Codebook.from_model(model)
-    cb.embedding = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
-    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
-    save_codec(Codec(model, {32: cb}), tmp / "tiny.safetensors")
-    rng = np.random.default_rng(4)
-    (tmp / "images").mkdir()
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (96, 112, 3), dtype=np.uint8)).save(tmp / "images" / f"p{i}.png")
+    save_tiny_sweep_inputs(tmp, 3, (96, 112))
     (tmp / "s.yaml").write_text(SCENARIO.format(images=json.dumps(str(tmp / "images"))))
     (tmp / "p.yaml").write_text(SCHEMES.format(images=json.dumps(str(tmp / "images"))))
     return tmp

@@ -12,14 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from conftest import tiny_model
-from PIL import Image
+from conftest import save_tiny_sweep_inputs
 
-from vqnet.codec.bundle import Codebook, Codec, save_codec
-from vqnet.entropy import Prior
 from vqnet.journal import PARTIAL_NAME, read_line
 
 SCENARIO = """\
@@ -57,15 +52,7 @@ def _env() -> dict[str, str]:
 
 
 def _setup(tmp_path: Path) -> None:
-    model = tiny_model()
-    cb = Codebook.from_model(model)
-    cb.embedding = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
-    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
-    save_codec(Codec(model, {32: cb}), tmp_path / "tiny.safetensors")
-    rng = np.random.default_rng(4)
-    (tmp_path / "images").mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "images" / f"p{i}.png")
+    save_tiny_sweep_inputs(tmp_path, 2, (40, 52))
     (tmp_path / "s.yaml").write_text(SCENARIO.format(images=json.dumps(str(tmp_path / "images"))))
 
 
