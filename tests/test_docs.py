@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from markdown_it import MarkdownIt
 
+from vqnet.report import render
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _MD = MarkdownIt("commonmark").enable("table")
@@ -78,3 +80,11 @@ def test_pages_link_something() -> None:
     assert any(t.startswith("docs/") for t in _targets(ROOT / "README.md"))
     assert _slug("The `.vqn` file") == "the-vqn-file"
     assert _slug("What limits quality at 0.03 bpp") == "what-limits-quality-at-003-bpp"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_generated_tables_match_the_committed_results(page: Path) -> None:
+    # The tables between `<!-- table: ... -->` markers are `vqnet report`'s output from results/;
+    # a page edited by hand, or results re-run without `vqnet report`, fails here.
+    text = page.read_text()
+    assert render(text, ROOT) == text, f"{page.name}: tables out of date; run `vqnet report`"
