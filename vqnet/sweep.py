@@ -88,37 +88,17 @@ RESULT_COLUMNS = [
 #: RESULT_COLUMNS with the scheme and what its parity and retransmissions did. Every trial row holds
 #: these (the journal keeps them all); an unprotected sweep's table leaves the extra ones out, so it
 #: stays the table vqnet wrote before protection existed.
+_AT_K, _AFTER_BPP = RESULT_COLUMNS.index("K") + 1, RESULT_COLUMNS.index("bpp") + 1
 PROTECTED_COLUMNS = [
-    "image",
-    "height",
-    "width",
-    "K",
+    *RESULT_COLUMNS[:_AT_K],
     "scheme",
-    "max_payload",
-    "layout",
-    "channel",
-    "target_loss",
-    "burst",
-    "trial",
-    "method",
-    "n_packets",
-    "packets_lost",
-    "packet_loss",
-    "index_loss",
-    "mean_burst",
-    "delivery_s",
-    "bytes_sent",
-    "bpp",
+    *RESULT_COLUMNS[_AT_K:_AFTER_BPP],
     "parity_packets",
     "packets_recovered",
     "retransmissions",
     "bytes_on_wire",
     "bpp_on_wire",
-    "lossless_lpips",
-    "lossless_psnr",
-    "lpips",
-    "psnr",
-    "lost_index_accuracy",
+    *RESULT_COLUMNS[_AFTER_BPP:],
 ]
 
 
