@@ -243,9 +243,10 @@ def write_protection(sc, results, folder: Path) -> list[Path]:  # noqa: ANN001 -
         return []
     from vqnet.plots import plot_protection
     from vqnet.protection import crossovers, scheme_table, winners
+    from vqnet.sweep import FLOAT_FORMAT, as_written
 
-    table = scheme_table(results)
-    table.to_csv(folder / "protection.csv", index=False, float_format="%.6g")
+    table = scheme_table(as_written(results))  # as `vqnet summarize` reads it back from results.csv
+    table.to_csv(folder / "protection.csv", index=False, float_format=FLOAT_FORMAT)
     plot = plot_protection(table, folder / "protection.png", f"{sc.name}: schemes at about equal bytes")
     typer.echo(
         "\nmean LPIPS of each scheme with its best concealment, the best per loss ('clear': beyond its 95 % interval):"
