@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from vqnet.evaluate import VQNET, EvalOutput
-from vqnet.summary import with_scheme
+from vqnet.summary import realised_loss, with_scheme
 from vqnet.sweep import SweepOutput
 
 
@@ -66,7 +66,7 @@ def plot_lpips_vs_loss(summary: pd.DataFrame, path: Path, title: str) -> Path:
         per_point = g.drop_duplicates("target_loss")
         top.axhline((g["lpips"] - g["dlpips"]).mean(), color="k", ls="--", lw=1, label="no loss")
         bottom.axhline(0.0, color="k", lw=1)
-        realised = per_point["packet_loss"].where(per_point["packet_loss"].notna(), per_point["index_loss"])
+        realised = realised_loss(per_point)
         ticks = per_point["target_loss"].to_numpy()
         bottom.set_xticks(ticks, [f"{t:g}\n({r:.2f})" for t, r in zip(ticks, realised)], fontsize=8)
         what = "index" if per_point["packet_loss"].isna().all() else "packet"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from vqnet.errors import VqnetError
-from vqnet.summary import verdict
+from vqnet.summary import realised_loss, verdict
 
 _BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
 
@@ -44,11 +44,6 @@ def _summary(root: Path, folder: str) -> pd.DataFrame:
         raise ReportError(f"cannot read {path}: {exc}") from None
 
 
-def _realised(g: pd.DataFrame) -> float:
-    first = g.iloc[0]
-    return first["index_loss"] if pd.isna(first["packet_loss"]) else first["packet_loss"]
-
-
 def verdict_table(root: Path, folder: str) -> str:
     s = _summary(root, folder)
     ref = s["reference"].iloc[0]
@@ -58,7 +53,7 @@ def verdict_table(root: Path, folder: str) -> str:
         row = {
             "K": K,
             "loss": f"{loss:g}",
-            "realised": f"{_realised(g):.3f}",
+            "realised": f"{realised_loss(g).iloc[0]:.3f}",
             "pairs": int(g["n"].iloc[0]),
             "stop": g["stop"].iloc[0],
             ref: f"{g[g['method'] == ref]['lpips'].iloc[0]:.4f}",
@@ -78,7 +73,7 @@ def damage_table(root: Path, folder: str) -> str:
     methods = list(dict.fromkeys(s["method"]))
     rows = []
     for (K, loss), g in s.groupby(["K", "target_loss"], sort=True):
-        row = {"K": K, "loss": f"{loss:g}", "realised": f"{_realised(g):.3f}", "pairs": int(g["n"].iloc[0])}
+        row = {"K": K, "loss": f"{loss:g}", "realised": f"{realised_loss(g).iloc[0]:.3f}", "pairs": int(g["n"].iloc[0])}
         for m in methods:
             r = g[g["method"] == m].iloc[0]
             row[m] = f"{r['lpips']:.4f} (+{r['dlpips']:.4f})"

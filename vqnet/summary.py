@@ -161,6 +161,12 @@ def verdict(row: pd.Series) -> str:
     return "not resolved"
 
 
+def realised_loss(rows: pd.DataFrame) -> pd.Series:
+    """The realised mean loss of summary rows: of packets, or of indices where no packet can be lost
+    (the ``mask`` channel, whose packet loss is empty)."""
+    return rows["packet_loss"].where(rows["packet_loss"].notna(), rows["index_loss"])
+
+
 def compact_table(summary: pd.DataFrame) -> str:
     """The table `vqnet run` prints: per point, each method's mean LPIPS and its paired difference
     to the reference with the 95 % interval, and how the point stopped."""
@@ -171,10 +177,7 @@ def compact_table(summary: pd.DataFrame) -> str:
         lines.append(f"{scheme}{burst_txt}: mean LPIPS (alex), and LPIPS - {ref} per pair [95 % interval]")
         for loss, gp in g.groupby("target_loss", sort=True):
             first = gp.iloc[0]
-            head = (
-                f"  loss {loss:<5g} realised {first['packet_loss'] if not pd.isna(first['packet_loss']) else first['index_loss']:.3f}"
-                f"  n={first['n']:<3d} {first['stop']:<9s}"
-            )
+            head = f"  loss {loss:<5g} realised {realised_loss(gp).iloc[0]:.3f}  n={first['n']:<3d} {first['stop']:<9s}"
             cells = []
             for _, r in gp.iterrows():
                 if r["method"] == ref:

@@ -417,7 +417,7 @@ def run_sweep(
         """Submit the point's next trial round(s) until one has work in the pool; False once the
         point is finished."""
         scheme, (target_loss, burst) = schemes[pt.k_i], points[pt.p_i]
-        while pt.trial < sc.max_trials and trials_to_run(sc, pt.rows, pt.trial):
+        while trials_to_run(sc, pt.rows, pt.trial):
             pt.round = {}
             for image_id, image in enumerate(images):
                 done = (
