@@ -35,6 +35,32 @@ def tiny_model():
     return VQModel(cfg).eval()
 
 
+def tiny_codec(generator=None):
+    """:func:`tiny_model` as a one-K codec (K=32) whose codes are spread out, so images use many
+    of them, with a uniform-ish prior: what the sweep tests run trials on."""
+    import numpy as np
+    import torch
+
+    from vqnet.codec.bundle import Codebook, Codec
+    from vqnet.entropy import Prior
+
+    model = tiny_model()
+    cb = Codebook.from_model(model)
+    cb.embedding = torch.randn(32, 8, generator=generator)
+    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
+    return Codec(model, {32: cb})
+
+
+def random_images(n: int = 2, size: tuple[int, int] = (40, 52)):
+    """``n`` random RGB images named img0, img1, ... (seeded: the same pixels every run)."""
+    import numpy as np
+
+    from vqnet.images import NamedImage
+
+    rng = np.random.default_rng(0)
+    return [NamedImage(f"img{i}", rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for i in range(n)]
+
+
 def save_tiny_sweep_inputs(folder, n_images: int, size: tuple[int, int]):
     """A saved tiny codec (``folder/tiny.safetensors``, K=32) and ``n_images`` random photos of
     ``size`` (h, w) in ``folder/images``: what the subprocess sweep tests run ``vqnet run`` on."""
@@ -42,14 +68,9 @@ def save_tiny_sweep_inputs(folder, n_images: int, size: tuple[int, int]):
     import torch
     from PIL import Image
 
-    from vqnet.codec.bundle import Codebook, Codec, save_codec
-    from vqnet.entropy import Prior
+    from vqnet.codec.bundle import save_codec
 
-    model = tiny_model()
-    cb = Codebook.from_model(model)
-    cb.embedding = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
-    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
-    save_codec(Codec(model, {32: cb}), folder / "tiny.safetensors")
+    save_codec(tiny_codec(torch.Generator().manual_seed(3)), folder / "tiny.safetensors")
     rng = np.random.default_rng(4)
     (folder / "images").mkdir()
     for i in range(n_images):

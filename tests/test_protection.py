@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import tiny_model
+from conftest import random_images, tiny_codec
 
-from vqnet.codec.bundle import Codebook, Codec
-from vqnet.entropy import Prior
+from vqnet.codec.bundle import Codec
 from vqnet.fec import OVERHEAD
 from vqnet.images import NamedImage
 from vqnet.plots import plot_protection
@@ -20,17 +18,12 @@ from vqnet.sweep import run_sweep
 
 @pytest.fixture(scope="module")
 def codec() -> Codec:
-    model = tiny_model()
-    cb = Codebook.from_model(model)
-    cb.embedding = torch.randn(32, 8)
-    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
-    return Codec(model, {32: cb})
+    return tiny_codec()
 
 
 @pytest.fixture(scope="module")
 def images() -> list[NamedImage]:
-    rng = np.random.default_rng(0)
-    return [NamedImage(f"img{i}", rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)) for i in range(2)]
+    return random_images()
 
 
 SCENARIO = {

@@ -8,14 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import tiny_model
+from conftest import random_images, tiny_codec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vqnet.chroma import is_chroma_packet
-from vqnet.codec.bundle import Codebook, Codec
-from vqnet.entropy import Prior
+from vqnet.codec.bundle import Codec
 from vqnet.images import NamedImage
 from vqnet.journal import PARTIAL_NAME, JournalError, make_line, read_line
 from vqnet.plots import plot_examples, plot_lpips_vs_loss
@@ -39,17 +37,12 @@ from vqnet.sweep import (
 
 @pytest.fixture(scope="module")
 def codec() -> Codec:
-    model = tiny_model()
-    cb = Codebook.from_model(model)
-    cb.embedding = torch.randn(32, 8)  # spread codes so images use many of them
-    cb.prior = Prior.from_counts(np.arange(32, 0, -1))
-    return Codec(model, {32: cb})
+    return tiny_codec()
 
 
 @pytest.fixture(scope="module")
 def images() -> list[NamedImage]:
-    rng = np.random.default_rng(0)
-    return [NamedImage(f"img{i}", rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)) for i in range(2)]
+    return random_images()
 
 
 SCENARIO = {
