@@ -11,15 +11,16 @@ it does not (the decoder sees only the codes). Usage:
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vqnet.codec.bundle import Codec, load_codec
-from vqnet.codec.finetune import FinetuneConfig, _Rung, finetune_ladder
-from vqnet.codec.losses import reconstruction_loss
-from vqnet.codec.train import CropDataset
+from vqnet.training.finetune import FinetuneConfig, _Rung, finetune_ladder
+from vqnet.training.losses import reconstruction_loss
+from vqnet.training.vqgan import CropDataset
 
 
 @torch.no_grad()
@@ -43,7 +44,9 @@ def main() -> None:
     dataset = CropDataset(args.data, cfg.crop)
     fixed = dataset.batch(np.random.default_rng(123), 16)  # not the training loop's draws (seed 0)
     before = components(codec, args.K, fixed)
-    after = components(finetune_ladder(codec, dataset, [], cfg, [args.K]), args.K, fixed)
+    with tempfile.TemporaryDirectory() as run:  # the fine-tuning checkpoint is not kept
+        tuned, _ = finetune_ladder(codec, dataset, [], cfg, Path(run), [args.K])
+    after = components(tuned, args.K, fixed)
     for name in before:
         print(f"K={args.K} {name}: {before[name]:.4f} -> {after[name]:.4f} after {args.steps} steps")
 

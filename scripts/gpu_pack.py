@@ -35,11 +35,11 @@ import numpy as np
 from PIL import Image
 
 from vqnet.codec.bundle import load_codec
-from vqnet.codec.photos import photo_views
-from vqnet.codec.train import at_least
 from vqnet.images import choose_photos, list_image_files, load_image
-from vqnet.restore.data import index_maps, save_maps
 from vqnet.restore.store import index_fingerprint
+from vqnet.training.photos import photo_views
+from vqnet.training.prior_data import index_maps, save_maps
+from vqnet.training.vqgan import at_least
 from vqnet.weights import export_vgg16_fp16
 
 

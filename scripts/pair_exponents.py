@@ -5,7 +5,7 @@ and with it every packet of the scenarios (and issue 4's `ar`-vs-`neighbor` tabl
 README). An exponent only changes how an index is coded when its left *and* upper neighbours share
 its packet, so sweep packets stay byte-identical and only `.vqn` files shrink.
 
-Each K's exponent (and each raw rung's) is chosen by :func:`vqnet.codec.ladder.best_pair` on 400
+Each K's exponent (and each raw rung's) is chosen by :func:`vqnet.training.ladder.best_pair` on 400
 training photos outside the 200 that ``choose_photos(…, 200, seed=0)`` picks, the photos the
 bundled K >= 128 tables were fitted on (by ``vqnet codebook decoder --images 200``, before it
 added mirror images). Usage (~4 min on 2 cores):
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from vqnet.codec.bundle import load_codec, save_codec
-from vqnet.codec.ladder import best_pair
 from vqnet.images import choose_photos, list_image_files, load_image
+from vqnet.training.ladder import best_pair
 
 
 def main() -> None:

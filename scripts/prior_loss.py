@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from vqnet.codec.bundle import load_codec
-from vqnet.codec.photos import photo_views
 from vqnet.images import list_image_files
-from vqnet.restore.data import WindowSampler, index_maps
 from vqnet.restore.store import index_fingerprint, load_concealer_file
-from vqnet.restore.train import Kind, loss_and_accuracy
+from vqnet.training.photos import photo_views
+from vqnet.training.prior import Kind, loss_and_accuracy
+from vqnet.training.prior_data import WindowSampler, index_maps
 
 
 def mean_loss(

@@ -28,13 +28,13 @@ import torch.nn.functional as F
 
 from vqnet.chroma import apply, measure
 from vqnet.codec.bundle import Codec, load_codec
-from vqnet.codec.ladder import swap_decoder
-from vqnet.codec.losses import reconstruction_loss
 from vqnet.codec.model import nearest_code
-from vqnet.codec.train import load_init_model
 from vqnet.entropy import encoded_size_bits
 from vqnet.images import load_image, pad_to_multiple, to_tensor, to_uint8
 from vqnet.metrics import lpips_distance, psnr
+from vqnet.training.ladder import swap_decoder
+from vqnet.training.losses import reconstruction_loss
+from vqnet.training.vqgan import load_init_model
 
 EVERY_THIRD = [f"kodim{i:02d}" for i in range(2, 25, 3)]  # the 8 images the README's model notes use
 

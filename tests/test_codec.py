@@ -13,10 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
-from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQGANConfig, VQModel
 from vqnet.codec.taming import load_taming_checkpoint
 from vqnet.entropy import Prior
+from vqnet.training.kmeans import kmeans
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_default_model_ships_and_works():
 
 
 def test_neighbour_pairs_count_both_directions():
-    from vqnet.codec.ladder import neighbour_pairs
+    from vqnet.training.ladder import neighbour_pairs
 
     grid = np.array([[0, 1], [2, 1]])
     pairs = neighbour_pairs(grid, 3)
@@ -232,8 +232,8 @@ def test_neighbour_pairs_count_both_directions():
 def test_swap_decoder_keeps_every_index_map(tmp_path):
     import copy
 
-    from vqnet.codec.ladder import swap_decoder
     from vqnet.restore.store import index_fingerprint
+    from vqnet.training.ladder import swap_decoder
 
     codec = _small_codec()
     tuned = copy.deepcopy(codec.model)
@@ -309,9 +309,9 @@ def test_grow_decoder_refuses_what_it_cannot_do_exactly():
 
 
 def test_grown_decoder_config_round_trips_and_stays_taming_shaped(tmp_path):
-    from vqnet.codec.ladder import swap_decoder
     from vqnet.codec.model import grow_decoder
     from vqnet.restore.store import index_fingerprint
+    from vqnet.training.ladder import swap_decoder
 
     cfg = tiny_model().config
     assert set(cfg.to_dict()) == {"embed_dim", "n_embed", "ddconfig"}  # upstream's keys: fingerprints hold

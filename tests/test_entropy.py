@@ -321,7 +321,7 @@ def grid_refs(g: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("pair", [0.5, 0.75, 1.0])
 def test_pair_coding_round_trips_and_uses_both_neighbours(pair: float) -> None:
-    from vqnet.codec.ladder import neighbour_pairs
+    from vqnet.training.ladder import neighbour_pairs
 
     K = 16
     train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(4)]
@@ -342,7 +342,7 @@ def test_pair_coding_round_trips_and_uses_both_neighbours(pair: float) -> None:
 
 
 def test_pair_exponent_is_checked_and_chosen_from_data() -> None:
-    from vqnet.codec.ladder import best_pair, neighbour_pairs
+    from vqnet.training.ladder import best_pair, neighbour_pairs
 
     K = 16
     train = [two_neighbour_grid(K, 24, 24, seed) for seed in range(4)]
@@ -363,7 +363,7 @@ def test_pair_exponent_is_checked_and_chosen_from_data() -> None:
 
 
 def test_context_shrinkage_is_chosen_on_held_out_photos() -> None:
-    from vqnet.codec.ladder import STRENGTHS, best_context, neighbour_pairs, photo_halves
+    from vqnet.training.ladder import STRENGTHS, best_context, neighbour_pairs, photo_halves
 
     K = 16
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqnet.codec.losses import NLayerDiscriminator, VQGANLoss, hinge_d_loss, reconstruction_loss
+from vqnet.training.losses import NLayerDiscriminator, VQGANLoss, hinge_d_loss, reconstruction_loss
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

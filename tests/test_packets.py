@@ -571,7 +571,7 @@ def correlated_grid(K: int, shape: tuple[int, int], seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_context_prior_shrinks_packets_that_still_decode_alone(layout: str) -> None:
-    from vqnet.codec.ladder import neighbour_pairs
+    from vqnet.training.ladder import neighbour_pairs
 
     K = 64
     grid = correlated_grid(K, (32, 48), seed=11)

@@ -12,18 +12,26 @@ import torch
 
 from tests.conftest import tiny_model
 from vqnet.codec.bundle import Codebook, Codec, CodecError, save_codec
-from vqnet.codec.photos import encode_photos, latent_cache
 from vqnet.entropy import Prior
 from vqnet.images import choose_photos
 from vqnet.restore import METHODS, RestoreContext, restore
-from vqnet.restore.data import StepBatches, WindowSampler, gilbert_losses, index_maps, load_maps, sample_mask, save_maps
 from vqnet.restore.decision import code_distances
 from vqnet.restore.gpt import GPT
 from vqnet.restore.masked import conceal_masked, nearest_window, window_starts
 from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer
-from vqnet.restore.train import PriorTrainConfig, make_batch, train_prior
 from vqnet.scenario import parse_scenario
 from vqnet.sweep import sweep_fingerprint
+from vqnet.training.photos import encode_photos, latent_cache
+from vqnet.training.prior import PriorTrainConfig, make_batch, train_prior
+from vqnet.training.prior_data import (
+    StepBatches,
+    WindowSampler,
+    gilbert_losses,
+    index_maps,
+    load_maps,
+    sample_mask,
+    save_maps,
+)
 
 
 def pattern_maps(n: int = 4, h: int = 20, w: int = 24, K: int = 8) -> list[np.ndarray]:
@@ -122,13 +130,13 @@ def test_resume_continues_exactly(tmp_path: Path, dropout: float) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [list(csv.DictReader((tmp_path / d / "log.csv").open())) for d in ("straight", "split")]
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
-    with pytest.raises(ValueError, match="other index maps"):
+    with pytest.raises(ValueError, match="fingerprint differs"):
         train_prior(
             maps, tmp_path / "split", tiny_cfg("masked", 9, dropout=dropout), resume=True, extra={"fingerprint": "y"}
         )
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="other settings"):
         train_prior(maps, tmp_path / "split", tiny_cfg("masked", 9, K=16), resume=True, extra={"fingerprint": "x"})
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="other settings"):
         train_prior(
             maps,
             tmp_path / "split",
@@ -365,7 +373,7 @@ def test_train_prior_leaves_the_bundled_transformer_alone_without_install(
     import vqnet.codec.bundle as bundle
     import vqnet.restore.store as store
     from vqnet.cli import app
-    from vqnet.restore.data import save_maps
+    from vqnet.training.prior_data import save_maps
     from vqnet.weights import sha256_of
 
     models = tmp_path / "models"

@@ -14,17 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vqnet"
 
-#: Modules that exist to train or fit models; a sweep or a decode must never need them.
-TRAINING = {
-    "vqnet.codec.train",
-    "vqnet.codec.losses",
-    "vqnet.codec.finetune",
-    "vqnet.codec.kmeans",
-    "vqnet.codec.ladder",
-    "vqnet.codec.photos",
-    "vqnet.restore.train",
-    "vqnet.restore.data",
-}
+#: The package of code that exists to train or fit models; a sweep or a decode must never need it.
+TRAINING = "vqnet.training"
 
 
 def _modules() -> dict[str, Path]:
@@ -73,4 +64,17 @@ def test_runtime_path_loads_no_training_module(entry):
     loaded = set(
         json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     )
-    assert not loaded & TRAINING, f"importing {entry} loads training code: {sorted(loaded & TRAINING)}"
+    training = sorted(m for m in loaded if m == TRAINING or m.startswith(TRAINING + "."))
+    assert not training, f"importing {entry} loads training code: {training}"
+
+
+def test_runtime_packages_import_nothing_from_training():
+    """The codec and concealment runtime (their command-line wiring aside) never import training code,
+    not even in a function: what the runtime needs lives in a runtime module."""
+    modules = _modules()
+    runtime = [n for n in modules if n.startswith(("vqnet.codec", "vqnet.restore")) and not n.endswith(".cli")]
+    leaks = {
+        name: sorted(m for m in _imports(name, modules[name], set(modules)) if m.startswith(TRAINING))
+        for name in runtime
+    }
+    assert not {k: v for k, v in leaks.items() if v}

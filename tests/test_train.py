@@ -14,22 +14,22 @@ from typer.testing import CliRunner
 
 from vqnet.cli import app
 from vqnet.codec.bundle import Codebook, Codec, CodecError, load_codec, save_codec
-from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targets
-from vqnet.codec.ladder import build_ladder
-from vqnet.codec.losses import reconstruction_loss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel
-from vqnet.codec.photos import encode_photos
-from vqnet.codec.train import (
+from vqnet.images import choose_photos, to_tensor
+from vqnet.training.finetune import FinetuneConfig, finetune_ladder, finetune_targets, log_columns
+from vqnet.training.ladder import build_ladder
+from vqnet.training.loop import ResumeError, load_checkpoint
+from vqnet.training.losses import reconstruction_loss
+from vqnet.training.photos import encode_photos
+from vqnet.training.vqgan import (
     LOG_COLUMNS,
     VAL_COLUMNS,
     CropDataset,
     TrainConfig,
     best_validation,
-    load_checkpoint,
     load_init_model,
     train_vqgan,
 )
-from vqnet.images import choose_photos, to_tensor
 
 TINY = VQGANConfig(
     embed_dim=8,
@@ -85,7 +85,7 @@ def test_resume_continues_the_same_run(photos, tmp_path):
     train_vqgan(photos, tmp_path / "b", replace(cfg, steps=4), TINY)
     with pytest.raises(FileExistsError):
         train_vqgan(photos, tmp_path / "b", cfg, TINY)  # refusing to overwrite without --resume
-    with pytest.raises(CodecError, match="disc_weight=0.8, now 0.5"):
+    with pytest.raises(ResumeError, match="disc_weight=0.8, now 0.5"):
         train_vqgan(photos, tmp_path / "b", replace(cfg, disc_weight=0.5), TINY, resume=True)
     resumed = load_checkpoint(train_vqgan(photos, tmp_path / "b", cfg, TINY, resume=True))
     assert resumed["step"] == straight["step"] == 8
@@ -100,7 +100,7 @@ def test_resume_continues_the_same_run(photos, tmp_path):
     # a checkpoint from before the GAN recipe is refused, pointing at --init
     old = {k: v for k, v in resumed.items() if k not in ("discriminator", "disc_optimizer")}
     torch.save(old, tmp_path / "b" / "checkpoint.pt")
-    with pytest.raises(CodecError, match="--init"):
+    with pytest.raises(ResumeError, match="--init"):
         train_vqgan(photos, tmp_path / "b", replace(cfg, steps=9), TINY, resume=True)
 
 
@@ -246,15 +246,16 @@ def test_finetune_lowers_the_loss_and_keeps_the_vqgan(photos, ladder, tmp_path):
     before = {k: v.clone() for k, v in ladder.model.state_dict().items()}
     cfg = FinetuneConfig(steps=25, batch=4, crop=32, lr=3e-2)
     steps = []
-    tuned = finetune_ladder(
+    tuned, done = finetune_ladder(
         ladder,
         dataset,
         _photo_latents(ladder.model, photos, tmp_path),
         cfg,
-        on_step=lambda step, logs: steps.append((step, sorted(logs))),
+        tmp_path / "run",
+        on_step=lambda step, row: steps.append((step, sorted(row))),
         prior_views=2,
     )
-    assert steps == [(i, [4]) for i in range(1, 26)]  # every K below the base, by default
+    assert done == 25 and steps == [(i, sorted(log_columns([4]))) for i in range(1, 26)]  # every K below the base
     for k, v in tuned.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.requires_grad for p in tuned.model.parameters())  # the caller's model is left as it was

@@ -136,12 +136,12 @@ def _photo_views(
     codec: Codec, data: Path, images: int, seed: int, shifts: Sequence[int] = (0,), quiet: bool = False
 ) -> tuple[list[torch.Tensor], int, str]:
     """Encoder outputs of ``images`` whole training photos (seeded choice) and of their mirror
-    images at each shift, cached under ./runs/prior-data (:func:`vqnet.codec.photos.photo_views`),
+    images at each shift, cached under ./runs/prior-data (:func:`vqnet.training.photos.photo_views`),
     with a progress bar: what every ``codebook`` command counts code usage and fits priors on.
     Returns the latents as float (1, C, h, w), how many consecutive ones are views of one photo,
     and those views in words for the bundle's provenance."""
-    from vqnet.codec.photos import photo_views
     from vqnet.images import choose_photos
+    from vqnet.training.photos import photo_views
 
     files = choose_photos(data, images, seed)
     with progress_bar(len(files) * len(shifts), "encoding photos (cached)", quiet) as advance:
@@ -664,7 +664,7 @@ def train_vqgan_cmd(
             raise typer.BadParameter("--decoder-ch/--decoder-blocks grow the --init decoder")
         if freeze != "none" and not (init or resume):
             raise typer.BadParameter(f"--freeze {freeze} needs --init: a random encoder would stay random")
-        from vqnet.codec.train import TrainConfig, small_config, train_vqgan
+        from vqnet.training.vqgan import TrainConfig, small_config, train_vqgan
 
         cfg = TrainConfig(
             steps=steps,
@@ -714,7 +714,7 @@ def train_vqgan_cmd(
             )
         typer.echo(f"checkpoint: {path}")
         if val is not None:
-            from vqnet.codec.train import best_validation
+            from vqnet.training.vqgan import best_validation
 
             step, loss = best_validation(out)
             typer.echo(f"best held-out loss {loss:.4f} at step {step}: {out / 'best.pt'}")
@@ -775,7 +775,7 @@ def codebook_kmeans(
     its `loss.*` keys are dropped and the config must match the weights."""
     with user_errors():
         from vqnet.codec.bundle import Codec, CodecError, save_codec
-        from vqnet.codec.ladder import build_ladder
+        from vqnet.training.ladder import build_ladder
 
         k_list = _k_list(ks)
         if config is not None:
@@ -792,7 +792,7 @@ def codebook_kmeans(
             raise CodecError(f"{checkpoint} looks like an official taming checkpoint: pass its model.yaml as --config")
         else:
             from vqnet.codec.model import VQGANConfig, VQModel
-            from vqnet.codec.train import load_checkpoint
+            from vqnet.training.loop import load_checkpoint
 
             state = load_checkpoint(checkpoint)
             model = VQModel(VQGANConfig.from_dict(state["model_config"])).eval()
@@ -846,8 +846,8 @@ def codebook_decoder(
     concealment transformers stay valid), and refit each K's prior and context table."""
     with user_errors():
         from vqnet.codec.bundle import load_codec, save_codec
-        from vqnet.codec.ladder import swap_decoder
-        from vqnet.codec.train import load_init_model
+        from vqnet.training.ladder import swap_decoder
+        from vqnet.training.vqgan import load_init_model
 
         codec = load_codec(model)
         if kmeans_start:
@@ -887,7 +887,7 @@ def codebook_priors(
     encodes only what is new."""
     with user_errors():
         from vqnet.codec.bundle import load_codec, save_codec
-        from vqnet.codec.ladder import refit_priors
+        from vqnet.training.ladder import refit_priors
 
         codec = load_codec(model)
         shift_list = sorted(set(_k_list(shifts, "--shifts")))
@@ -931,6 +931,11 @@ def codebook_finetune(
         ),
     ] = 300,
     seed: Annotated[int, typer.Option(help="Seed for the crops and the photo sample.")] = 0,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="Run folder for the checkpoint and log.csv (default runs/finetune-<OUT's name>)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue RUN/checkpoint.pt exactly where it stopped.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     minutes: Annotated[
@@ -956,8 +961,9 @@ def codebook_finetune(
         from dataclasses import asdict
 
         from vqnet.codec.bundle import load_codec, save_codec
-        from vqnet.codec.finetune import FinetuneConfig, finetune_ladder, finetune_targets
-        from vqnet.codec.train import CropDataset
+        from vqnet.training.finetune import FinetuneConfig, finetune_ladder, finetune_targets
+        from vqnet.training.loop import read_rows
+        from vqnet.training.vqgan import CropDataset
 
         codec = load_codec(model)
         codec.model.to(check_device(device))
@@ -971,20 +977,23 @@ def codebook_finetune(
             seed=seed,
             bf16=device.startswith("cuda") if bf16 is None else bf16,
         )
-        history: dict[int, list[float]] = {K: [] for K in targets}
+        run = run or Path("runs") / f"finetune-{out.stem}"
         with progress_bar(None, "loading photos", quiet) as advance:
             dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
         latents, views, described = _photo_views(codec, data, images, seed, quiet=quiet)
         with progress_bar(steps, f"fine-tuning K={','.join(map(str, targets))}", quiet) as advance:
+            done = 0  # steps the bar shows: a resumed run starts further on
 
-            def on_step(step: int, logs: dict[int, dict[str, float]]) -> None:
-                for K, row in logs.items():
-                    history[K].append(row["loss"])
-                advance(1, " ".join(f"K={K} {row['loss']:.4f}" for K, row in logs.items()))
+            def on_step(step: int, row: dict[str, float]) -> None:
+                nonlocal done
+                advance(step - done, " ".join(f"K={K} {row[f'loss_K{K}']:.4f}" for K in targets))
+                done = step
 
-            tuned = finetune_ladder(codec, dataset, latents, cfg, targets, on_step, minutes, views)
+            tuned, steps_run = finetune_ladder(
+                codec, dataset, latents, cfg, run, targets, resume, on_step, minutes, views
+            )
         tuned.model.cpu()
-        steps_run = len(history[targets[0]])
+        history = {K: [float(r[f"loss_K{K}"]) for r in read_rows(run / "log.csv")] for K in targets}
         tuned.provenance["finetune"] = asdict(cfg) | {
             "ks": targets,
             "from_model": codec.model_id,

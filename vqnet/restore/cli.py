@@ -1,7 +1,7 @@
 """``vqnet train prior``: train a concealment transformer on a codec's index maps and ship it.
 
-Wiring only: photos -> cached encoder outputs (:mod:`vqnet.codec.photos`) -> index maps at K
-(:mod:`vqnet.restore.data`) -> :func:`vqnet.restore.train.train_prior` -> fp16 file beside the
+Wiring only: photos -> cached encoder outputs (:mod:`vqnet.training.photos`) -> index maps at K
+(:mod:`vqnet.training.prior_data`) -> :func:`vqnet.training.prior.train_prior` -> fp16 file beside the
 codec (:mod:`vqnet.restore.store`).
 """
 
@@ -138,11 +138,11 @@ def train_prior_cmd(
         from rich.progress import Progress
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
-        from vqnet.codec.photos import photo_views
         from vqnet.images import choose_photos
-        from vqnet.restore.data import index_maps, load_maps, save_maps
         from vqnet.restore.store import concealer_path, export_concealer, index_fingerprint, load_concealer_file
-        from vqnet.restore.train import PriorTrainConfig, train_prior
+        from vqnet.training.photos import photo_views
+        from vqnet.training.prior import PriorTrainConfig, train_prior
+        from vqnet.training.prior_data import index_maps, load_maps, save_maps
 
         codec = load_codec(model)
         codec.codebook(K)

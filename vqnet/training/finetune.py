@@ -14,20 +14,21 @@ changes which codes the encoder's outputs pick.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from vqnet.codec.bundle import Codebook, Codec, CodecError
-from vqnet.codec.ladder import fit_prior
-from vqnet.codec.losses import reconstruction_loss
 from vqnet.codec.model import VectorQuantizer2, VQModel
-from vqnet.codec.train import CropDataset, perplexity
+from vqnet.training.ladder import fit_prior
+from vqnet.training.loop import TrainingRun
+from vqnet.training.losses import reconstruction_loss
+from vqnet.training.vqgan import CropDataset, perplexity
 
 
 @dataclass(frozen=True)
@@ -115,66 +116,96 @@ def finetune_targets(codec: Codec, ks: Sequence[int] | None) -> list[int]:
     return targets
 
 
+#: Per-K columns of ``log.csv``: ``loss_K64``, ``l1_K64``, ... (:func:`log_columns`).
+FIELDS = ("loss", "l1", "p_loss", "emb_loss", "perplexity")
+
+
+def log_columns(targets: Sequence[int]) -> list[str]:
+    """The fine-tuning log's columns for the rungs ``targets``."""
+    return [f"{name}_K{K}" for K in targets for name in FIELDS]
+
+
+class FinetuneTrainer:
+    """One step of every rung on one batch of crops, and the state a resumed run needs
+    (:class:`TrainingRun`)."""
+
+    def __init__(self, codec: Codec, targets: Sequence[int], dataset: CropDataset, cfg: FinetuneConfig):
+        self.model, self.dataset, self.cfg = codec.model, dataset, cfg
+        self.device = self.model.quant_conv.weight.device
+        self.rungs = {K: _Rung(codec.codebook(K)).to(self.device) for K in targets}
+        self.opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in self.rungs.items()}
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def state_dict(self) -> dict:
+        return {
+            "rungs": {str(K): r.state_dict() for K, r in self.rungs.items()},
+            "optimizers": {str(K): o.state_dict() for K, o in self.opts.items()},
+            "np_rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for K, rung in self.rungs.items():
+            rung.load_state_dict(state["rungs"][str(K)])
+            self.opts[K].load_state_dict(state["optimizers"][str(K)])
+        self.rng.bit_generator.state = state["np_rng"]
+
+    def _mixed(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def step(self, step: int) -> dict[str, float]:
+        x = self.dataset.batch(self.rng, self.cfg.batch).to(self.device)
+        with torch.no_grad(), self._mixed():
+            z = self.model.encoder(x).float()
+        row = {}
+        for K, rung in self.rungs.items():
+            post, emb_loss, idx = rung(z)  # float32: bf16 distances would pick wrong codes
+            with self._mixed():
+                rec = reconstruction_loss(x, self.model.decoder(post), self.cfg.perceptual_weight)
+            loss = rec["nll"].float() + self.cfg.codebook_weight * emb_loss
+            self.opts[K].zero_grad(set_to_none=True)
+            loss.backward()
+            self.opts[K].step()
+            values = (loss, rec["l1"], rec["p_loss"], emb_loss)
+            row |= {f"{name}_K{K}": v.item() for name, v in zip(FIELDS, values)}
+            row[f"perplexity_K{K}"] = perplexity(torch.bincount(idx.flatten().cpu()).float())
+        return row
+
+
 def finetune_ladder(
     codec: Codec,
     dataset: CropDataset,
     prior_latents: Sequence[torch.Tensor],
     cfg: FinetuneConfig,
+    out: Path,
     ks: Sequence[int] | None = None,
-    on_step: Callable[[int, dict[int, dict[str, float]]], None] | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
     minutes: float | None = None,
     prior_views: int = 1,
-) -> Codec:
-    """Return a new Codec whose rungs ``ks`` (default: all below the base) are fine-tuned.
+) -> tuple[Codec, int]:
+    """Return a new Codec whose rungs ``ks`` (default: all below the base) are fine-tuned, and the
+    steps it was trained for.
 
-    Each fine-tuned rung keeps its K-means codebook as ``raw``, and its prior is refit on
-    ``prior_latents`` (encoder outputs of whole photos, ``prior_views`` consecutive ones per photo:
-    :func:`~vqnet.codec.photos.photo_views`, :func:`~vqnet.codec.ladder.fit_prior`).
-    ``on_step(step, {K: {"loss", "l1", "p_loss", "emb_loss", "perplexity"}})`` follows each step.
-    Crops are drawn from ``cfg.seed`` on the CPU; training runs where ``codec.model`` sits.
-    ``minutes`` ends training early (a lent GPU's budget is fixed); ``on_step`` sees how far it got.
+    Training runs in :class:`TrainingRun` in the run folder ``out`` (checkpoint, ``log.csv`` with
+    :func:`log_columns`; ``resume`` continues it). Each fine-tuned rung keeps its K-means codebook
+    as ``raw``, and its prior is refit on ``prior_latents`` (encoder outputs of whole photos,
+    ``prior_views`` consecutive ones per photo: :func:`~vqnet.training.photos.photo_views`,
+    :func:`~vqnet.training.ladder.fit_prior`). Crops are drawn from ``cfg.seed`` on the CPU;
+    training runs where ``codec.model`` sits. ``minutes`` ends training early (a lent GPU's budget
+    is fixed).
     """
     if dataset.crop != cfg.crop:
         raise ValueError(f"the dataset makes {dataset.crop}-px crops but the config says {cfg.crop}")
     targets = finetune_targets(codec, ks)
+    run = TrainingRun(
+        out, asdict(cfg) | {"ks": targets}, resume, may_change=["steps"], identity={"from_model": codec.model_id}
+    )
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    model = codec.model
-    device = model.quant_conv.weight.device
-    rungs = {K: _Rung(codec.codebook(K)).to(device) for K in targets}
-    opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in rungs.items()}
-    stop_at = None if minutes is None else time.monotonic() + 60 * minutes
-
-    def mixed() -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-
-    with _frozen(model):
-        for step in range(1, cfg.steps + 1):
-            x = dataset.batch(rng, cfg.batch).to(device)
-            with torch.no_grad(), mixed():
-                z = model.encoder(x).float()
-            logs = {}
-            for K, rung in rungs.items():
-                post, emb_loss, idx = rung(z)  # float32: bf16 distances would pick wrong codes
-                with mixed():
-                    rec = reconstruction_loss(x, model.decoder(post), cfg.perceptual_weight)
-                loss = rec["nll"].float() + cfg.codebook_weight * emb_loss
-                opts[K].zero_grad(set_to_none=True)
-                loss.backward()
-                opts[K].step()
-                logs[K] = {
-                    "loss": loss.item(),
-                    "l1": rec["l1"].item(),
-                    "p_loss": rec["p_loss"].item(),
-                    "emb_loss": emb_loss.item(),
-                    "perplexity": perplexity(torch.bincount(idx.flatten().cpu()).float()),
-                }
-            if on_step:
-                on_step(step, logs)
-            if stop_at is not None and time.monotonic() > stop_at:
-                break
+    trainer = FinetuneTrainer(codec, targets, dataset, cfg)
+    with _frozen(codec.model):
+        run.run(trainer, cfg.steps, log_columns(targets), minutes=minutes, on_step=on_step)
     codebooks = dict(codec.codebooks)
-    for K, rung in rungs.items():
+    for K, rung in trainer.rungs.items():
         tuned = rung.codebook(codec.codebook(K))
         codebooks[K] = replace(tuned, prior=fit_prior(prior_latents, tuned, prior_views))
-    return Codec(model, codebooks, provenance=dict(codec.provenance))
+    return Codec(codec.model, codebooks, provenance=dict(codec.provenance)), run.step

@@ -1,7 +1,7 @@
 """Training data for the concealment transformers: index maps of the training photos, and masks.
 
 Index maps re-quantise the cached encoder outputs of whole photos and their mirror images
-(:mod:`vqnet.codec.photos`), so another K (or a fine-tuned codebook) costs seconds instead of
+(:mod:`vqnet.training.photos`), so another K (or a fine-tuned codebook) costs seconds instead of
 another pass of the encoder.
 
 Masks imitate what the receiver sees: i.i.d. holes, raster-run packets and interleaved packets lost

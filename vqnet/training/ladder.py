@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from vqnet.codec.bundle import Codebook, Codec, CodecError
-from vqnet.codec.kmeans import kmeans
 from vqnet.codec.model import VQModel, nearest_code_chunked
 from vqnet.entropy import PAIR_EXPONENTS, Prior
 from vqnet.packets import context_refs
+from vqnet.training.kmeans import kmeans
 
 
 def quantized_vectors(latents: Sequence[torch.Tensor], qc_weight: torch.Tensor, qc_bias: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def fit_prior(latents: Sequence[torch.Tensor], cb: Codebook, views: int = 1) -> 
     its neighbour-context table (:meth:`Prior.with_context`), the table's shrinkage strength and
     the pair exponent that code held-out maps best (:func:`best_context`).
 
-    ``views`` consecutive latents are views of one photo (mirror, shifts: :func:`~vqnet.codec.photos.photo_views`);
+    ``views`` consecutive latents are views of one photo (mirror, shifts: :func:`~vqnet.training.photos.photo_views`);
     they are held out together, or the held-out maps would reward a table that memorised them."""
     grids = [
         code_indices(quantized_vectors([z], cb.quant_conv_weight, cb.quant_conv_bias), cb.embedding).reshape(

@@ -7,7 +7,7 @@ Both kinds see 16x16 windows of the training photos' index maps at one K:
   ``corrupt`` the inputs at sampled lost positions are the model's own guesses (see
   :func:`make_batch`), as they are when the sliding window conceals a grid.
 - ``masked`` (ours): the same blocks with full attention (``n_unmasked = block_size``). Lost
-  positions, drawn by :func:`vqnet.restore.data.sample_mask` (i.i.d., raster runs, interleaved
+  positions, drawn by :func:`vqnet.training.prior_data.sample_mask` (i.i.d., raster runs, interleaved
   packets in bursts, blocks), are replaced by the mask id (K); cross-entropy on those positions.
 
 A checkpoint holds model, optimiser, step and every RNG state, so ``--resume`` continues the same
@@ -16,7 +16,6 @@ curve; it is written atomically every few minutes and at the end.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Callable
@@ -28,12 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqnet.codec.train import truncate_log
-from vqnet.restore.data import WINDOW, StepBatches
 from vqnet.restore.gpt import GPT, GPTConfig
+from vqnet.training.loop import ResumeError, TrainingRun
+from vqnet.training.prior_data import WINDOW, StepBatches
 
 Kind = Literal["ar", "masked"]
-LOG_FIELDS = ["step", "loss", "accuracy", "lr", "seconds"]
+LOG_COLUMNS = ["loss", "accuracy", "lr", "seconds"]
+#: Settings checkpoints written before they existed lack, with the value those runs had.
+_MISSING = {"init": "taming", "corrupt": False, "start": "", "dropout": 0.0, "bf16": False}
 
 
 @dataclass(frozen=True)
@@ -141,21 +142,6 @@ def lr_at(step: int, cfg: PriorTrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _save(path: Path, model: GPT, opt: torch.optim.Optimizer, step: int, cfg: PriorTrainConfig, extra: dict) -> None:
-    """Atomically. No numpy generator state: each step's windows come from (seed, step) alone."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "step": step,
-        "train_config": asdict(cfg),
-        "torch_rng": torch.get_rng_state(),
-        **extra,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor | None) -> None:
     """Start from what is known about the tokens, so the few thousand steps this CPU affords go
     into learning context rather than geometry. Only initial values change; the layout stays
@@ -180,6 +166,43 @@ def init_for_codes(model: GPT, cfg: PriorTrainConfig, code_vectors: torch.Tensor
     model.head.weight = model.tok_emb.weight
 
 
+class PriorTrainer:
+    """One AdamW step on a batch of windows, and the state a resumed run needs (:class:`TrainingRun`).
+    No numpy generator state: each step's windows come from (seed, step) alone."""
+
+    def __init__(self, model: GPT, cfg: PriorTrainConfig, batches: StepBatches):
+        self.model, self.cfg, self.batches = model, cfg, batches
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        model.train()
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "np_rng" in state:
+            raise ResumeError(
+                "--resume: the checkpoint comes from an older vqnet that drew its windows from one "
+                "running generator, so it cannot continue the same way; start a new run "
+                "(--start continues an exported concealment file)"
+            )
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        codes, masks = self.batches(step)
+        loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks, corrupt=cfg.corrupt, bf16=cfg.bf16)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        self.opt.step()
+        return {"loss": loss.item(), "accuracy": acc, "lr": lr, "seconds": time.perf_counter() - t0}
+
+
 def train_prior(
     maps: list[np.ndarray],
     out: Path,
@@ -193,7 +216,8 @@ def train_prior(
     start_weights: dict[str, torch.Tensor] | None = None,
     workers: int = 0,
 ) -> Path:
-    """Train (or resume) a concealment transformer; returns the checkpoint path.
+    """Train (or resume) a concealment transformer in :class:`TrainingRun`; returns the
+    checkpoint path. Logs every step to ``out/log.csv`` (:data:`LOG_COLUMNS`).
 
     ``extra`` (e.g. the codebook fingerprint the index maps came from) is stored in the checkpoint
     and must match on resume, so a run is never continued on other data. ``code_vectors`` (K x d,
@@ -202,14 +226,12 @@ def train_prior(
     checkpoint (a lent GPU's budget is fixed); the learning-rate schedule still follows ``steps``.
     ``start_weights`` (a trained model's state_dict, whose file's sha256 is ``cfg.start``) replace
     the initial weights: a fine-tune. ``workers`` processes draw the batches ahead
-    (:class:`vqnet.restore.data.StepBatches`): the same run, faster where the model is not the
-    bottleneck (a GPU).
+    (:class:`vqnet.training.prior_data.StepBatches`): the same run, faster where the model is not
+    the bottleneck (a GPU).
     """
     if (start_weights is None) != (not cfg.start):
         raise ValueError("start_weights and cfg.start (their file's sha256) go together")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "log.csv"
-    extra = extra or {}
+    run = TrainingRun(out, asdict(cfg), resume, may_change=["steps"], missing=_MISSING, identity=extra)
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.gpt_config())
     if start_weights is not None:  # untied: a head tied to the embedding would take only one of the two
@@ -217,64 +239,7 @@ def train_prior(
     elif cfg.init == "codes":
         init_for_codes(model, cfg, code_vectors)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    step = 0
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if "np_rng" in state:
-            raise ValueError(
-                f"--resume: {ckpt_path} comes from an older vqnet that drew its windows from one "
-                "running generator, so it cannot continue the same way; start a new run "
-                "(--start continues an exported concealment file)"
-            )
-        saved = (
-            {"init": "taming", "corrupt": False, "start": "", "dropout": 0.0, "bf16": False}  # older checkpoints
-            | state["train_config"]
-        )
-        if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(cfg).items() if k != "steps"}:
-            raise ValueError(f"--resume: {ckpt_path} was trained with a different configuration: {saved}")
-        for key, value in extra.items():
-            if state.get(key) != value:
-                raise ValueError(f"--resume: {ckpt_path} was trained on other index maps ({key} differs)")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = state["step"]
-        torch.set_rng_state(state["torch_rng"])
-        truncate_log(log_path, step)
-    elif ckpt_path.exists():
-        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
-    new_log = not log_path.is_file()
-    last_save = time.monotonic()
-    stop_at = None if minutes is None else last_save + 60 * minutes
-    model.train()
     batches = StepBatches(maps, cfg.seed, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt, workers=workers)
-    with batches, log_path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        if new_log:
-            writer.writeheader()
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            lr = lr_at(step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            codes, masks = batches(step)
-            loss, acc = loss_and_accuracy(model, cfg.kind, cfg.K, codes, masks, corrupt=cfg.corrupt, bf16=cfg.bf16)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            row = {"step": step, "loss": loss.item(), "accuracy": acc, "lr": lr, "seconds": time.perf_counter() - t0}
-            writer.writerow(row)
-            fh.flush()
-            if on_step:
-                on_step(step, row)
-            out_of_time = stop_at is not None and time.monotonic() > stop_at
-            if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes or step == cfg.steps or out_of_time:
-                _save(ckpt_path, model, opt, step, cfg, extra)
-                last_save = time.monotonic()
-            if out_of_time:
-                break
-    return ckpt_path
+    with batches:
+        trainer = PriorTrainer(model, cfg, batches)
+        return run.run(trainer, cfg.steps, LOG_COLUMNS, cfg.checkpoint_minutes, minutes, on_step)

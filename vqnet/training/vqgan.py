@@ -1,6 +1,6 @@
 """Training the VQGAN first stage on this CPU: resumable, logged, deterministic given a seed.
 
-The recipe is taming's (:mod:`vqnet.codec.losses`): L1 + LPIPS-VGG, the codebook/commitment loss,
+The recipe is taming's (:mod:`vqnet.training.losses`): L1 + LPIPS-VGG, the codebook/commitment loss,
 and a PatchGAN with hinge loss and the adaptive weight from ``disc_start`` on; plus dead-code
 restarts so the 1024 codes are actually used. LPIPS-VGG dominates the cost of a step on a CPU, so
 the intended route is a cheap L1 run (``perceptual_weight=0``, GAN off) followed by a perceptual/GAN
@@ -15,7 +15,6 @@ the data order.
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -29,9 +28,10 @@ from PIL import Image
 from torch import nn
 
 from vqnet.codec.bundle import CodecError, load_codec
-from vqnet.codec.losses import VQGANLoss, reconstruction_loss
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel, grow_decoder
 from vqnet.images import list_image_files, load_image
+from vqnet.training.loop import ResumeError, TrainingRun, append_row, load_checkpoint, read_rows
+from vqnet.training.losses import VQGANLoss, reconstruction_loss
 
 
 @dataclass(frozen=True)
@@ -218,75 +218,12 @@ def restart_dead_codes(
     return int(dead.numel())
 
 
-def save_checkpoint(
-    path: Path,
-    model: VQModel,
-    opt: torch.optim.Optimizer,
-    loss_fn: VQGANLoss,
-    opt_d: torch.optim.Optimizer,
-    step: int,
-    cfg: TrainConfig,
-    rng: np.random.Generator,
-    gen: torch.Generator,
-    usage: torch.Tensor,
-) -> None:
-    """Atomic write (tmp + rename) so a kill during save never leaves a broken checkpoint."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "discriminator": loss_fn.discriminator.state_dict(),
-        "disc_optimizer": opt_d.state_dict(),
-        "step": step,
-        "model_config": model.config.to_dict(),
-        "train_config": asdict(cfg),
-        "np_rng": rng.bit_generator.state,
-        "torch_gen": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "usage": usage,
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def truncate_log(log_path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint, so a resumed run's log has each step once."""
-    if not log_path.exists():
-        return
-    lines = log_path.read_text().splitlines(keepends=True)
-    kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
-    log_path.write_text("".join(kept))
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    """A CSV log's rows (none when it does not exist)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _append_row(path: Path, columns: list[str], row: list) -> None:
-    """One row appended to a CSV log (its header first when the file is new)."""
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new:
-            writer.writerow(columns)
-        writer.writerow(row)
-
-
 def best_validation(out: Path) -> tuple[int, float]:
     """(step, held-out loss) of the run's ``best.pt``, from ``out/val.csv``."""
-    rows = [r for r in _read_rows(out / "val.csv") if r["best"] == "1"]
+    rows = [r for r in read_rows(out / "val.csv") if r["best"] == "1"]
     if not rows:
         raise CodecError(f"{out / 'val.csv'} holds no validation yet")
     return int(rows[-1]["step"]), float(rows[-1]["loss"])
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Checkpoints hold only tensors and plain containers, so ``weights_only=True`` always suffices."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_init_model(path: str | Path) -> VQModel:
@@ -309,27 +246,6 @@ def load_init_model(path: str | Path) -> VQModel:
     return model
 
 
-def _check_resumable(state: dict, cfg: TrainConfig, model_cfg: VQGANConfig | None, ckpt_path: Path) -> VQGANConfig:
-    """The checkpoint's model config, after refusing a resume that could not continue the same run."""
-    saved_model_cfg = VQGANConfig.from_dict(state["model_config"])
-    if model_cfg is not None and saved_model_cfg != model_cfg:
-        raise CodecError(f"{ckpt_path} was trained with a different model config; use another --out")
-    if "discriminator" not in state:
-        raise CodecError(
-            f"{ckpt_path} predates the perceptual/GAN recipe and cannot be resumed under it; "
-            f"start a new run from its weights with --init {ckpt_path} --out NEW_FOLDER"
-        )
-    saved = asdict(TrainConfig(**state["train_config"]))
-    changed = [k for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES and saved[k] != v]
-    if changed:
-        raise CodecError(
-            f"{ckpt_path} was trained with other settings ("
-            + ", ".join(f"{k}={saved[k]!r}, now {getattr(cfg, k)!r}" for k in changed)
-            + "); resume with the same options or use another --out"
-        )
-    return saved_model_cfg
-
-
 def _trainable(model: VQModel, cfg: TrainConfig) -> list[nn.Parameter]:
     """The generator optimiser's parameters; the frozen parts stop needing gradients."""
     frozen = [model.encoder, model.quant_conv, model.quantize] if cfg.freeze_encoder else []
@@ -340,6 +256,106 @@ def _trainable(model: VQModel, cfg: TrainConfig) -> list[nn.Parameter]:
     if not cfg.freeze_encoder:
         return [p for p in model.parameters() if p.requires_grad]
     return [p for p in (*model.post_quant_conv.parameters(), *model.decoder.parameters()) if p.requires_grad]
+
+
+class VQGANTrainer:
+    """One step of taming's recipe and the state a resumed run needs (:class:`TrainingRun`)."""
+
+    def __init__(self, model: VQModel, cfg: TrainConfig, fitted_book: bool):
+        self.model, self.cfg = model, cfg
+        self.opt = torch.optim.Adam(_trainable(model, cfg), lr=cfg.lr, betas=(0.5, 0.9))
+        self.loss_fn = VQGANLoss(
+            perceptual_weight=cfg.perceptual_weight,
+            codebook_weight=cfg.codebook_weight,
+            disc_weight=cfg.disc_weight,
+            disc_start=cfg.disc_start,
+            disc_warmup=cfg.disc_warmup,
+            disc_layers=cfg.disc_layers,
+            disc_ndf=cfg.disc_ndf,
+        ).to(cfg.device)
+        self.opt_d = torch.optim.Adam(
+            self.loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9)
+        )
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        # From scratch, usage starts at zero so the first restart re-seeds the whole book on real
+        # encoder outputs (a data-dependent init; the default +-1/n init collapses to a few codes).
+        # A fitted book (--init) is already in use: every code gets a re-seeded code's grace period.
+        n_embed = model.config.n_embed
+        self.usage = torch.full((n_embed,), 2 * cfg.restart_threshold) if fitted_book else torch.zeros(n_embed)
+        self.dataset: CropDataset | None = None
+        model.train()
+        self.loss_fn.train()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "discriminator": self.loss_fn.discriminator.state_dict(),
+            "disc_optimizer": self.opt_d.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "np_rng": self.rng.bit_generator.state,
+            "torch_gen": self.gen.get_state(),
+            "usage": self.usage,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if "discriminator" not in state:
+            raise ResumeError(
+                "the checkpoint predates the perceptual/GAN recipe and cannot be resumed under it; "
+                "start a new run from its weights with --init CHECKPOINT --out NEW_FOLDER"
+            )
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.loss_fn.discriminator.load_state_dict(state["discriminator"])
+        self.opt_d.load_state_dict(state["disc_optimizer"])
+        self.rng.bit_generator.state = state["np_rng"]
+        self.gen.set_state(state["torch_gen"])
+        self.usage = state["usage"]
+
+    def step(self, step: int) -> dict[str, float]:
+        """Taming's two optimiser steps, except that the discriminator scores the generator step's
+        reconstruction instead of a second encoder+decoder pass with the updated weights (which
+        Lightning's per-optimiser ``training_step`` does): one less forward pass."""
+        cfg, model, loss_fn = self.cfg, self.model, self.loss_fn
+        t0 = time.perf_counter()
+        x = self.dataset.batch(self.rng, cfg.batch).to(cfg.device)
+        h, emb_loss, idx, xrec = autoencode(model, x, cfg, encoder_grad=not cfg.freeze_encoder)
+        surrogate, row = loss_fn.generator_loss(x, xrec, emb_loss, model.decoder.conv_out.weight, step)
+        self.opt.zero_grad(set_to_none=True)
+        surrogate.backward()
+        self.opt.step()
+        d_row = {"d_loss": math.nan, "logits_real": math.nan, "logits_fake": math.nan}
+        if loss_fn.disc_active(step):
+            d_loss, d_row = loss_fn.discriminator_loss(x, xrec)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        done = step + 1
+        counts = torch.bincount(idx.flatten().cpu(), minlength=model.config.n_embed).float()
+        self.usage.mul_(0.99).add_(0.01 * counts)
+        restarted = 0
+        if cfg.restart_every and not cfg.freeze_encoder and (done == 1 or done % cfg.restart_every == 0):
+            restarted = restart_dead_codes(model, self.usage, h, cfg.restart_threshold, self.gen)
+        return (
+            row
+            | d_row
+            | {"perplexity": perplexity(counts), "restarted": restarted, "seconds": time.perf_counter() - t0}
+        )
+
+
+def _start_model(cfg: TrainConfig, model_cfg: VQGANConfig | None) -> tuple[VQModel, bool]:
+    """A fresh run's model: ``cfg.init``'s (grown as asked) or a new one; and whether its codebook
+    is already fitted."""
+    init = load_init_model(cfg.init) if cfg.init else None
+    if init is not None and (cfg.decoder_ch or cfg.decoder_res_blocks):
+        try:
+            init = grow_decoder(init, cfg.decoder_ch, cfg.decoder_res_blocks, seed=cfg.seed)
+        except ValueError as exc:
+            raise CodecError(f"--decoder-ch/--decoder-blocks: {exc}") from None
+    if init is not None and model_cfg is not None and init.config != model_cfg:
+        raise CodecError(f"--init {cfg.init} has a different model config than the one asked for")
+    return init or VQModel(model_cfg or small_config()), init is not None
 
 
 def train_vqgan(
@@ -354,8 +370,9 @@ def train_vqgan(
     val: str | Path | None = None,
     val_every: int = 250,
 ) -> Path:
-    """Train (or resume) with taming's recipe and return the checkpoint path. Logs every step to
-    ``out/log.csv`` (:data:`LOG_COLUMNS`; GAN columns are NaN before ``disc_start``).
+    """Train (or resume) with taming's recipe in :class:`TrainingRun` and return the checkpoint
+    path. Logs every step to ``out/log.csv`` (:data:`LOG_COLUMNS`; GAN columns are NaN before
+    ``disc_start``).
 
     With ``val`` (a folder of held-out photos, :class:`ValidationSet`) the held-out loss is logged
     to ``out/val.csv`` (:data:`VAL_COLUMNS`) every ``val_every`` steps and at the last one, and
@@ -363,123 +380,45 @@ def train_vqgan(
     decoder --checkpoint`` should take when a long run overfits.
 
     ``model_cfg`` may be None when the config comes from ``cfg.init`` or, on resume, from the
-    checkpoint. A step is taming's two optimiser steps, except that the discriminator scores the
-    generator step's reconstruction instead of a second encoder+decoder pass with the updated
-    weights (which Lightning's per-optimiser ``training_step`` does): one less forward pass.
-
-    ``minutes`` stops the run early, with a checkpoint, once that much wall time has passed: a
-    lent GPU comes with a fixed budget, and ``--resume`` continues from there towards ``steps``.
-    Batches and restarts are drawn on the CPU, so ``cfg.device`` changes speed, not the data.
+    checkpoint. ``minutes`` stops the run early, with a checkpoint; ``--resume`` continues from
+    there towards ``steps``. Batches and restarts are drawn on the CPU, so ``cfg.device`` changes
+    speed, not the data.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path, val_path, best_path = out / "checkpoint.pt", out / "log.csv", out / "val.csv", out / "best.pt"
     if val_every < 1:
         raise ValueError("val_every must be >= 1")
-    state = None
-    if ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model_cfg = _check_resumable(state, cfg, model_cfg, ckpt_path)
+    run = TrainingRun(
+        out,
+        asdict(cfg),
+        resume,
+        may_change=_RESUMABLE_CHANGES,
+        missing=asdict(TrainConfig()),
+        logs=["val.csv"],
+        outputs=["best.pt"],
+    )
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    init = load_init_model(cfg.init) if cfg.init and state is None else None
-    if init is not None and (cfg.decoder_ch or cfg.decoder_res_blocks):
-        try:
-            init = grow_decoder(init, cfg.decoder_ch, cfg.decoder_res_blocks, seed=cfg.seed)
-        except ValueError as exc:
-            raise CodecError(f"--decoder-ch/--decoder-blocks: {exc}") from None
-    if init is not None and model_cfg is not None and init.config != model_cfg:
-        raise CodecError(f"--init {cfg.init} has a different model config than the one asked for")
-    model = (init or VQModel(model_cfg or small_config())).to(cfg.device)
-    n_embed = model.config.n_embed
-    opt = torch.optim.Adam(_trainable(model, cfg), lr=cfg.lr, betas=(0.5, 0.9))
-    loss_fn = VQGANLoss(
-        perceptual_weight=cfg.perceptual_weight,
-        codebook_weight=cfg.codebook_weight,
-        disc_weight=cfg.disc_weight,
-        disc_start=cfg.disc_start,
-        disc_warmup=cfg.disc_warmup,
-        disc_layers=cfg.disc_layers,
-        disc_ndf=cfg.disc_ndf,
-    ).to(cfg.device)
-    opt_d = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    # From scratch, usage starts at zero so the first restart re-seeds the whole book on real
-    # encoder outputs (a data-dependent init; the default +-1/n init collapses to a few codes).
-    # An --init book is already fitted: every code gets a re-seeded code's grace period instead.
-    usage = torch.full((n_embed,), 2 * cfg.restart_threshold) if init is not None else torch.zeros(n_embed)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        loss_fn.discriminator.load_state_dict(state["discriminator"])
-        opt_d.load_state_dict(state["disc_optimizer"])
-        rng.bit_generator.state = state["np_rng"]
-        gen.set_state(state["torch_gen"])
-        torch.set_rng_state(state["torch_rng"])
-        usage = state["usage"]
-        step = int(state["step"])
-        truncate_log(log_path, step)
-        truncate_log(val_path, step)
+    if run.state is not None:
+        saved_cfg = VQGANConfig.from_dict(run.state["model_config"])
+        if model_cfg is not None and saved_cfg != model_cfg:
+            raise ResumeError(f"{run.checkpoint} was trained with a different model config; use another --out")
+        model, fitted = VQModel(saved_cfg), False
     else:
-        log_path.unlink(missing_ok=True)
-        val_path.unlink(missing_ok=True)
-        best_path.unlink(missing_ok=True)
+        model, fitted = _start_model(cfg, model_cfg)
+    trainer = VQGANTrainer(model.to(cfg.device), cfg, fitted)
     valset = ValidationSet(val, cfg.crop) if val is not None else None
-    best = min((float(r["loss"]) for r in _read_rows(val_path)), default=math.inf)
-    dataset = CropDataset(data, cfg.crop, progress=on_load)
-    stop_at = None if minutes is None else time.monotonic() + 60 * minutes
-    model.train()
-    loss_fn.train()
-    last_save = time.monotonic()
-    new_log = not log_path.exists()
-    no_disc = {"d_loss": math.nan, "logits_real": math.nan, "logits_fake": math.nan}
-    with log_path.open("a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new_log:
-            writer.writerow(LOG_COLUMNS)
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            x = dataset.batch(rng, cfg.batch).to(cfg.device)
-            h, emb_loss, idx, xrec = autoencode(model, x, cfg, encoder_grad=not cfg.freeze_encoder)
-            surrogate, row = loss_fn.generator_loss(x, xrec, emb_loss, model.decoder.conv_out.weight, step)
-            opt.zero_grad(set_to_none=True)
-            surrogate.backward()
-            opt.step()
-            d_row = no_disc
-            if loss_fn.disc_active(step):
-                d_loss, d_row = loss_fn.discriminator_loss(x, xrec)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            step += 1
-            counts = torch.bincount(idx.flatten().cpu(), minlength=n_embed).float()
-            usage.mul_(0.99).add_(0.01 * counts)
-            restarted = 0
-            if cfg.restart_every and not cfg.freeze_encoder and (step == 1 or step % cfg.restart_every == 0):
-                restarted = restart_dead_codes(model, usage, h, cfg.restart_threshold, gen)
-            row |= d_row | {
-                "perplexity": perplexity(counts),
-                "restarted": restarted,
-                "seconds": time.perf_counter() - t0,
-            }
-            writer.writerow([step] + [f"{row[c]:.6g}" for c in LOG_COLUMNS[1:]])
-            if on_step:
-                on_step(step, row)
-            out_of_time = stop_at is not None and time.monotonic() > stop_at
-            if valset is not None and (step % val_every == 0 or step == cfg.steps or out_of_time):
-                v = valset.loss(model, cfg)
-                improved = v["loss"] < best
-                if improved:
-                    best = v["loss"]
-                    save_checkpoint(best_path, model, opt, loss_fn, opt_d, step, cfg, rng, gen, usage)
-                _append_row(val_path, VAL_COLUMNS, [step, *(f"{v[c]:.6g}" for c in VAL_COLUMNS[1:-1]), int(improved)])
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time:
-                fh.flush()
-                save_checkpoint(ckpt_path, model, opt, loss_fn, opt_d, step, cfg, rng, gen, usage)
-                last_save = time.monotonic()
-            if out_of_time:
-                break
-    return ckpt_path
+    val_path = out / "val.csv"
+    best = min((float(r["loss"]) for r in read_rows(val_path) if int(r["step"]) <= run.step), default=math.inf)
+    trainer.dataset = CropDataset(data, cfg.crop, progress=on_load)
+
+    def validate(step: int, last: bool) -> None:
+        nonlocal best
+        if valset is None or not (step % val_every == 0 or last):
+            return
+        v = valset.loss(model, cfg)
+        improved = v["loss"] < best
+        if improved:
+            best = v["loss"]
+            run.save(trainer, step, out / "best.pt")
+        append_row(val_path, VAL_COLUMNS, [step, *(v[c] for c in VAL_COLUMNS[1:-1]), int(improved)])
+
+    return run.run(trainer, cfg.steps, LOG_COLUMNS[1:], cfg.checkpoint_minutes, minutes, on_step, validate)
