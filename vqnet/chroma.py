@@ -163,7 +163,7 @@ def apply(decoded: np.ndarray, chroma: Chroma, factor: int, from_luma: bool = Tr
     """The decoded uint8 image with its chroma replaced by the thumbnail's (luminance kept),
     upsampled bicubically and given the decoded luma's detail (:func:`_luma_detail`, windows of
     two blocks). ``from_luma=False`` stops at the bicubic upsampling (the previous release's
-    receiver, kept for ``scripts/chroma_rd.py``'s comparison)."""
+    receiver, kept for ``scripts/experiments/chroma_rd.py``'s comparison)."""
     H, W = decoded.shape[:2]
     size = chroma.cells * factor
     planes = torch.from_numpy(chroma.planes.astype(np.float64) * chroma.step + 128.0).unsqueeze(0)

@@ -14,7 +14,7 @@ and a number without the code that made it cannot be checked or re-run for a new
   ``--oracle-block`` px, upsampled bicubically; 1 = every pixel's) put under the decoded luma: what
   colour alone could still buy, at no rate.
 
-Usage: ``python scripts/quality_probes.py codes continuous [--images kodim02 kodim05 ...] [--K 1024]``
+Usage: ``python scripts/experiments/quality_probes.py codes continuous [--images kodim02 kodim05 ...] [--K 1024]``
 """
 
 from __future__ import annotations

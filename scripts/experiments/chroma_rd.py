@@ -6,7 +6,7 @@ of every setting is added to those packets, so the rows differ only by their col
 setting ``cells:step:bicubic`` stops the receiver at the bicubic thumbnail (the previous release's,
 without the luma's detail).
 
-Usage: ``python scripts/chroma_rd.py ../shared/data/kodak [--ks 1024 256 64 16]
+Usage: ``python scripts/experiments/chroma_rd.py ../shared/data/kodak [--ks 1024 256 64 16]
 [--settings 2:8:bicubic 2:8 2:4 2:3 1:8] [--max-payload 1000]``
 """
 
