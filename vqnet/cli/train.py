@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from rich.progress import Progress
 
 from vqnet.cli.errors import fail, user_errors
 from vqnet.cli.options import DEVICE_HELP, MINUTES_HELP, check_device
+from vqnet.cli.recipe import MODEL_META, recipe_option
 from vqnet.progress import COLUMNS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train models (resumable).")
@@ -23,6 +25,8 @@ FREEZE_CHOICES = ("none", "encoder", "encoder,post_quant_conv")
 
 @app.command("vqgan")
 def train_vqgan_cmd(
+    ctx: typer.Context,
+    config: Annotated[Path | None, recipe_option("vqgan")] = None,
     data: Annotated[Path, typer.Option(help="Folder of training photos (recursively).")] = Path("../shared/data/train"),
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt and log.csv.")] = Path("runs/vqgan"),
     steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 4000,
@@ -106,7 +110,8 @@ def train_vqgan_cmd(
         if crop % 16 or (ch or 32) % 32:
             raise typer.BadParameter("crop must be a multiple of 16 and ch a multiple of 32")
         sizes = {k: v for k, v in (("ch", ch), ("n_embed", n_embed)) if v is not None}
-        if init and sizes:
+        recipe_model = ctx.meta.get(MODEL_META)
+        if init and sizes and recipe_model is None:
             raise typer.BadParameter("--ch and --n-embed come from the --init model; leave them out")
         if freeze not in FREEZE_CHOICES:
             raise typer.BadParameter(f"--freeze must be {' or '.join(FREEZE_CHOICES)}, got {freeze!r}")
@@ -115,6 +120,17 @@ def train_vqgan_cmd(
         if freeze != "none" and not (init or resume):
             raise typer.BadParameter(f"--freeze {freeze} needs --init: a random encoder would stay random")
         from vqnet.training.vqgan import TrainConfig, small_config, train_vqgan
+
+        model_cfg = small_config(**sizes) if sizes else None
+        if recipe_model is not None:  # the recipe's model, --ch and --n-embed overriding it
+            from vqnet.codec.model import VQGANConfig
+
+            model_cfg = VQGANConfig.from_dict(recipe_model)
+            model_cfg = replace(
+                model_cfg,
+                n_embed=n_embed or model_cfg.n_embed,
+                ddconfig=replace(model_cfg.ddconfig, ch=ch or model_cfg.ddconfig.ch),
+            )
 
         cfg = TrainConfig(
             steps=steps,
@@ -154,7 +170,7 @@ def train_vqgan_cmd(
                 data,
                 out,
                 cfg,
-                small_config(**sizes) if sizes else None,
+                model_cfg,
                 resume=resume,
                 on_step=on_step,
                 on_load=on_load,
@@ -182,6 +198,7 @@ def default_workers(device: str) -> int:
 def train_prior_cmd(
     kind: Annotated[str, typer.Option(help="ar: the paper's sliding-window GPT; masked: our bidirectional model.")],
     K: Annotated[int, typer.Option("--K", min=2, help="Codebook size of the ladder rung to train for.")],
+    config: Annotated[Path | None, recipe_option("prior")] = None,
     model: Annotated[Path | None, typer.Option(help="Codec bundle (default: the bundled model).")] = None,
     data: Annotated[Path, typer.Option(help="Folder of training photos (recursively).")] = Path("../shared/data/train"),
     photos: Annotated[
@@ -191,8 +208,8 @@ def train_prior_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 2000,
     batch: Annotated[int, typer.Option(min=1, help="16x16 windows per step.")] = 32,
     layers: Annotated[int, typer.Option(min=1, help="Transformer blocks.")] = 4,
-    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 8,
-    embd: Annotated[int, typer.Option(min=8, help="Width (multiple of --heads).")] = 256,
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
+    embd: Annotated[int, typer.Option(min=8, help="Width (multiple of --heads).")] = 128,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak AdamW learning rate.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights, windows and masks.")] = 0,
     dropout: Annotated[

@@ -43,9 +43,9 @@ class PriorTrainConfig:
 
     kind: Kind
     K: int
-    n_layer: int = 4
-    n_head: int = 8
-    n_embd: int = 256
+    n_layer: int = 4  # the shipped concealers' size (configs/prior-*-k256.yaml)
+    n_head: int = 4
+    n_embd: int = 128
     steps: int = 2000
     batch: int = 32
     lr: float = 5e-4
