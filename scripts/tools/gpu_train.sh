@@ -37,6 +37,8 @@
 # With .gpu/val (gpu_pack.py --val-photos, or VAL=DIR) the decoder stages log a held-out loss and
 # the ladder takes their best.pt, not the last step: one 256-px crop per photo overfits after
 # ~2000 steps at batch 32 (a 3757-step run got better on its crops and worse on Kodak).
+# Every stage runs its recipe from configs/ (docs/training.md, "Recipes"): the flags below set only
+# what a GPU call changes (data, budget, batch); DROPOUT, when set, overrides the recipes' (ar 0.1).
 # Each stage has a wall-clock budget (minutes, env below) because the lease is fixed; everything
 # the repo needs lands in $OUT (at most 8 files come back).
 set -euo pipefail
@@ -50,7 +52,7 @@ PACK=${PACK:-.gpu}
 # A pack may travel as one tar of its train/ and val/ folders (PACK/pack.tar): the device refused
 # .gpu-webp's 2880 small files as over 64 MiB, though their bytes were under it (README).
 [ ! -f "$PACK/pack.tar" ] || tar xf "$PACK/pack.tar" -C "$PACK"
-VAL=${VAL:-$([ -d "$PACK/val" ] && echo "$PACK/val" || true)} DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-$PACK/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-0}
+VAL=${VAL:-$([ -d "$PACK/val" ] && echo "$PACK/val" || true)} DEC_CH=${DEC_CH:-} DEC_BLOCKS=${DEC_BLOCKS:-} DISC_WEIGHT=${DISC_WEIGHT:-0.8} DISC_WARMUP=${DISC_WARMUP:-0} DEVICE=${DEVICE:-cuda} MAPS=${MAPS:-$PACK/maps-K256.safetensors} KINDS=${KINDS:-ar masked} DROPOUT=${DROPOUT:-}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 
@@ -69,14 +71,14 @@ if [ -n "${JOINT:-}" ] && [ "$KINDS" != none ]; then
   echo "JOINT=1 changes every index map, so the transformers cannot train on the packed maps: set KINDS=none" >&2
   exit 2
 fi
-freeze=(--freeze "${FREEZE:-encoder,post_quant_conv}")
-[ -z "${JOINT:-}" ] || freeze=()
+freeze=(${FREEZE:+--freeze "$FREEZE"})  # the recipe's: encoder,post_quant_conv
+[ -z "${JOINT:-}" ] || freeze=(--freeze none)
 train_decoder() {  # OUT_DIR INIT MINUTES DISC_START (the encoder trains too with JOINT=1)
-  vq train vqgan --data "$PACK/train" --out "$1" --init "$2" "${freeze[@]}" --steps 1000000 --batch "$DEC_BATCH" \
-    --crop "$CROP" --lr 1.5e-4 --disc-start "$4" --disc-weight "$DISC_WEIGHT" --disc-warmup "$DISC_WARMUP" \
+  vq train vqgan --config configs/vqgan-f16-decoder.yaml --data "$PACK/train" --out "$1" --init "$2" "${freeze[@]}" \
+    --batch "$DEC_BATCH" --crop "$CROP" --disc-start "$4" --disc-weight "$DISC_WEIGHT" --disc-warmup "$DISC_WARMUP" \
     ${DEC_CH:+--decoder-ch "$DEC_CH"} \
     ${DEC_BLOCKS:+--decoder-blocks "$DEC_BLOCKS"} ${VAL:+--val "$VAL"} \
-    --bf16 --device "$DEVICE" --minutes "$3"
+    --device "$DEVICE" --minutes "$3"
 }
 chosen() {  # RUN_DIR: its lowest held-out-loss checkpoint when validated, else its last one
   if [ -f "$1/best.pt" ]; then echo "$1/best.pt"; else echo "$1/checkpoint.pt"; fi
@@ -90,8 +92,8 @@ swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, pri
   fi
 }
 finetune() {  # BUNDLE OUT_BUNDLE: the paper's codebook fine-tuning of K <= 64 for that bundle's decoder
-  vq codebook finetune --model "$1" --out "$2" --data "$PACK/train" --ks 64,32,16 --steps 1000000 \
-    --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
+  vq codebook finetune --model "$1" --out "$2" --run "$RUN/ft-$(basename "$2" .safetensors)" --data "$PACK/train" \
+    --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
 }
 if [ -n "${PRIORS_ONLY:-}" ]; then
   cp "${MODEL:-vqnet/models/default.safetensors}" "$RUN/default.safetensors"
@@ -114,19 +116,18 @@ fi
 
 [ "$KINDS" != none ] || KINDS=""
 for kind in $KINDS; do
-  steps=$AR_STEPS init=taming from=${AR_START:-} start=() lr=1e-3
-  [ "$kind" = masked ] && steps=$MASKED_STEPS init=codes from=${MASKED_START:-}
+  steps=$AR_STEPS from=${AR_START:-} start=() lr=1e-3
+  [ "$kind" = masked ] && steps=$MASKED_STEPS from=${MASKED_START:-}
   [ -z "$from" ] || start=(--start "$from") lr=${START_LR:-5e-4}
-  vq train prior --kind "$kind" --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" \
-    --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --layers 4 --heads 4 --embd 128 --lr "$lr" \
-    --init "$init" "${start[@]}" --dropout "$DROPOUT" --device "$DEVICE" --minutes "$PRIOR_MIN" \
-    ${PRIOR_WORKERS:+--workers "$PRIOR_WORKERS"}
+  vq train prior --config "configs/prior-$kind-k256.yaml" --model "$RUN/default.safetensors" --maps "$MAPS" \
+    --out "$RUN/prior-$kind" --steps "$steps" --batch "$PRIOR_BATCH" --lr "$lr" "${start[@]}" \
+    ${DROPOUT:+--dropout "$DROPOUT"} --device "$DEVICE" --minutes "$PRIOR_MIN" ${PRIOR_WORKERS:+--workers "$PRIOR_WORKERS"}
   if [ "$kind" = ar ] && [ "$CORRUPT_MIN" != 0 ]; then  # overwrites the file it starts from, after reading it
     [ -z "${PRIORS_ONLY:-}" ] || cp "$RUN/default.ar.K256.safetensors" "$OUT/ar-clean.K256.safetensors"
-    vq train prior --kind ar --K 256 --model "$RUN/default.safetensors" --maps "$MAPS" --out "$RUN/prior-ar-corrupt" \
-      --start "$RUN/default.ar.K256.safetensors" --corrupt --steps "$CORRUPT_STEPS" --batch "$PRIOR_BATCH" \
-      --layers 4 --heads 4 --embd 128 --lr 2e-4 --init taming --dropout "$DROPOUT" --device "$DEVICE" \
-      --minutes "$CORRUPT_MIN" ${PRIOR_WORKERS:+--workers "$PRIOR_WORKERS"}
+    vq train prior --config configs/prior-ar-k256-corrupt.yaml --model "$RUN/default.safetensors" --maps "$MAPS" \
+      --out "$RUN/prior-ar-corrupt" --start "$RUN/default.ar.K256.safetensors" --steps "$CORRUPT_STEPS" \
+      --batch "$PRIOR_BATCH" ${DROPOUT:+--dropout "$DROPOUT"} --device "$DEVICE" --minutes "$CORRUPT_MIN" \
+      ${PRIOR_WORKERS:+--workers "$PRIOR_WORKERS"}
   fi
   cp "$RUN/default.$kind.K256.safetensors" "$OUT/"
   echo "$kind done at $((SECONDS - t0)) s"

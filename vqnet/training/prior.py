@@ -10,8 +10,8 @@ Both kinds see 16x16 windows of the training photos' index maps at one K:
   positions, drawn by :func:`vqnet.training.prior_data.sample_mask` (i.i.d., raster runs, interleaved
   packets in bursts, blocks), are replaced by the mask id (K); cross-entropy on those positions.
 
-A checkpoint holds model, optimiser, step and every RNG state, so ``--resume`` continues the same
-curve; it is written atomically every few minutes and at the end.
+A checkpoint (:mod:`vqnet.training.loop`) holds model, optimiser, step and every RNG state, so
+``--resume`` continues the same curve; it is written atomically every few minutes and at the end.
 """
 
 from __future__ import annotations
