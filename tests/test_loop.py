@@ -26,6 +26,9 @@ class Tiny:
         self.rng = np.random.default_rng(seed)
         self.kill_at = kill_at
 
+    def describe(self, row: dict[str, float]) -> str:
+        return f"loss {row['loss']:.3f}"
+
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),

@@ -297,17 +297,9 @@ def codebook_finetune(
         with progress_bar(None, "loading photos", quiet) as advance:
             dataset = CropDataset(data, crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
         latents, views, described = _photo_views(codec, data, images, seed, quiet=quiet)
-        with progress_bar(steps, f"fine-tuning K={','.join(map(str, targets))}", quiet) as advance:
-            done = 0  # steps the bar shows: a resumed run starts further on
-
-            def on_step(step: int, row: dict[str, float]) -> None:
-                nonlocal done
-                advance(step - done, " ".join(f"K={K} {row[f'loss_K{K}']:.4f}" for K in targets))
-                done = step
-
-            tuned, steps_run = finetune_ladder(
-                codec, dataset, latents, cfg, run, targets, resume, on_step, minutes, views
-            )
+        tuned, steps_run = finetune_ladder(
+            codec, dataset, latents, cfg, run, targets, resume, minutes, views, progress=not quiet
+        )
         tuned.model.cpu()
         history = {K: [float(r[f"loss_K{K}"]) for r in read_rows(run / "log.csv")] for K in targets}
         tuned.provenance["finetune"] = asdict(cfg) | {

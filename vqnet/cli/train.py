@@ -152,32 +152,9 @@ def train_vqgan_cmd(
             decoder_res_blocks=decoder_blocks,
             device=check_device(device),
         )
-        with Progress(*COLUMNS) as bar:
-            loading = bar.add_task("loading photos", total=None, label="")
-            training = bar.add_task("training", total=steps, label="")
-
-            def on_load(i: int, n: int) -> None:
-                bar.update(loading, total=n, completed=i)
-
-            def on_step(step: int, row: dict[str, float]) -> None:
-                label = (
-                    f"L1 {row['l1']:.4f} P {row['p_loss']:.3f} vq {row['emb_loss']:.4f} "
-                    f"D {row['d_loss']:.3f} ppl {row['perplexity']:.0f}"
-                )
-                bar.update(training, completed=step, label=label)
-
-            path = train_vqgan(
-                data,
-                out,
-                cfg,
-                model_cfg,
-                resume=resume,
-                on_step=on_step,
-                on_load=on_load,
-                minutes=minutes,
-                val=val,
-                val_every=val_every,
-            )
+        path = train_vqgan(
+            data, out, cfg, model_cfg, resume=resume, minutes=minutes, val=val, val_every=val_every, progress=True
+        )
         typer.echo(f"checkpoint: {path}")
         if val is not None:
             from vqnet.training.vqgan import best_validation
@@ -366,27 +343,22 @@ def train_prior_cmd(
                 if maps:
                     save_maps(maps, grids, fingerprint, n_photos)
             bar.update(encoding, label=f"{len(grids)} index maps")
-            training = bar.add_task(f"training {kind} K={K}", total=steps, label="")
-
-            def on_step(step: int, row: dict[str, float]) -> None:
-                bar.update(training, completed=step, label=f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
-
-            try:
-                ckpt = train_prior(
-                    grids,
-                    out,
-                    cfg,
-                    resume=resume,
-                    extra={"fingerprint": fingerprint},
-                    code_vectors=codec.codebook(K).embedding,
-                    on_step=on_step,
-                    device=device,
-                    minutes=minutes,
-                    start_weights=start_weights,
-                    workers=default_workers(device) if workers is None else workers,
-                )
-            except TimeoutError as exc:  # a lost batch-drawing worker
-                raise fail(str(exc)) from None
+        try:
+            ckpt = train_prior(
+                grids,
+                out,
+                cfg,
+                resume=resume,
+                extra={"fingerprint": fingerprint},
+                code_vectors=codec.codebook(K).embedding,
+                device=device,
+                minutes=minutes,
+                start_weights=start_weights,
+                workers=default_workers(device) if workers is None else workers,
+                progress=True,
+            )
+        except TimeoutError as exc:  # a lost batch-drawing worker
+            raise fail(str(exc)) from None
         state = load_checkpoint(ckpt)
         from vqnet.restore.gpt import GPT
 

@@ -14,7 +14,7 @@ changes which codes the encoder's outputs pick.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -136,6 +136,9 @@ class FinetuneTrainer:
         self.opts = {K: torch.optim.Adam(r.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for K, r in self.rungs.items()}
         self.rng = np.random.default_rng(cfg.seed)
 
+    def describe(self, row: dict[str, float]) -> str:
+        return " ".join(f"K={K} {row[f'loss_K{K}']:.4f}" for K in self.rungs)
+
     def state_dict(self) -> dict:
         return {
             "rungs": {str(K): r.state_dict() for K, r in self.rungs.items()},
@@ -179,9 +182,9 @@ def finetune_ladder(
     out: Path,
     ks: Sequence[int] | None = None,
     resume: bool = False,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
     minutes: float | None = None,
     prior_views: int = 1,
+    progress: bool = False,
 ) -> tuple[Codec, int]:
     """Return a new Codec whose rungs ``ks`` (default: all below the base) are fine-tuned, and the
     steps it was trained for.
@@ -192,7 +195,7 @@ def finetune_ladder(
     ``prior_views`` consecutive ones per photo: :func:`~vqnet.training.photos.photo_views`,
     :func:`~vqnet.training.ladder.fit_prior`). Crops are drawn from ``cfg.seed`` on the CPU;
     training runs where ``codec.model`` sits. ``minutes`` ends training early (a lent GPU's budget
-    is fixed).
+    is fixed). ``progress`` shows a bar on stderr.
     """
     if dataset.crop != cfg.crop:
         raise ValueError(f"the dataset makes {dataset.crop}-px crops but the config says {cfg.crop}")
@@ -203,7 +206,8 @@ def finetune_ladder(
     torch.manual_seed(cfg.seed)
     trainer = FinetuneTrainer(codec, targets, dataset, cfg)
     with _frozen(codec.model):
-        run.run(trainer, cfg.steps, log_columns(targets), minutes=minutes, on_step=on_step)
+        bar = f"fine-tuning K={','.join(map(str, targets))}" if progress else None
+        run.run(trainer, cfg.steps, log_columns(targets), minutes=minutes, bar=bar)
     codebooks = dict(codec.codebooks)
     for K, rung in trainer.rungs.items():
         tuned = rung.codebook(codec.codebook(K))

@@ -1,7 +1,7 @@
 """The one checkpoint/resume loop every trainer runs (the VQGAN, codebook fine-tuning, the
 concealment transformers).
 
-A trainer supplies only what differs: its step (:meth:`Trainer.step`) and its state
+A trainer supplies only what differs: its step (:meth:`Trainer.step`, :meth:`Trainer.describe`) and its state
 (:meth:`Trainer.state_dict` / :meth:`Trainer.load_state_dict`: models, optimisers, its own
 generators). The loop owns the rest, the same for all of them:
 
@@ -14,7 +14,8 @@ generators). The loop owns the rest, the same for all of them:
   then the trainer's state and the RNG states come back, so the resumed run continues the same
   loss curve, step for step;
 - ``OUT/log.csv``: one row per step, rows past the checkpoint dropped on resume;
-- progress: ``on_step(step, row)`` after every step, starting from the resumed step.
+- the progress bar (:func:`vqnet.progress.progress_bar`), from the resumed step on, labelled with
+  each step's row as the trainer words it (:meth:`Trainer.describe`).
 
 Checkpoints hold only tensors and plain containers and load with ``weights_only=True``.
 """
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import torch
 
 from vqnet.errors import VqnetError
+from vqnet.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -44,6 +46,9 @@ class Trainer(Protocol):
 
     def step(self, step: int) -> dict[str, float]:
         """Take step number ``step`` (0-based) and return its log row."""
+
+    def describe(self, row: dict[str, float]) -> str:
+        """The progress bar's label for a step's row."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the step and the global RNG that a resumed run needs (tensors and plain
@@ -155,14 +160,15 @@ class TrainingRun:
         columns: Sequence[str],
         checkpoint_minutes: float = 3.0,
         minutes: float | None = None,
-        on_step: Callable[[int, dict[str, float]], None] | None = None,
         after_step: Callable[[int, bool], None] | None = None,
+        bar: str | None = None,
     ) -> Path:
         """Step ``trainer`` from :attr:`step` to ``steps`` and return the checkpoint path.
 
         Each row (``columns``, after ``step``) goes to ``OUT/log.csv``. ``after_step(step,
         last)`` follows each logged step (``last``: the run ends after it), before the checkpoint
-        is written; a validation hooks in there. ``minutes`` stops the run early, with a
+        is written; a validation hooks in there. ``bar`` titles a progress bar on stderr (None: no
+        bar). ``minutes`` stops the run early, with a
         checkpoint, once that much wall time has passed (a lent GPU's budget is fixed); a resumed
         run continues from there towards ``steps``.
         """
@@ -178,7 +184,8 @@ class TrainingRun:
         stop_at = None if minutes is None else last_save + 60 * minutes
         log_path = self.logs[0]
         new_log = not log_path.exists()
-        with log_path.open("a", newline="") as fh:
+        with progress_bar(steps, bar or "", quiet=bar is None) as advance, log_path.open("a", newline="") as fh:
+            advance(step, "")  # a resumed run's bar starts where it stopped
             writer = csv.writer(fh)
             if new_log:
                 writer.writerow(["step", *columns])
@@ -187,8 +194,7 @@ class TrainingRun:
                 step = self.step = step + 1
                 writer.writerow([step, *(_cell(row[c]) for c in columns)])
                 fh.flush()
-                if on_step:
-                    on_step(step, row)
+                advance(1, trainer.describe(row))
                 out_of_time = stop_at is not None and time.monotonic() > stop_at
                 last = step == steps or out_of_time
                 if after_step:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -175,6 +174,9 @@ class PriorTrainer:
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
         model.train()
 
+    def describe(self, row: dict[str, float]) -> str:
+        return f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}"
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
 
@@ -210,11 +212,11 @@ def train_prior(
     resume: bool = False,
     extra: dict | None = None,
     code_vectors: torch.Tensor | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
     device: str = "cpu",
     minutes: float | None = None,
     start_weights: dict[str, torch.Tensor] | None = None,
     workers: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Train (or resume) a concealment transformer in :class:`TrainingRun`; returns the
     checkpoint path. Logs every step to ``out/log.csv`` (:data:`LOG_COLUMNS`).
@@ -227,7 +229,7 @@ def train_prior(
     ``start_weights`` (a trained model's state_dict, whose file's sha256 is ``cfg.start``) replace
     the initial weights: a fine-tune. ``workers`` processes draw the batches ahead
     (:class:`vqnet.training.prior_data.StepBatches`): the same run, faster where the model is not
-    the bottleneck (a GPU).
+    the bottleneck (a GPU). ``progress`` shows a bar on stderr.
     """
     if (start_weights is None) != (not cfg.start):
         raise ValueError("start_weights and cfg.start (their file's sha256) go together")
@@ -242,4 +244,5 @@ def train_prior(
     batches = StepBatches(maps, cfg.seed, cfg.batch, with_masks=cfg.kind == "masked" or cfg.corrupt, workers=workers)
     with batches:
         trainer = PriorTrainer(model, cfg, batches)
-        return run.run(trainer, cfg.steps, LOG_COLUMNS, cfg.checkpoint_minutes, minutes, on_step)
+        bar = f"training {cfg.kind} K={cfg.K}" if progress else None
+        return run.run(trainer, cfg.steps, LOG_COLUMNS, cfg.checkpoint_minutes, minutes, bar=bar)

@@ -30,6 +30,7 @@ from torch import nn
 from vqnet.codec.bundle import CodecError, load_codec
 from vqnet.codec.model import DDConfig, VQGANConfig, VQModel, grow_decoder
 from vqnet.images import list_image_files, load_image
+from vqnet.progress import progress_bar
 from vqnet.training.loop import ResumeError, TrainingRun, append_row, load_checkpoint, read_rows
 from vqnet.training.losses import VQGANLoss, reconstruction_loss
 
@@ -287,6 +288,12 @@ class VQGANTrainer:
         model.train()
         self.loss_fn.train()
 
+    def describe(self, row: dict[str, float]) -> str:
+        return (
+            f"L1 {row['l1']:.4f} P {row['p_loss']:.3f} vq {row['emb_loss']:.4f} "
+            f"D {row['d_loss']:.3f} ppl {row['perplexity']:.0f}"
+        )
+
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -364,11 +371,10 @@ def train_vqgan(
     cfg: TrainConfig,
     model_cfg: VQGANConfig | None = None,
     resume: bool = False,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    on_load: Callable[[int, int], None] | None = None,
     minutes: float | None = None,
     val: str | Path | None = None,
     val_every: int = 250,
+    progress: bool = False,
 ) -> Path:
     """Train (or resume) with taming's recipe in :class:`TrainingRun` and return the checkpoint
     path. Logs every step to ``out/log.csv`` (:data:`LOG_COLUMNS`; GAN columns are NaN before
@@ -382,7 +388,7 @@ def train_vqgan(
     ``model_cfg`` may be None when the config comes from ``cfg.init`` or, on resume, from the
     checkpoint. ``minutes`` stops the run early, with a checkpoint; ``--resume`` continues from
     there towards ``steps``. Batches and restarts are drawn on the CPU, so ``cfg.device`` changes
-    speed, not the data.
+    speed, not the data. ``progress`` shows bars on stderr for loading the photos and training.
     """
     if val_every < 1:
         raise ValueError("val_every must be >= 1")
@@ -408,7 +414,8 @@ def train_vqgan(
     valset = ValidationSet(val, cfg.crop) if val is not None else None
     val_path = out / "val.csv"
     best = min((float(r["loss"]) for r in read_rows(val_path) if int(r["step"]) <= run.step), default=math.inf)
-    trainer.dataset = CropDataset(data, cfg.crop, progress=on_load)
+    with progress_bar(None, "loading photos", quiet=not progress) as advance:
+        trainer.dataset = CropDataset(data, cfg.crop, progress=lambda i, n: advance(1, f"{i}/{n}"))
 
     def validate(step: int, last: bool) -> None:
         nonlocal best
@@ -421,4 +428,5 @@ def train_vqgan(
             run.save(trainer, step, out / "best.pt")
         append_row(val_path, VAL_COLUMNS, [step, *(v[c] for c in VAL_COLUMNS[1:-1]), int(improved)])
 
-    return run.run(trainer, cfg.steps, LOG_COLUMNS[1:], cfg.checkpoint_minutes, minutes, on_step, validate)
+    bar = "training" if progress else None
+    return run.run(trainer, cfg.steps, LOG_COLUMNS[1:], cfg.checkpoint_minutes, minutes, validate, bar)
