@@ -71,6 +71,14 @@ def test_vqgan_recipe_is_the_shipped_codec():
     assert _recipe("vqgan-f16-decoder.yaml")["training"]["init"] == "vqnet/models/default.safetensors"
 
 
+def test_finetune_recipe_is_the_shipped_fine_tuning():
+    r = _recipe("finetune-k64.yaml")
+    tuned = json.loads(_metadata("default.safetensors")["provenance"])["finetune"]
+    assert [int(k) for k in r["model"]["params"]["ks"].split(",")] == tuned["ks"]
+    assert r["data"]["images"] == tuned["prior_images"]
+    assert all(r["training"][k] == tuned[k] for k in ("steps", "batch", "crop", "lr", "perceptual_weight", "seed"))
+
+
 @pytest.fixture
 def tiny_setup(tmp_path, monkeypatch):
     """A saved tiny codec (K=32), two photos, and the test's folder as the working directory."""
@@ -135,13 +143,21 @@ def test_a_vqgan_recipe_gives_the_model_and_ch_overrides_it(tiny_setup):
         ("vqgan", "model: {params: {embed_dim: 8, n_embed: 16}}\n", "is not a VQGAN config"),
         ("vqgan", "model: {params: {embed_dim: 8, n_embed: 16, ddconfig: {}, lossconfig: {}}}\n", "unknown key"),
         ("vqgan", None, "no such recipe file"),
+        ("finetune", "model: {params: {ks: [64, 32]}}\n", "model.params.ks must be a string"),
+        ("finetune", "model: {target: vqnet.restore.gpt.GPT}\n", "this command trains vqnet.codec.bundle.Codebook"),
     ],
 )
 def test_a_bad_recipe_is_one_error_line(tmp_path, command, text, message):
     path = tmp_path / "r.yaml"
     if text is not None:
         path.write_text(text)
-    result = CliRunner().invoke(app, ["train", command, "--config", str(path), "--out", str(tmp_path / "run")])
+    out = ["--out", str(tmp_path / "run")]
+    args = (
+        ["codebook", "finetune", "--model", "m.safetensors", *out]
+        if command == "finetune"
+        else ["train", command, *out]
+    )
+    result = CliRunner().invoke(app, [*args, "--config", str(path)])
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert message in lines[0]

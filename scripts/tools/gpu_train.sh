@@ -92,8 +92,9 @@ swap_in() {  # CHECKPOINT OUT_BUNDLE: the new decoder in the K-means ladder, pri
   fi
 }
 finetune() {  # BUNDLE OUT_BUNDLE: the paper's codebook fine-tuning of K <= 64 for that bundle's decoder
-  vq codebook finetune --model "$1" --out "$2" --run "$RUN/ft-$(basename "$2" .safetensors)" --data "$PACK/train" \
-    --ks 64,32,16 --steps 1000000 --batch "$FT_BATCH" --crop "$CROP" --lr 3e-4 --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
+  vq codebook finetune --config configs/finetune-k64.yaml --model "$1" --out "$2" \
+    --run "$RUN/ft-$(basename "$2" .safetensors)" --data "$PACK/train" --batch "$FT_BATCH" --crop "$CROP" \
+    --images "$FT_IMAGES" --device "$DEVICE" --minutes "$FT_MIN" -q
 }
 if [ -n "${PRIORS_ONLY:-}" ]; then
   cp "${MODEL:-vqnet/models/default.safetensors}" "$RUN/default.safetensors"

@@ -11,6 +11,7 @@ import typer
 
 from vqnet.cli.errors import user_errors
 from vqnet.cli.options import DEVICE_HELP, check_device, int_list
+from vqnet.cli.recipe import recipe_option
 from vqnet.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -227,6 +228,7 @@ def codebook_priors(
 def codebook_finetune(
     model: Annotated[Path, typer.Option(help="Codec bundle of `vqnet codebook kmeans` to start from.")],
     out: Annotated[Path, typer.Option(help="Codec bundle to write: fine-tuned codebooks, K-means ones kept as raw.")],
+    config: Annotated[Path | None, recipe_option("finetune")] = None,
     data: Annotated[
         Path, typer.Option(help="Training photos (crops for fine-tuning; whole photos for the priors).")
     ] = (Path("../shared/data/train")),

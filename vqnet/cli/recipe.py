@@ -1,5 +1,6 @@
 """Training recipes: taming-style YAML files (``configs/*.yaml``) that a ``--config`` option of
-``vqnet train vqgan|prior`` reads, so a documented run needs no repeated flags.
+``vqnet train vqgan|prior`` and ``vqnet codebook finetune`` reads, so a documented run needs no
+repeated flags.
 
 A recipe has three sections, as taming's configs do::
 
@@ -74,6 +75,12 @@ SCHEMAS = {
             "device",
             "minutes",
         ),
+    ),
+    "finetune": Schema(
+        target="vqnet.codec.bundle.Codebook",
+        model_params=_same("ks"),
+        data={"codec": "model"} | _same("data", "images"),
+        training=_same("run", "steps", "batch", "crop", "lr", "perceptual_weight", "seed", "bf16", "device", "minutes"),
     ),
     "prior": Schema(
         target="vqnet.restore.gpt.GPT",
@@ -177,7 +184,7 @@ def load_recipe(ctx: Context, path: Path, schema: Schema) -> tuple[dict[str, Any
 
 
 def recipe_option(command: str) -> Any:
-    """The ``--config`` option of ``vqnet train COMMAND``: read first (eager), it sets the defaults
+    """The ``--config`` option of the training command ``command`` (a key of :data:`SCHEMAS`): read first (eager), it sets the defaults
     of every other option."""
     schema = SCHEMAS[command]
 
