@@ -168,9 +168,8 @@ class TrainingRun:
         Each row (``columns``, after ``step``) goes to ``OUT/log.csv``. ``after_step(step,
         last)`` follows each logged step (``last``: the run ends after it), before the checkpoint
         is written; a validation hooks in there. ``bar`` titles a progress bar on stderr (None: no
-        bar). ``minutes`` stops the run early, with a
-        checkpoint, once that much wall time has passed (a lent GPU's budget is fixed); a resumed
-        run continues from there towards ``steps``.
+        bar). ``minutes`` stops the run early, with a checkpoint, once that much wall time has
+        passed (a lent GPU's budget is fixed); a resumed run continues from there towards ``steps``.
         """
         step = self.step
         if self.state is not None:
