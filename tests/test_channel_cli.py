@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vqnet.channel.cli import app
+from vqnet.cli.channel import app
 
 TC = "tc qdisc add dev eth0 root netem loss"
 

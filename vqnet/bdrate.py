@@ -30,6 +30,8 @@ import bjontegaard
 import numpy as np
 import pandas as pd
 
+from vqnet.errors import VqnetError
+
 #: Interpolation of each curve ('pchip', 'akima', or 'cubic': the classic fit, 4+ points).
 METHOD = "pchip"
 #: The learned codec's rows in rd.csv (:mod:`vqnet.evaluate`): fine-tuned, then K-means.
@@ -51,7 +53,7 @@ BD_COLUMNS = [
 COMPRESSAI_METRICS = {"bpp": "bpp", "lpips": "lpips", "dists": "dists", "psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
 
 
-class RDTableError(ValueError):
+class RDTableError(VqnetError, ValueError):
     """An RD table this module cannot read; the message is one line for the user."""
 
 

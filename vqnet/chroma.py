@@ -63,8 +63,8 @@ OVERHEAD = _HEAD.size + _CRC.size
 DECAYS = tuple(i / 32 for i in range(4, 32))
 MAX_CELLS = 16
 MAX_STEP = 64
-#: Default thumbnail pixel (2 x 2 index cells: 32 px at f=16) and quantiser step (README,
-#: *Colour*): a finer step is the cheapest LPIPS this codec can buy (on Kodak, step 8 -> 4 costs
+#: Default thumbnail pixel (2 x 2 index cells: 32 px at f=16) and quantiser step
+#: (docs/colour.md): a finer step is the cheapest LPIPS this codec can buy (on Kodak, step 8 -> 4 costs
 #: 0.0014 bpp, a fifth of what K=256 -> 1024 costs, for twice its gain), a finer thumbnail the
 #: dearest (one index cell a sample costs 3.2x the bits of two, for less), and step 4 keeps every
 #: K's total below the paper's uniform rate log2(K)/256.
@@ -162,8 +162,8 @@ def _luma_detail(luma: np.ndarray, planes: np.ndarray, r: int, eps: float) -> np
 def apply(decoded: np.ndarray, chroma: Chroma, factor: int, from_luma: bool = True) -> np.ndarray:
     """The decoded uint8 image with its chroma replaced by the thumbnail's (luminance kept),
     upsampled bicubically and given the decoded luma's detail (:func:`_luma_detail`, windows of
-    two blocks). ``from_luma=False`` stops at the bicubic upsampling (the previous release's
-    receiver, kept for ``scripts/chroma_rd.py``'s comparison)."""
+    two blocks). ``from_luma=False`` stops at the bicubic upsampling: the plain-thumbnail
+    receiver that ``scripts/experiments/chroma_rd.py`` compares against."""
     H, W = decoded.shape[:2]
     size = chroma.cells * factor
     planes = torch.from_numpy(chroma.planes.astype(np.float64) * chroma.step + 128.0).unsqueeze(0)

@@ -14,7 +14,7 @@ left and the upper grid neighbour when they travel in the same packet).  A prior
 codes against the left neighbour, else the upper one; one with a ``pair``
 exponent ``a`` codes a symbol that has both against the tempered product of
 their two rows, ``T[l]^a * T[u]^a * p^(1-2a)``: no new table, ~7 % fewer bits
-on Kodak at K=1024 and 256 (``scripts/context_bits.py``).  Context never
+on Kodak at K=1024 and 256 (``scripts/experiments/context_bits.py``).  Context never
 crosses a stream, so every packet stays decodable on its own.
 
 Coding uses :mod:`constriction`'s ``RangeEncoder``/``RangeDecoder`` (32-bit

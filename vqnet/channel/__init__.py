@@ -1,6 +1,6 @@
 """Lossy channel: netem-style packet loss models and a simpy link simulator.
 
-The CLI lives in :mod:`vqnet.channel.cli` and is not imported here, so that
+Its command, ``vqnet channel``, lives in :mod:`vqnet.cli.channel`, not here, so that
 library users do not pay for importing typer.
 """
 

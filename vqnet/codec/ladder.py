@@ -110,7 +110,7 @@ def best_pair(prior: Prior, grids: Sequence[np.ndarray], limit: int = 400) -> fl
 
     Why choose rather than fix it: the product of the two neighbours' rows double-counts what they
     share, and how much depends on K and on the data (for the bundled model, Kodak's ideal bits
-    favour 0.7 at K=1024 and 1 at K=16, ``scripts/context_bits.py``; held-out training maps chose
+    favour 0.7 at K=1024 and 1 at K=16, ``scripts/experiments/context_bits.py``; held-out training maps chose
     0.5 and 0.75)."""
     bits = _raster_bits(grids, limit)
     return min((None, *PAIR_EXPONENTS), key=lambda pair: bits(prior.with_pair(pair)))

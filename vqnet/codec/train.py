@@ -107,7 +107,7 @@ def small_config(ch: int = 32, n_embed: int = 1024, embed_dim: int = 32, z_chann
 
 def at_least(img: np.ndarray, side: int) -> np.ndarray:
     """``img`` upscaled (bicubic) so that its short side is at least ``side``: photos smaller than
-    the crop still contribute (training, validation and ``scripts/gpu_pack.py`` all use this rule)."""
+    the crop still contribute (training, validation and ``scripts/tools/gpu_pack.py`` all use this rule)."""
     h, w = img.shape[:2]
     if min(h, w) >= side:
         return img

@@ -6,7 +6,7 @@ scored on clean windows and on windows whose sampled lost positions hold its own
 (what ``--corrupt`` trains for); ``masked`` on windows with sampled holes. Photos are split into two
 ranges (say tuning and held-out Kodak images) by ``--split``.
 
-Usage: ``python scripts/prior_loss.py FILE.safetensors [...] --images ../shared/data/kodak --split 8``
+Usage: ``python scripts/experiments/prior_loss.py FILE.safetensors [...] --images ../shared/data/kodak --split 8``
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ are 146 MB and the verified VGG16 trunk of the perceptual loss is 59 MB, so this
   which leaves ~24 MB beside the VGG16 trunk: ``--per-photo 2 --side 224 --format webp
   --budget-mb 20`` fits (224 px is ``gpu_train.sh``'s training crop, so only flips vary a crop);
 - ``.gpu/val/NNNN.jpg`` (``.webp``): one crop of each of ``--val-photos`` photos (evenly spaced through the
-  set) held out of ``train/``, for ``vqnet train vqgan --val`` (``scripts/gpu_train.sh`` uses it
+  set) held out of ``train/``, for ``vqnet train vqgan --val`` (``scripts/tools/gpu_train.sh`` uses it
   and keeps the checkpoint with the lowest held-out loss);
 - ``.gpu/vgg16-fp16.safetensors.xz``: the fp16 rounding of the VGG16 trunk
   (:func:`vqnet.weights.export_vgg16_fp16`; loaded through ``$VQNET_VGG16_FP16``);
@@ -20,7 +20,7 @@ are 146 MB and the verified VGG16 trunk of the perceptual loss is 59 MB, so this
   ``--maps-k`` (``vqnet train prior --maps``), encoded here with the bundled model (or ``--model``),
   whose encoder the GPU run keeps frozen (so the maps stay valid for the model it writes).
 
-Usage: ``python scripts/gpu_pack.py`` then run ``scripts/gpu_train.sh`` on the device (see README).
+Usage: ``python scripts/tools/gpu_pack.py`` then run ``scripts/tools/gpu_train.sh`` on the device (see README).
 """
 
 from __future__ import annotations

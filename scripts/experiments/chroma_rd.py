@@ -3,10 +3,10 @@ settings: the measurement behind the *Colour* table in docs/colour.md and the de
 
 Each image is coded once per K (index packets as `vqnet eval` makes them) and the colour packet
 of every setting is added to those packets, so the rows differ only by their colour packet. A
-setting ``cells:step:bicubic`` stops the receiver at the bicubic thumbnail (the previous release's,
+setting ``cells:step:bicubic`` stops the receiver at the bicubic thumbnail (the plain-thumbnail receiver,
 without the luma's detail).
 
-Usage: ``python scripts/chroma_rd.py ../shared/data/kodak [--ks 1024 256 64 16]
+Usage: ``python scripts/experiments/chroma_rd.py ../shared/data/kodak [--ks 1024 256 64 16]
 [--settings 2:8:bicubic 2:8 2:4 2:3 1:8] [--max-payload 1000]``
 """
 

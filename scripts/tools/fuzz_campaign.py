@@ -9,9 +9,9 @@ outcomes by step and type and exits 1 if any other exception escaped or any sing
 longer than ``--max-seconds``. Input i is generated from ``(seed, i)`` alone, so a failure is
 reproduced with ``--first i --n 1``.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/fuzz_campaign.py --n 100000
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/tools/fuzz_campaign.py --n 100000
 
-With ``--cli`` the campaign drives the ``vqnet`` command line itself instead (``scripts/fuzz_cli.py``:
+With ``--cli`` the campaign drives the ``vqnet`` command line itself instead (``scripts/tools/fuzz_cli.py``:
 options, images of every mode and damage, mutated ``.vqn`` files, hostile scenarios, damaged
 journals resumed), e.g. ``--cli --n 400 --max-seconds 60``.
 """
@@ -260,7 +260,7 @@ def main() -> int:
     ap.add_argument("--first", type=int, default=0, help="index of the first input (to reproduce one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=1.0, help="slowest acceptable single input")
-    ap.add_argument("--cli", action="store_true", help="fuzz the vqnet command line (scripts/fuzz_cli.py)")
+    ap.add_argument("--cli", action="store_true", help="fuzz the vqnet command line (scripts/tools/fuzz_cli.py)")
     args = ap.parse_args()
     if args.cli:
         from fuzz_cli import run

@@ -17,6 +17,7 @@ import numpy as np
 import typer
 
 from vqnet.channel.loss import RFC3611_GMIN, LossModel, loss_stats, make_loss_model
+from vqnet.cli.errors import fail
 
 __all__ = ["app"]
 
@@ -35,12 +36,6 @@ MAX_PACKETS = 50_000_000
 
 _GE = "Gilbert-Elliott (--model gilbert_elliott)"
 _STATE = "4-state (--model state)"
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print one ``Error: ...`` line on stderr; exit code 2 like a usage error."""
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 def _jsonable(value: Any) -> Any:
@@ -131,17 +126,17 @@ def stats(
         "p14": p14, "path": trace,
     }  # fmt: skip
     if not 1 <= packets <= MAX_PACKETS:
-        raise _fail(f"--packets must be in [1, {MAX_PACKETS:,}], got {packets}")
+        raise fail(f"--packets must be in [1, {MAX_PACKETS:,}], got {packets}")
     if seed < 0:
-        raise _fail(f"--seed must be >= 0, got {seed}")
+        raise fail(f"--seed must be >= 0, got {seed}")
     if loss is not None and not 0 <= loss < 1:
-        raise _fail(f"--loss must be in [0, 1), got {loss}")
+        raise fail(f"--loss must be in [0, 1), got {loss}")
     if gmin < 1:
-        raise _fail(f"--gmin must be >= 1, got {gmin}")
+        raise fail(f"--gmin must be >= 1, got {gmin}")
     try:
         loss_model = make_loss_model(model, **params)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     mask = loss_model.sample(packets, np.random.default_rng(seed))
     measured = loss_stats(mask, gmin=gmin)

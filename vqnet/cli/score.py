@@ -1,9 +1,4 @@
-"""``vqnet score REF TEST [--json]``: LPIPS-alex and PSNR of one image against a reference.
-
-Mount it with ``main_app.add_typer(score_cli.app, name="score")``. The command is the
-sub-app's callback rather than a ``@app.command()`` because ``add_typer`` turns a sub-app into
-a group, and a lone command inside it would have to be typed as ``vqnet score score``.
-"""
+"""``vqnet score REF TEST [--json]``: LPIPS-alex and PSNR of one image against a reference."""
 
 from __future__ import annotations
 
@@ -13,17 +8,9 @@ from typing import Annotated
 
 import typer
 
-from vqnet.cli_errors import user_errors
-
-app = typer.Typer(add_completion=False)
+from vqnet.cli.errors import user_errors
 
 
-@app.callback(
-    invoke_without_command=True,
-    subcommand_metavar="",
-    # Groups stop parsing options at the first positional by default; allow `REF TEST --json`.
-    context_settings={"allow_interspersed_args": True},
-)
 def score_command(
     ref: Annotated[Path, typer.Argument(help="Reference (original) image.")],
     test: Annotated[Path, typer.Argument(help="Image to score, same size as REF.")],

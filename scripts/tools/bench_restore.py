@@ -6,8 +6,8 @@ does the same work whatever the weights. Each configuration (one line of output)
 same batch of grids ``--reps`` times and reports the median. The other runs are printed as well,
 because a loaded machine makes single runs noisy.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_restore.py --threads 1
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_restore.py --threads 2 --layers 4 8 --batch 1 8
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/tools/bench_restore.py --threads 1
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/tools/bench_restore.py --threads 2 --layers 4 8 --batch 1 8
 
 ``ar``'s cost grows with the number of lost tokens (one prediction each); ``masked`` runs a fixed
 number of passes over the windows that hold holes, so its cost is per image. To add a method,

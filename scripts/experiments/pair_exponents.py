@@ -10,7 +10,7 @@ training photos outside the 200 that ``choose_photos(…, 200, seed=0)`` picks, 
 bundled K >= 128 tables were fitted on (by ``vqnet codebook decoder --images 200``, before it
 added mirror images). Usage (~4 min on 2 cores):
 
-    python scripts/pair_exponents.py --out runs/pair.safetensors [--model BUNDLE] [--data ../shared/data/train]
+    python scripts/experiments/pair_exponents.py --out runs/pair.safetensors [--model BUNDLE] [--data ../shared/data/train]
 """
 
 from __future__ import annotations

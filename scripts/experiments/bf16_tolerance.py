@@ -1,6 +1,6 @@
 """How far a bf16 decode lands from the float32 one: pixels and LPIPS, per image and overall.
 
-    python scripts/bf16_tolerance.py [IMAGES] [--K 256] [--json OUT]
+    python scripts/experiments/bf16_tolerance.py [IMAGES] [--K 256] [--json OUT]
 
 Each image is encoded (float32), quantised at K, and its loss-free grid decoded twice by the
 bundled codec: in float32 and under bf16 autocast. Reported: the largest and the mean absolute

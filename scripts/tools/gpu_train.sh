@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call of a lent GPU (the `device` tool), from the repository root, carrying .gpu (or PACK=DIR,
 # another gpu_pack.py --out) and .whl
-# (made here by `python scripts/gpu_pack.py` and `pip download`, see README "Training on a GPU").
+# (made here by `python scripts/tools/gpu_pack.py` and `pip download`, see docs/training.md).
 #
 # The encoder stays frozen (unless JOINT=1), so every index map, each K-means codebook and its
 # prior, and the maps in .gpu/ stay valid; only what the small CPU runs left undertrained is

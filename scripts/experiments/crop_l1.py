@@ -4,7 +4,7 @@ Kodak crops: the check that showed a decoder memorising its data (docs/experimen
 Why: a training log only shows the loss on the crops the run trains on. A run that lowers L1 there
 while raising it on photos it never saw has memorised them, and more steps make it worse.
 
-Usage: ``python scripts/crop_l1.py BUNDLE [BUNDLE ...] [--train .gpu/train] [--every 10]``
+Usage: ``python scripts/experiments/crop_l1.py BUNDLE [BUNDLE ...] [--train .gpu/train] [--every 10]``
 (every 10th packed crop; two seeded 256-px crops of each Kodak image).
 """
 
@@ -34,7 +34,7 @@ def kodak_crops(kodak: Path, side: int, seeds: tuple[int, ...] = (0, 1)) -> list
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+", type=Path)
-    ap.add_argument("--train", type=Path, default=Path(".gpu/train"), help="Packed crops (scripts/gpu_pack.py).")
+    ap.add_argument("--train", type=Path, default=Path(".gpu/train"), help="Packed crops (scripts/tools/gpu_pack.py).")
     ap.add_argument("--every", type=int, default=10, help="Use every N-th packed crop.")
     ap.add_argument("--kodak", type=Path, default=Path("../shared/data/kodak"))
     ap.add_argument("--K", type=int, default=1024)

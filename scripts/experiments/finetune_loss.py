@@ -5,7 +5,7 @@ Why: the logged loss (each step on new random crops) rose in every fine-tune run
 the reconstruction, which the decoder's image depends on, from the codebook/commitment term, which
 it does not (the decoder sees only the codes). Usage:
 
-    python scripts/finetune_loss.py --model K-MEANS-BUNDLE [--K 16] [--steps 150] [--lr 1e-4]
+    python scripts/experiments/finetune_loss.py --model K-MEANS-BUNDLE [--K 16] [--steps 150] [--lr 1e-4]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Fuzz campaign over the ``vqnet`` command line itself, as a hostile user drives it (run by
-``scripts/fuzz_campaign.py --cli``; too long for the test suite, whose hypothesis tests run the
+``scripts/tools/fuzz_campaign.py --cli``; too long for the test suite, whose hypothesis tests run the
 same classes of input a few hundred times).
 
 Each case is one command through the real app (typer's CliRunner, in this process), on inputs

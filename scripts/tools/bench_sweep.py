@@ -1,6 +1,6 @@
 """Sweep throughput, old code against new: a benchmark to run by hand, not a test.
 
-    python scripts/bench_sweep.py [--baseline REV] [--device cpu|cuda] [--cluster local:2] [--json OUT]
+    python scripts/tools/bench_sweep.py [--baseline REV] [--device cpu|cuda] [--cluster local:2] [--json OUT]
 
 Runs one fixed small scenario (below) with ``vqnet run`` in fresh processes:
 
@@ -34,12 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: main before issue 29 ("Sweeps at scale").
 DEFAULT_BASELINE = "816df4d"
 SCENARIO = """\
 name: bench
-description: scripts/bench_sweep.py's fixed scenario.
+description: scripts/tools/bench_sweep.py's fixed scenario.
 seed: 7
 images: {names: [astronaut]}
 K: [256]

@@ -14,7 +14,7 @@ come on top. ``--coded`` measures those instead, for a bundle whose priors carry
 bundle's priors as they are and with their exponents removed, in both packet layouts at 1000- and
 24-byte payloads. Usage:
 
-    python scripts/context_bits.py ../shared/data/kodak [--model BUNDLE] [--ks 1024 256 16] [--coded]
+    python scripts/experiments/context_bits.py ../shared/data/kodak [--model BUNDLE] [--ks 1024 256 16] [--coded]
 """
 
 from __future__ import annotations

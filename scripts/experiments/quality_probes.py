@@ -1,7 +1,7 @@
-"""Probes of what limits the default model's quality, on a few Kodak images at one K (README,
+"""Probes of what limits the default model's quality, on a few Kodak images at one K (docs/experiment-log.md,
 "What limits quality at 0.03 bpp"). Each prints mean LPIPS-alex, PSNR and no-context bits per pixel.
 
-Why a script: these are the measurements behind the README's negative results (none of them ships),
+Why a script: these are the measurements behind the negative results in docs/experiment-log.md (none of them ships),
 and a number without the code that made it cannot be checked or re-run for a new model.
 
 - ``codes``: the codec as shipped (or ``--model``'s, or, with ``--checkpoint``, with that training
@@ -14,7 +14,7 @@ and a number without the code that made it cannot be checked or re-run for a new
   ``--oracle-block`` px, upsampled bicubically; 1 = every pixel's) put under the decoded luma: what
   colour alone could still buy, at no rate.
 
-Usage: ``python scripts/quality_probes.py codes continuous [--images kodim02 kodim05 ...] [--K 1024]``
+Usage: ``python scripts/experiments/quality_probes.py codes continuous [--images kodim02 kodim05 ...] [--K 1024]``
 """
 
 from __future__ import annotations

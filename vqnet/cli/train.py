@@ -1,9 +1,4 @@
-"""``vqnet train prior``: train a concealment transformer on a codec's index maps and ship it.
-
-Wiring only: photos -> cached encoder outputs (:mod:`vqnet.codec.photos`) -> index maps at K
-(:mod:`vqnet.restore.data`) -> :func:`vqnet.restore.train.train_prior` -> fp16 file beside the
-codec (:mod:`vqnet.restore.store`).
-"""
+"""``vqnet train vqgan|prior``: train a codec or a concealment transformer (resumable)."""
 
 from __future__ import annotations
 
@@ -14,6 +9,165 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress
+
+from vqnet.cli.errors import fail, user_errors
+from vqnet.cli.options import DEVICE_HELP, MINUTES_HELP, check_device
+from vqnet.progress import COLUMNS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train models (resumable).")
+
+#: ``vqnet train vqgan --freeze``: the parts kept fixed (``encoder`` includes quant_conv and the codebook).
+FREEZE_CHOICES = ("none", "encoder", "encoder,post_quant_conv")
+
+
+@app.command("vqgan")
+def train_vqgan_cmd(
+    data: Annotated[Path, typer.Option(help="Folder of training photos (recursively).")] = Path("../shared/data/train"),
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt and log.csv.")] = Path("runs/vqgan"),
+    steps: Annotated[int, typer.Option(min=1, help="Total optimiser steps (a resumed run continues to this).")] = 4000,
+    batch: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
+    crop: Annotated[int, typer.Option(min=16, help="Crop size in pixels (multiple of 16).")] = 128,
+    ch: Annotated[
+        int | None, typer.Option(min=32, help="Base channel count (multiple of 32) (default 32; not with --init).")
+    ] = None,
+    n_embed: Annotated[
+        int | None, typer.Option(min=2, help="Base codebook size (default 1024; not with --init).")
+    ] = None,
+    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 3e-4,
+    perceptual_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of LPIPS-VGG; 0 drops it (a much cheaper L1-only step).")
+    ] = 1.0,
+    disc_weight: Annotated[
+        float, typer.Option(min=0.0, help="GAN weight on top of the adaptive weight (taming: 0.8).")
+    ] = 0.8,
+    disc_start: Annotated[int, typer.Option(min=0, help="Step the PatchGAN starts at (0 suits --init runs).")] = 2000,
+    disc_warmup: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Steps from --disc-start in which only the "
+            "discriminator learns, so the decoder's first GAN "
+            "gradients come from a trained one (taming: 0).",
+        ),
+    ] = 0,
+    disc_lr: Annotated[float | None, typer.Option(min=0.0, help="Discriminator learning rate (default: --lr).")] = None,
+    disc_layers: Annotated[int, typer.Option(min=1, help="PatchGAN depth (taming: 3, or 2 for f16-16384).")] = 3,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this codec bundle (.safetensors) or training checkpoint; its model config is used."
+        ),
+    ] = None,
+    freeze: Annotated[
+        str,
+        typer.Option(
+            help="none | encoder: keep encoder, quant_conv and codebook fixed and "
+            "train post_quant_conv + decoder (index maps stay valid; needs "
+            "--init) | encoder,post_quant_conv: the decoder alone (`masked` "
+            "concealment then also chooses the same codes)."
+        ),
+    ] = "none",
+    decoder_ch: Annotated[
+        int | None,
+        typer.Option(
+            min=32, help="Widen the --init model's decoder to this base width (a multiple of its own) before training."
+        ),
+    ] = None,
+    decoder_blocks: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Deepen the --init model's decoder to this many "
+            "res blocks per level before training. Grown "
+            "decoders start out computing the same image and "
+            "index maps stay valid; they decode slower (2x "
+            "the width: ~3x the time).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (only faster on CPUs with avx512_bf16).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue OUT/checkpoint.pt exactly where it stopped.")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
+    minutes: Annotated[float | None, typer.Option(min=0.0, help=MINUTES_HELP)] = None,
+    val: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of held-out photos: their loss goes to OUT/val.csv "
+            "every --val-every steps and OUT/best.pt keeps the lowest, "
+            "for long runs that start to memorise their crops."
+        ),
+    ] = None,
+    val_every: Annotated[int, typer.Option(min=1, help="Steps between two --val measurements.")] = 250,
+) -> None:
+    """Train the f=16 VQGAN with taming's recipe (L1 + LPIPS-VGG + codebook loss, dead-code restarts,
+    PatchGAN with hinge loss from --disc-start on), checkpointing every 3 minutes."""
+    with user_errors():
+        if crop % 16 or (ch or 32) % 32:
+            raise typer.BadParameter("crop must be a multiple of 16 and ch a multiple of 32")
+        sizes = {k: v for k, v in (("ch", ch), ("n_embed", n_embed)) if v is not None}
+        if init and sizes:
+            raise typer.BadParameter("--ch and --n-embed come from the --init model; leave them out")
+        if freeze not in FREEZE_CHOICES:
+            raise typer.BadParameter(f"--freeze must be {' or '.join(FREEZE_CHOICES)}, got {freeze!r}")
+        if (decoder_ch or decoder_blocks) and not init:
+            raise typer.BadParameter("--decoder-ch/--decoder-blocks grow the --init decoder")
+        if freeze != "none" and not (init or resume):
+            raise typer.BadParameter(f"--freeze {freeze} needs --init: a random encoder would stay random")
+        from vqnet.codec.train import TrainConfig, small_config, train_vqgan
+
+        cfg = TrainConfig(
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            lr=lr,
+            seed=seed,
+            bf16=bf16,
+            perceptual_weight=perceptual_weight,
+            disc_weight=disc_weight,
+            disc_start=disc_start,
+            disc_warmup=disc_warmup,
+            disc_lr=disc_lr,
+            disc_layers=disc_layers,
+            freeze_encoder=freeze != "none",
+            freeze_post_quant_conv=freeze == "encoder,post_quant_conv",
+            init=str(init) if init else None,
+            decoder_ch=decoder_ch,
+            decoder_res_blocks=decoder_blocks,
+            device=check_device(device),
+        )
+        with Progress(*COLUMNS) as bar:
+            loading = bar.add_task("loading photos", total=None, label="")
+            training = bar.add_task("training", total=steps, label="")
+
+            def on_load(i: int, n: int) -> None:
+                bar.update(loading, total=n, completed=i)
+
+            def on_step(step: int, row: dict[str, float]) -> None:
+                label = (
+                    f"L1 {row['l1']:.4f} P {row['p_loss']:.3f} vq {row['emb_loss']:.4f} "
+                    f"D {row['d_loss']:.3f} ppl {row['perplexity']:.0f}"
+                )
+                bar.update(training, completed=step, label=label)
+
+            path = train_vqgan(
+                data,
+                out,
+                cfg,
+                small_config(**sizes) if sizes else None,
+                resume=resume,
+                on_step=on_step,
+                on_load=on_load,
+                minutes=minutes,
+                val=val,
+                val_every=val_every,
+            )
+        typer.echo(f"checkpoint: {path}")
+        if val is not None:
+            from vqnet.codec.train import best_validation
+
+            step, loss = best_validation(out)
+            typer.echo(f"best held-out loss {loss:.4f} at step {step}: {out / 'best.pt'}")
 
 
 def default_workers(device: str) -> int:
@@ -24,6 +178,7 @@ def default_workers(device: str) -> int:
     return max(1, min(8, (os.cpu_count() or 1) - 2))
 
 
+@app.command("prior")
 def train_prior_cmd(
     kind: Annotated[str, typer.Option(help="ar: the paper's sliding-window GPT; masked: our bidirectional model.")],
     K: Annotated[int, typer.Option("--K", min=2, help="Codebook size of the ladder rung to train for.")],
@@ -119,8 +274,6 @@ def train_prior_cmd(
 
     The bundled codec's shipped transformers are only replaced with --install (a trial run must not
     overwrite them); otherwise OUT gets the file and a copy of the codec to pass as --model."""
-    from vqnet.cli_errors import user_errors
-    from vqnet.progress import COLUMNS
     from vqnet.runtime import resolve_device
 
     with user_errors():
@@ -135,7 +288,6 @@ def train_prior_cmd(
         if corrupt and kind != "ar":
             raise typer.BadParameter("--corrupt applies to --kind ar only")
         import torch
-        from rich.progress import Progress
 
         from vqnet.codec.bundle import DEFAULT_MODEL, MANIFEST, CodecError, load_codec
         from vqnet.codec.photos import photo_views
@@ -218,8 +370,7 @@ def train_prior_cmd(
                     workers=default_workers(device) if workers is None else workers,
                 )
             except (ValueError, TimeoutError) as exc:  # a refused resume, or a lost batch-drawing worker
-                typer.echo(f"Error: {exc}", err=True)
-                raise typer.Exit(2) from None
+                raise fail(str(exc)) from None
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         from vqnet.restore.gpt import GPT
 
