@@ -149,3 +149,16 @@ def test_bad_fec_settings_are_one_line_scenario_errors(fec, needle) -> None:
     with pytest.raises(ScenarioError, match=needle) as exc:
         parse_scenario({"name": "x", "packets": {"fec": fec}})
     assert "\n" not in str(exc.value) and "packets.fec" in str(exc.value)
+
+
+def test_only_the_colour_packets_magic_gives_the_colour_slot() -> None:
+    """An intact packet of another kind in a block takes no data packet's place: the lost colour
+    packet is rebuilt from parity, not stood in for."""
+    import zlib
+
+    sent = protect(DATA, FecCode(k=4, n=7), image_id=IMAGE_ID)
+    body = b"XX" + bytes(20)
+    stranger = body + zlib.crc32(body).to_bytes(4, "big")
+    colour = sent.index(DATA[-1])
+    out = recover([stranger, *sent[:colour], *sent[colour + 1 :]], image_id=IMAGE_ID)
+    assert DATA[-1] in out.packets and out.packets_recovered == 1

@@ -17,7 +17,9 @@ from vqnet.codec.bundle import Codec
 from vqnet.images import NamedImage
 from vqnet.journal import PARTIAL_NAME, JournalError, make_line, read_line
 from vqnet.plots import plot_examples, plot_lpips_vs_loss
+from vqnet.receiver import receive
 from vqnet.scenario import parse_scenario
+from vqnet.sender import PacketSettings
 from vqnet.summary import SUMMARY_COLUMNS, mean_interval
 from vqnet.sweep import (
     PROTECTED_COLUMNS,
@@ -315,12 +317,17 @@ def test_colour_packet_crosses_the_channel_like_any_packet(codec):
     clean = col[col["target_loss"] == 0]
     assert (clean["index_loss"] == 0).all() and (clean["psnr"] == clean["lossless_psnr"]).all()
     # the receiver colours a grid only when the colour packet arrived
-    enc = encode_image(codec, NamedImage("c", img), codec.encode_latent(img), 32, 64, "interleaved", 0, 1)
-    assert is_chroma_packet(enc.packets[-1]) and enc.colour is not None
+    enc = encode_image(
+        codec, NamedImage("c", img), codec.encode_latent(img), 32, PacketSettings(64, "interleaved", 1), 0
+    )
+    sent = enc.sent
+    assert is_chroma_packet(sent.packets[-1]) and sent.colour is not None
     scorer = GridScorer(codec, enc)
-    [(_, lp, ps, _, _)] = scorer.score([enc.indices], enc.colour)
+    everything = receive(codec, sent.wire, 32, sent.size)
+    [(_, lp, ps, _, _)] = scorer.score([sent.indices], everything)
     assert (lp, ps) == (enc.lossless_lpips, enc.lossless_psnr)
-    assert scorer.score([enc.indices], None)[0][2] < ps - 3
+    no_colour = receive(codec, sent.wire[:-1], 32, sent.size)
+    assert not no_colour.lost.any() and scorer.score([sent.indices], no_colour)[0][2] < ps - 3
 
 
 def test_adaptive_trials_stop_on_precision_or_at_max(codec, images, tmp_path):

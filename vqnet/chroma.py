@@ -48,12 +48,12 @@ import torch
 import torch.nn.functional as F
 
 from vqnet.errors import VqnetError
-from vqnet.packets import MAX_GRID
+from vqnet.packets import CHROMA_MAGIC, MAX_GRID
 
 if TYPE_CHECKING:
     from vqnet.codec.bundle import Codec
 
-MAGIC = b"VC"
+MAGIC = CHROMA_MAGIC
 VERSION = 1
 _HEAD = struct.Struct("!2sBIHHBBBH")
 _CRC = struct.Struct("!I")

@@ -13,8 +13,8 @@ packet: a recovered symbol gives back the packet exactly, CRC included, and the 
 checks it like any other.
 
 A data packet's place in the image's sequence is read from its own header: an index packet's
-``packet_number``; any other intact data packet is the colour packet, which is the last (it has no
-number; the parity header says how many data packets the image has). So data packets need no extra
+``packet_number``; the colour packet (known by its magic) is the last (it has no number; the parity
+header says how many data packets the image has); anything else is not a data packet of the image. So data packets need no extra
 framing. Every vqnet packet ends in the CRC-32 of the bytes before it, which is how a damaged one
 is kept out of a decode.
 
@@ -45,12 +45,12 @@ from dataclasses import dataclass
 
 import zfec
 
+from vqnet.packets import CHROMA_MAGIC, PARITY_MAGIC, Packet, PacketError
 from vqnet.packets import MAGIC as INDEX_MAGIC
-from vqnet.packets import Packet, PacketError
 
 __all__ = ["MAX_N", "Block", "FecCode", "Recovered", "is_parity_packet", "protect", "recover"]
 
-MAGIC = b"VF"
+MAGIC = PARITY_MAGIC
 VERSION = 1
 _HEAD = struct.Struct("!2sBIHHBBBH")
 _CRC = struct.Struct("!I")
@@ -182,8 +182,11 @@ def _intact(data: bytes) -> bool:
 
 def _sequence_number(data: bytes, n_data: int) -> int | None:
     """Where an intact data packet stands in its image's sequence, None for a damaged one."""
-    if bytes(data[:2]) != INDEX_MAGIC:
+    magic = bytes(data[:2])
+    if magic == CHROMA_MAGIC:
         return n_data - 1 if _intact(data) else None
+    if magic != INDEX_MAGIC:
+        return None
     try:
         return Packet.from_bytes(data).packet_number
     except PacketError:

@@ -77,6 +77,12 @@ __all__ = [
 Layout = Literal["raster", "interleaved"]
 
 MAGIC = b"VQ"
+#: The other packet kinds on the link, each named by its first two bytes (their formats live in
+#: :mod:`vqnet.chroma` and :mod:`vqnet.fec`). Receivers route every packet by them, never by its
+#: place in the sequence; they are here, beside the index packets', so that any module can tell the
+#: kinds apart without importing the others (chroma brings torch).
+CHROMA_MAGIC = b"VC"
+PARITY_MAGIC = b"VF"
 VERSION = 1
 _LAYOUT_CODE: dict[str, int] = {"raster": 0, "interleaved": 1}
 _LAYOUT_NAME: dict[int, str] = {v: k for k, v in _LAYOUT_CODE.items()}

@@ -5,9 +5,9 @@ trial. Determinism: a trial's channel seed derives from the scenario seed and th
 (image, K, loss, burst, repetition) — not from the method — so every method sees the *same* loss
 pattern (a paired comparison) and the table does not depend on run order. A scenario's schemes
 (:meth:`Scenario.protection_schemes`: K with its parity and retransmission) run in turn, and when the
-scenario lists them the seed leaves out K, so they all meet the same channel; with FEC the sender
-sends :func:`vqnet.fec.protect`'s packets and the receiver runs :func:`vqnet.fec.recover` before
-depacketizing.
+scenario lists them the seed leaves out K, so they all meet the same channel. The sender
+(:func:`vqnet.sender.send`, parity included) and the receiver (:func:`vqnet.receiver.receive`, FEC
+recovery included) are those of ``.vqn`` files; this module puts the channel between them.
 
 Resuming: with a :class:`TrialJournal`, every finished trial is appended to ``partial.jsonl`` in
 the output folder as it completes, and a rerun after a crash or ``kill -9`` skips the trials found
@@ -33,25 +33,17 @@ import torch
 from vqnet.channel.link import TransmissionResult, transmit
 from vqnet.channel.loss import LossModel
 from vqnet.channel.mask import IndexMask, mean_run
-from vqnet.chroma import (
-    Chroma,
-    decode_in_colour,
-    decode_many_in_colour,
-    fitting_chroma_packet,
-    is_chroma_packet,
-    read_chroma_packet,
-    receiver_settings,
-)
+from vqnet.chroma import decode_in_colour, receiver_settings
 from vqnet.codec.bundle import Codec, load_codec
-from vqnet.fec import protect, recover
 from vqnet.images import NamedImage, load_images
 from vqnet.journal import Journal, fingerprint, require_scalars
 from vqnet.metrics import bpp, lpips_distance, lpips_distances, psnr
-from vqnet.packets import depacketize, packetize
-from vqnet.restore import MODEL_KIND, RestoreContext, restore
+from vqnet.receiver import Received, conceal, decode, receive, receive_masked
+from vqnet.restore import MODEL_KIND
 from vqnet.restore.store import concealer_path, load_concealer
 from vqnet.runtime import describe
 from vqnet.scenario import Scenario, Scheme
+from vqnet.sender import PacketSettings, Sent, send
 from vqnet.summary import resolved, summarize
 from vqnet.weights import sha256_of
 
@@ -122,13 +114,10 @@ def trial_seed(root: int, *key: object) -> int:
 
 @dataclass
 class Encoded:
-    """Everything the sender has for one (image, K): computed once, reused by every trial."""
+    """One (image, scheme) as sent and its loss-free decode: computed once, reused by every trial."""
 
     image: NamedImage
-    K: int
-    indices: np.ndarray
-    packets: list[bytes]  # data packets: the index packets, then the colour packet
-    colour: Chroma | None  # what the colour packet carries, if one was sent
+    sent: Sent
     lossless: np.ndarray
     lossless_lpips: float
     lossless_psnr: float
@@ -144,42 +133,14 @@ class SweepOutput:
 
 
 def encode_image(
-    codec: Codec,
-    image: NamedImage,
-    latent: torch.Tensor,
-    K: int,
-    max_payload: int,
-    layout: str,
-    image_id: int,
-    chroma_cells: int = 0,
+    codec: Codec, image: NamedImage, latent: torch.Tensor, K: int, settings: PacketSettings, image_id: int
 ) -> Encoded:
-    """Quantise the image's encoder output at K, packetize it (the colour packet last, when asked
-    for and it fits) and score the loss-free decode."""
-    indices = codec.quantize(latent, K)
-    packets = packetize(indices, codec.codebook(K).prior, max_payload, layout=layout, image_id=image_id)
-    colour = None
-    if (
-        chroma_cells
-        and (
-            packet := fitting_chroma_packet(
-                image.pixels, codec.factor, indices.shape, chroma_cells, max_payload, image_id=image_id
-            )
-        )
-        is not None
-    ):
-        packets.append(packet)
-        colour = read_chroma_packet(packet)[3]
-    h, w = image.pixels.shape[:2]
-    lossless = decode_in_colour(codec, indices, K, (h, w), colour)
+    """Send the image at K from its encoder output (:func:`vqnet.sender.send`) and score the
+    loss-free decode."""
+    sent = send(codec, image.pixels, K, settings, image_id=image_id, latent=latent)
+    lossless = decode_in_colour(codec, sent.indices, K, sent.size, sent.colour)
     return Encoded(
-        image,
-        K,
-        indices,
-        packets,
-        colour,
-        lossless,
-        lpips_distance(image.pixels, lossless, codec.device),
-        psnr(image.pixels, lossless),
+        image, sent, lossless, lpips_distance(image.pixels, lossless, codec.device), psnr(image.pixels, lossless)
     )
 
 
@@ -508,64 +469,49 @@ class _TrialRunner:
         latent_ms: float,
     ):
         t0 = time.perf_counter()
-        K = scheme.K
-        self.enc = encode_image(
-            codec, image, latent, K, sc.packets.max_payload, sc.packets.layout, image_id, sc.packets.chroma_cells
+        p = sc.packets
+        settings = PacketSettings(
+            p.max_payload, p.layout, p.chroma_cells, None if scheme.fec is None else scheme.fec.code()
         )
-        self.sent = self.enc.packets if scheme.fec is None else protect(self.enc.packets, scheme.fec.code(), image_id)
+        self.enc = encode_image(codec, image, latent, scheme.K, settings, image_id)
         self.encode_ms = latent_ms + 1000 * (time.perf_counter() - t0)
-        self.sc, self.scheme, self.image_id, self.K, self.codec = sc, scheme, image_id, K, codec
+        self.sc, self.scheme, self.image_id, self.codec = sc, scheme, image_id, codec
         self.link = sc.link.config(scheme.arq)
         self.methods = sc.scheme_methods(scheme)
-        self.prior = codec.codebook(K).prior
         self.scorer = GridScorer(codec, self.enc)
 
     def __call__(
         self, loss_model: LossModel, target_loss: float | None, burst: float | None, trial: int
     ) -> tuple[TrialRecord, dict[str, np.ndarray]]:
         """One channel realisation, scored for every method -> (record, reconstruction per method)."""
-        sc, enc, K, prior = self.sc, self.enc, self.K, self.prior
-        name = enc.image.name
+        sc, enc, sent = self.sc, self.enc, self.enc.sent
+        name, K = enc.image.name, sent.K
         # A scenario's own schemes share one channel: the same seed, so the k-th packet on the wire meets
         # the same channel state whichever scheme sent it (for loss models whose draws are prefix-stable).
         seed = trial_seed(sc.seed, name, None if sc.schemes else K, target_loss, burst, trial)
         rng = np.random.default_rng(seed)
         if isinstance(loss_model, IndexMask):
-            lost = loss_model.draw(enc.indices.shape, rng)
-            held = np.where(lost, 0, enc.indices)  # what depacketize leaves in a hole
-            colour = enc.colour  # the experiment loses indices, not packets: side information arrives
-            base = _trial_row(sc, self.scheme, enc, self.sent, loss_model, target_loss, burst, trial, None, 0, lost)
+            transmission = None
+            got = receive_masked(sent, loss_model.draw(sent.indices.shape, rng))
         else:
-            sent = transmit([len(p) for p in self.sent], loss_model, self.link, rng)
-            received = [p for p, ok in zip(self.sent, sent.delivered) if ok]
-            recovered = 0
-            if self.scheme.fec is not None:
-                fec = recover(received, image_id=self.image_id)
-                received, recovered = fec.packets, fec.packets_recovered
-            colour = enc.colour if any(is_chroma_packet(p) for p in received) else None
-            got = depacketize(
-                [p for p in received if not is_chroma_packet(p)],
-                {K: prior},
-                shape=enc.indices.shape,
-                image_id=self.image_id,
-            )
-            held, lost = got.indices, got.lost
-            base = _trial_row(
-                sc, self.scheme, enc, self.sent, loss_model, target_loss, burst, trial, sent, recovered, lost
-            )
+            transmission = transmit([len(p) for p in sent.wire], loss_model, self.link, rng)
+            arrived = [p for p, ok in zip(sent.wire, transmission.delivered) if ok]
+            got = receive(self.codec, arrived, K, sent.size, image_id=self.image_id)
+        base = _trial_row(sc, self.scheme, enc, loss_model, target_loss, burst, trial, transmission, got)
+        lost = got.lost
         n_lost = int(lost.sum())
         record = TrialRecord([], [])
         recons: dict[str, np.ndarray] = {}
         restored, restore_ms = [], []
         for method in self.methods:
             t1 = time.perf_counter()
-            restored.append(restore(method, held, lost, RestoreContext(K, prior, seed, self.codec)))
+            restored.append(conceal(self.codec, got, method, seed))
             restore_ms.append(1000 * (time.perf_counter() - t1))
-        scores = self.scorer.score(restored, colour)  # the methods' grids decoded together where that pays
+        scores = self.scorer.score(restored, got)  # the methods' grids decoded together where that pays
         for method, grid, ms, (recons[method], lp, ps, decode_ms, lpips_ms) in zip(
             self.methods, restored, restore_ms, scores
         ):
-            acc = float((grid[lost] == enc.indices[lost]).mean()) if n_lost else np.nan
+            acc = float((grid[lost] == sent.indices[lost]).mean()) if n_lost else np.nan
             record.rows.append(base | {"method": method, "lpips": lp, "psnr": ps, "lost_index_accuracy": acc})
             record.timings.append(
                 {
@@ -593,9 +539,9 @@ class GridScorer:
     """
 
     def __init__(self, codec: Codec, enc: Encoded):
-        self.codec, self.image, self.K = codec, enc.image, enc.K
+        self.codec, self.image = codec, enc.image
         self.cache: dict[tuple[bytes, bool], tuple[np.ndarray, float, float]] = {
-            (enc.indices.astype(np.int64).tobytes(), enc.colour is not None): (
+            (enc.sent.indices.astype(np.int64).tobytes(), enc.sent.colour is not None): (
                 enc.lossless,
                 enc.lossless_lpips,
                 enc.lossless_psnr,
@@ -608,25 +554,22 @@ class GridScorer:
         lossless = next(iter(self.cache))
         self.cache = {lossless: self.cache[lossless]}
 
-    def score(
-        self, grids: list[np.ndarray], colour: Chroma | None = None
-    ) -> list[tuple[np.ndarray, float, float, float, float]]:
+    def score(self, grids: list[np.ndarray], received: Received) -> list[tuple[np.ndarray, float, float, float, float]]:
         """-> per grid (reconstruction, LPIPS, PSNR, decode ms, LPIPS ms). Grids not seen before are
         decoded and scored :attr:`Codec.decode_batch` at a time (one at a time on a CPU, where a
         batch gains nothing and would move the last bits); a batch's time is shared out equally,
         and a grid met before costs 0 ms.
 
-        ``colour`` is the image's colour packet when it arrived (an image has only one, so whether
-        it arrived is all the cache needs to know)."""
-        keys = [(np.ascontiguousarray(g, dtype=np.int64).tobytes(), colour is not None) for g in grids]
+        ``grids`` are restorations of ``received``, which says whether the image's colour packet
+        arrived (an image has only one, so that is all the cache needs to know)."""
+        coloured = received.colour is not None
+        keys = [(np.ascontiguousarray(g, dtype=np.int64).tobytes(), coloured) for g in grids]
         new = {k: g for k, g in zip(keys, grids) if k not in self.cache}
         ms: dict[tuple[bytes, bool], tuple[float, float]] = {}
         todo, size = list(new), self.codec.decode_batch
         for chunk in (todo[i : i + size] for i in range(0, len(todo), size)):
             t0 = time.perf_counter()
-            recons = decode_many_in_colour(
-                self.codec, [new[k] for k in chunk], self.K, self.image.pixels.shape[:2], colour
-            )
+            recons = decode(self.codec, received, [new[k] for k in chunk])
             t1 = time.perf_counter()
             lps = lpips_distances(self.image.pixels, recons, self.codec.device)
             t2 = time.perf_counter()
@@ -640,22 +583,21 @@ def _trial_row(
     sc: Scenario,
     scheme: Scheme,
     enc: Encoded,
-    packets: list[bytes],
     loss_model: LossModel | IndexMask,
     target_loss: float | None,
     burst: float | None,
     trial: int,
-    sent: TransmissionResult | None,
-    recovered: int,
-    lost: np.ndarray,
+    transmission: TransmissionResult | None,
+    received: Received,
 ) -> dict:
-    """The method-independent columns of a trial's rows. ``packets`` are those sent once (parity
-    included: bytes_sent and bpp count them); bytes_on_wire adds the retransmissions. With no
-    transmission (``sent`` None: the index-mask experiment) no packet is lost, packet loss is
+    """The method-independent columns of a trial's rows. The packets on the wire are counted once
+    (parity included: bytes_sent and bpp count them); bytes_on_wire adds the retransmissions. With
+    no transmission (``transmission`` None: the index-mask experiment) no packet is lost, packet loss is
     undefined, and the mean burst is the mean run of lost indices in raster order."""
-    h, w = enc.image.pixels.shape[:2]
+    h, w = enc.sent.size
+    packets, lost = enc.sent.wire, received.lost
     bytes_sent = int(sum(len(p) for p in packets))
-    if sent is None:
+    if transmission is None:
         link = {
             "packets_lost": 0,
             "packet_loss": np.nan,
@@ -666,18 +608,18 @@ def _trial_row(
         }
     else:
         link = {
-            "packets_lost": int(sent.n_sent - sent.n_delivered),
-            "packet_loss": sent.packet_loss_ratio,
-            "mean_burst": sent.mean_burst,
-            "delivery_s": sent.completion_s,
-            "retransmissions": sent.retransmissions,
-            "bytes_on_wire": sent.bytes_on_wire,
+            "packets_lost": int(transmission.n_sent - transmission.n_delivered),
+            "packet_loss": transmission.packet_loss_ratio,
+            "mean_burst": transmission.mean_burst,
+            "delivery_s": transmission.completion_s,
+            "retransmissions": transmission.retransmissions,
+            "bytes_on_wire": transmission.bytes_on_wire,
         }
     return {
         "image": enc.image.name,
         "height": h,
         "width": w,
-        "K": enc.K,
+        "K": enc.sent.K,
         "scheme": scheme.name,
         "max_payload": sc.packets.max_payload,
         "layout": sc.packets.layout,
@@ -693,8 +635,8 @@ def _trial_row(
         "delivery_s": link["delivery_s"],
         "bytes_sent": bytes_sent,
         "bpp": bpp(bytes_sent, h, w),
-        "parity_packets": len(packets) - len(enc.packets),
-        "packets_recovered": recovered,
+        "parity_packets": enc.sent.parity_packets,
+        "packets_recovered": received.packets_recovered,
         "retransmissions": link["retransmissions"],
         "bytes_on_wire": link["bytes_on_wire"],
         "bpp_on_wire": bpp(link["bytes_on_wire"], h, w),

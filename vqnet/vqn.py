@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vqnet.chroma import ChromaError, decode_in_colour, fitting_chroma_packet, is_chroma_packet, read_chroma_packet
 from vqnet.errors import VqnetError
 from vqnet.images import MAX_PIXELS
-from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout, depacketize, packetize
-from vqnet.restore import RestoreContext, restore
+from vqnet.packets import HEADER_BYTES, MIN_PAYLOAD, TRAILER_BYTES, Depacketized, Layout
+from vqnet.receiver import conceal, decode, receive
+from vqnet.sender import PacketSettings, send
 
 if TYPE_CHECKING:
     from vqnet.codec.bundle import Codec
@@ -226,7 +226,7 @@ def drop_packets(data: bytes, fraction: float, seed: int) -> bytes:
 def encode_vqn(
     codec: Codec, img: np.ndarray, K: int, max_payload: int, layout: Layout, chroma_cells: int = 0
 ) -> VqnFile:
-    """Encode a uint8 (H, W, 3) image at K and packetize it (image id 0) into a :class:`VqnFile`.
+    """Send a uint8 (H, W, 3) image at K (:func:`vqnet.sender.send`, image id 0) into a :class:`VqnFile`.
 
     ``chroma_cells`` > 0 appends the colour packet (:mod:`vqnet.chroma`) with thumbnail pixels of
     that many index cells, or more where that does not fit ``max_payload``.
@@ -235,14 +235,8 @@ def encode_vqn(
     h, w = img.shape[:2]
     _check_size(h, w)
     _check_max_payload(max_payload)
-    indices = codec.encode(img, K)
-    packets = packetize(indices, codec.codebook(K).prior, max_payload, layout=layout)
-    if (
-        chroma_cells
-        and (colour := fitting_chroma_packet(img, codec.factor, indices.shape, chroma_cells, max_payload)) is not None
-    ):
-        packets.append(colour)
-    return VqnFile(codec.model_id, K, h, w, max_payload, layout, tuple(packets))
+    sent = send(codec, img, K, PacketSettings(max_payload, layout, chroma_cells))
+    return VqnFile(codec.model_id, K, h, w, max_payload, layout, tuple(sent.packets))
 
 
 @dataclass(frozen=True)
@@ -267,10 +261,11 @@ class DecodedVqn:
 
 
 def decode_vqn(codec: Codec, vqn: VqnFile, method: str = "neighbor") -> DecodedVqn:
-    """Depacketize what the file holds, conceal the missing indices with ``method``, decode.
+    """Receive what the file holds (:func:`vqnet.receiver.receive`, image id 0), conceal the missing
+    indices with ``method``, decode.
 
-    Packets for another grid or K than the header's count as damaged, so only a header mismatch
-    with the codec is an error: :class:`VqnError` for another model, ``CodecError`` for a K
+    Packets for another image, grid or K than the header's count as damaged, so only a header
+    mismatch with the codec is an error: :class:`VqnError` for another model, ``CodecError`` for a K
     the codec lacks.
     """
     if vqn.model_id != codec.model_id:
@@ -278,19 +273,6 @@ def decode_vqn(codec: Codec, vqn: VqnFile, method: str = "neighbor") -> DecodedV
             f"the file was encoded with model {vqn.model_id} but the loaded codec is {codec.model_id}; "
             f"pass --model with the codec it was made with"
         )
-    prior = codec.codebook(vqn.K).prior
-    f = codec.factor
-    shape = (-(-vqn.height // f), -(-vqn.width // f))
-    got = depacketize([p for p in vqn.packets if not is_chroma_packet(p)], {vqn.K: prior}, shape=shape, K=vqn.K)
-    grid = restore(method, got.indices, got.lost, RestoreContext(vqn.K, prior, codec=codec))
-    colour = None
-    for packet in filter(is_chroma_packet, vqn.packets):
-        try:
-            image_id, h, w, chroma = read_chroma_packet(packet)
-        except ChromaError:
-            continue  # damaged: the image keeps the decoder's own colour
-        if (image_id, h, w) == (0, *shape):
-            colour = chroma
-            break
-    image = decode_in_colour(codec, grid, vqn.K, (vqn.height, vqn.width), colour)
-    return DecodedVqn(image, got, None if colour is None else colour.cells)
+    got = receive(codec, vqn.packets, vqn.K, (vqn.height, vqn.width))
+    [image] = decode(codec, got, [conceal(codec, got, method)])
+    return DecodedVqn(image, got.grid, None if got.colour is None else got.colour.cells)
