@@ -54,8 +54,8 @@ def neighbour_pairs(grid: np.ndarray, K: int) -> np.ndarray:
 #: marginal in a row, :meth:`~vqnet.entropy.Prior.with_context`). Why a choice: a K=1024 table has a
 #: million cells and 1,500 photos give a few neighbour pairs per cell, so its rows are mostly noise
 #: and want heavy shrinkage, while a K=16 row is well estimated and wants little. Fitted on 3000
-#: views of the training photos, run K's (README) K=1024 table coded Kodak in 0.0336 ideal bpp at
-#: strength 32 and 0.0328 at 1024 (ideal bits of raster streams, as :func:`best_pair` counts them).
+#: views of the training photos, a K=1024 table coded Kodak in 0.0336 ideal bpp at strength 32 and
+#: 0.0328 at 1024 (ideal bits of raster streams, as :func:`best_pair` counts them).
 STRENGTHS = (32.0, 128.0, 512.0, 2048.0)
 
 
@@ -208,7 +208,7 @@ def refit_priors(codec: Codec, latents: Sequence[torch.Tensor], views: int = 1) 
 
     Why: a ladder built on a GPU machine gets its priors from the 256-px crops it was sent, too
     few neighbour pairs for K=1024's 1024x1024 context table: refit on 1500 whole training photos,
-    run J (README) coded Kodak at K=1024 in 0.0356 instead of 0.0380 bpp. ``views`` as
+    K=1024 coded Kodak in 0.0356 instead of 0.0380 bpp (docs/experiment-log.md). ``views`` as
     :func:`fit_prior`.
     """
 

@@ -10,8 +10,9 @@ layer W; the discriminator takes the hinge loss. Before ``disc_start`` both GAN 
 One addition, off by default: ``disc_warmup`` steps in which only the discriminator trains, so that
 the generator's first adversarial gradients come from a discriminator that already tells its
 reconstructions from photos instead of from random weights. Why try it: a PatchGAN started
-untrained against a trained decoder made Kodak LPIPS worse (README, "The PatchGAN, measured"); with
-the warm-up it did not help either (run G there), so it stays off by default.
+untrained against a trained decoder made Kodak LPIPS worse, and with
+the warm-up it did not help either (docs/model-card.md, "The PatchGAN, measured and not shipped"), so it
+stays off by default.
 
 What differs is only the cost, which matters on a CPU: upstream differentiates nll and g_loss with
 respect to W separately and then back-propagates the total loss, so LPIPS-VGG and the
