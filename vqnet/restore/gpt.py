@@ -2,12 +2,14 @@
 
 Parameter names, registration order and the persistent ``attn.mask`` buffer follow upstream, so a
 taming ``Net2NetTransformer`` checkpoint's ``transformer.*`` weights load unchanged and
-``state_dict()`` lists keys in upstream order. Two additions that do not change upstream maths:
+``state_dict()`` lists keys in upstream order. Three additions that do not change upstream maths:
 
 - ``n_unmasked`` (upstream's own config field) set to ``block_size`` makes every token see every
   other one; that is how the bidirectional *masked* concealment model reuses this class.
 - ``forward(idx, pos=None)`` accepts explicit position ids, so a window narrower than the 16-wide
   training window keeps each token at its 2-D position; ``pos=None`` is upstream's ``arange(T)``.
+- with autograd off, attention runs its query, key and value Linears as one GEMM
+  (:meth:`CausalSelfAttention.fused`), which gives the same bits.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ class CausalSelfAttention(nn.Module):
     def fused(self, names: str = "qkv") -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of the ``names`` Linears (``q``, ``k``, ``v``) stacked along the
         output axis: one GEMM instead of several. Each output element is the same dot product
-        as in its own Linear, and MKL's result holds the same bits (tests/test_gpt.py); one
-        pass over the input instead of three."""
+        as in its own Linear, and MKL's result holds the same bits (tests/test_restore_bits.py);
+        one pass over the input instead of three."""
         linears = [{"q": self.query, "k": self.key, "v": self.value}[n] for n in names]
         return torch.cat([m.weight for m in linears]), torch.cat([m.bias for m in linears])
 
