@@ -3,12 +3,17 @@ worker process is killed mid-sweep; without Ray, one Error line (real subprocess
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import io
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +56,17 @@ schemes:
   - {{name: rs, K: 32, fec: {{parity: 0.5}}}}
   - {{name: arq, K: 32, arq: {{max_retransmissions: 2}}}}
 """
+# A short sweep for the joined clusters, whose workers start inside the timed run.
+JOINED = """\
+name: jn
+seed: 3
+images: {{source: {images}}}
+K: [32]
+packets: {{max_payload: 8, layout: interleaved}}
+channel: {{model: gilbert, loss: [0.3], burst: [3]}}
+methods: [none, neighbor]
+trials: 2
+"""
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +75,7 @@ def setup(tmp_path_factory) -> Path:
     save_tiny_sweep_inputs(tmp, 3, (96, 112))
     (tmp / "s.yaml").write_text(SCENARIO.format(images=json.dumps(str(tmp / "images"))))
     (tmp / "p.yaml").write_text(SCHEMES.format(images=json.dumps(str(tmp / "images"))))
+    (tmp / "j.yaml").write_text(JOINED.format(images=json.dumps(str(tmp / "images"))))
     return tmp
 
 
@@ -162,6 +179,72 @@ def test_killed_worker_still_gives_the_complete_serial_table(setup, serial):
     assert proc.returncode == 0, err
     assert (setup / "kill" / "cl" / "results.csv").read_bytes() == serial
     assert not partial.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A real Ray head on this machine (``ray start --head``, with a Ray Client server), as a user
+    would leave one for ``--cluster auto`` or ``ray://``: (GCS address, client address). Token
+    authentication is off for it (Ray 2.5x turns it on by default; the drivers then need the
+    token file). Stopped at the end by killing its process group: ``ray stop`` would stop every
+    Ray instance on the machine, other sessions' included."""
+    pytest.importorskip("ray")
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.is_file():
+        pytest.skip("the ray command is not installed beside this Python")
+    gcs, client = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = dict(_env(), RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            f"--port={gcs}",
+            f"--ray-client-server-port={client}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        start_new_session=True,  # the head's daemons stay in this process group
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = head.communicate(timeout=120)
+        assert head.returncode == 0, err
+        yield f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_joined_cluster_gives_the_serial_table(setup, ray_head):
+    """``--cluster auto`` (RAY_ADDRESS names the head) and ``--cluster ray://`` (Ray Client) join
+    a running cluster, ship this checkout's vqnet to its workers, and write the serial table."""
+    gcs, client = ray_head
+    env = dict(_env(), RAY_AUTH_MODE="disabled", RAY_ADDRESS=gcs)
+    runs = {"serial": (), "auto": ("--cluster", "auto")}
+    if importlib.util.find_spec("grpc") is not None:  # Ray Client is the `ray[client]` extra
+        runs["client"] = ("--cluster", client)
+    tables = []
+    for out, extra in runs.items():
+        res = subprocess.run(
+            _command(setup, out, *extra, scenario="j.yaml"), env=env, capture_output=True, text=True, timeout=300
+        )
+        assert res.returncode == 0, res.stderr
+        tables.append((setup / out / "jn" / "results.csv").read_bytes())
+    assert all(t == tables[0] for t in tables[1:])
 
 
 def test_without_ray_cluster_is_one_error_line(setup, monkeypatch):

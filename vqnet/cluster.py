@@ -124,7 +124,8 @@ class RayPool:
                     address=address,
                     logging_level=logging.ERROR,
                     log_to_driver=False,
-                    runtime_env={"py_modules": [vqnet]},
+                    # The package's folder, not the module: Ray Client pickles the runtime env.
+                    runtime_env={"py_modules": [str(Path(vqnet.__file__).parent)]},
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ClusterError(f"--cluster {spec}: cannot join the Ray cluster ({exc})") from None

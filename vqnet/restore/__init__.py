@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import ThreadpoolController
 
 from vqnet.entropy import Prior
 
@@ -129,15 +131,26 @@ def get_restorer(name: str) -> Restorer:
     return METHODS[name]
 
 
+@cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
 def restore(method: str, indices: np.ndarray, lost: np.ndarray, ctx: RestoreContext) -> np.ndarray:
-    """Run ``method`` and enforce the interface contract (shape kept, received indices untouched)."""
+    """Run ``method`` and enforce the interface contract (shape kept, received indices untouched).
+
+    numpy's BLAS runs on one thread meanwhile. The methods' numpy products are small (K x K code
+    distances, the minimum-Bayes-risk choice); a second BLAS thread pool only fights torch's
+    OpenMP threads for the same cores (measured in docs/performance.md), and OpenBLAS splits a
+    product between threads without changing its bits."""
     lost = np.asarray(lost, dtype=bool)
     if indices.shape != lost.shape or indices.ndim != 2:
         raise ValueError(f"indices {indices.shape} and lost mask {lost.shape} must be the same 2-D shape")
     restorer = get_restorer(method)
     if not lost.any():  # nothing to conceal: every method must return the grid as received
         return np.array(indices, dtype=np.int64, copy=True)
-    out = restorer(indices, lost, ctx)
+    with _threadpools().limit(limits=1, user_api="blas"):
+        out = restorer(indices, lost, ctx)
     if out.shape != indices.shape or not np.array_equal(out[~lost], np.asarray(indices)[~lost]):
         raise AssertionError(f"restoration method {method!r} changed received indices")
     if out.size and (out.min() < 0 or out.max() >= ctx.K):

@@ -2,12 +2,14 @@
 
 Parameter names, registration order and the persistent ``attn.mask`` buffer follow upstream, so a
 taming ``Net2NetTransformer`` checkpoint's ``transformer.*`` weights load unchanged and
-``state_dict()`` lists keys in upstream order. Two additions that do not change upstream maths:
+``state_dict()`` lists keys in upstream order. Three additions that do not change upstream maths:
 
 - ``n_unmasked`` (upstream's own config field) set to ``block_size`` makes every token see every
   other one; that is how the bidirectional *masked* concealment model reuses this class.
 - ``forward(idx, pos=None)`` accepts explicit position ids, so a window narrower than the 16-wide
   training window keeps each token at its 2-D position; ``pos=None`` is upstream's ``arange(T)``.
+- with autograd off, attention runs its query, key and value Linears as one GEMM
+  (:meth:`CausalSelfAttention.fused`), which gives the same bits.
 """
 
 from __future__ import annotations
@@ -68,12 +70,24 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_unmasked = config.n_unmasked
 
+    def fused(self, names: str = "qkv") -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the ``names`` Linears (``q``, ``k``, ``v``) stacked along the
+        output axis: one GEMM instead of several. Each output element is the same dot product
+        as in its own Linear, and MKL's result holds the same bits (tests/test_restore_bits.py);
+        one pass over the input instead of three."""
+        linears = [{"q": self.query, "k": self.key, "v": self.value}[n] for n in names]
+        return torch.cat([m.weight for m in linears]), torch.cat([m.bias for m in linears])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         hs = C // self.n_head
-        k = self.key(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        q = self.query(x).view(B, T, self.n_head, hs).transpose(1, 2)
-        v = self.value(x).view(B, T, self.n_head, hs).transpose(1, 2)
+        if torch.is_grad_enabled():
+            q, k, v = self.query(x), self.key(x), self.value(x)
+        else:  # inference: the three projections in one GEMM (:meth:`fused`)
+            q, k, v = F.linear(x, *self.fused()).split(C, dim=-1)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         if self.training and self.attn_drop.p:  # upstream's exact path: dropout acts on the weights
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
             att = att.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))

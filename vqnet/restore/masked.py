@@ -81,13 +81,20 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
     """One batched forward over every window that holds a missing position it is responsible for;
     returns per grid (positions r, c, softmax over the K codes)."""
     by_shape: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    slots = []  # per grid: (window row, window column) -> that window's place in its shape's batch
     for g_i, g in enumerate(grids):
         r, c = np.nonzero(g.missing)
+        h, w = min(WINDOW, g.codes.shape[0]), min(WINDOW, g.codes.shape[1])
+        wins = by_shape.setdefault((h, w), [])
+        slot = np.full((len(g.rows), len(g.cols)), -1, np.int64)
         for wr, wc in set(zip(g.wrow[r].tolist(), g.wcol[c].tolist())):
-            h, w = min(WINDOW, g.codes.shape[0]), min(WINDOW, g.codes.shape[1])
-            by_shape.setdefault((h, w), []).append((g_i, wr, wc))
-    logits: dict[tuple[int, int, int], torch.Tensor] = {}
+            slot[wr, wc] = len(wins)
+            wins.append((g_i, wr, wc))
+        slots.append(slot)
+    probs: dict[tuple[int, int], torch.Tensor] = {}
     for (h, w), wins in by_shape.items():
+        if not wins:
+            continue
         batch = np.stack(
             [
                 grids[g]
@@ -98,18 +105,15 @@ def _pass_logits(model: GPT, grids: list[_Grid], K: int) -> list[tuple[np.ndarra
         )
         device = model.pos_emb.device
         out = model(torch.from_numpy(batch).to(device), _position_ids(h, w).to(device))[..., :K].float()
-        out = out.softmax(-1).cpu()
-        for key, o in zip(wins, out):
-            logits[key] = o.view(h, w, K)
+        probs[(h, w)] = out.softmax(-1).cpu().view(len(wins), h, w, K).numpy()
     result = []
-    for g_i, g in enumerate(grids):
+    for g, slot in zip(grids, slots):
         r, c = np.nonzero(g.missing)
-        probs = (
-            torch.stack([logits[(g_i, int(g.wrow[i]), int(g.wcol[j]))][g.orow[i], g.ocol[j]] for i, j in zip(r, c)])
-            if len(r)
-            else torch.zeros(0, K)
-        )
-        result.append((r, c, probs.numpy()))
+        if not len(r):
+            result.append((r, c, np.zeros((0, K), np.float32)))
+            continue
+        shape = min(WINDOW, g.codes.shape[0]), min(WINDOW, g.codes.shape[1])
+        result.append((r, c, probs[shape][slot[g.wrow[r], g.wcol[c]], g.orow[r], g.ocol[c]]))
     return result
 
 

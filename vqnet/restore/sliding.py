@@ -207,20 +207,31 @@ class _Stores:
         return store
 
 
-def _attend(q: torch.Tensor, kv: torch.Tensor, first: int) -> torch.Tensor:
-    """Causal attention of queries at absolute indices ``first, first+1, ...`` over (2, H, T, hs) ``kv``.
+class _Plan:
+    """What every step of one ``conceal_ar`` call reuses: each block's query, key and value
+    weights stacked into one GEMM (:meth:`CausalSelfAttention.fused`; the last block only
+    needs keys and values for every token), and the causal masks as slices of one table."""
 
-    This is the maths of ``CausalSelfAttention`` (scaled dot product, -inf mask, softmax), in eval
-    mode, for one row.
-    """
-    m, T = q.shape[1], kv.shape[2]
-    if m == 1 and first == T - 1:  # one query at the end sees everything: no mask needed
-        return F.scaled_dot_product_attention(q, kv[0], kv[1])
-    seen = torch.arange(T, device=q.device) <= first + torch.arange(m, device=q.device)[:, None]
-    return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=seen)
+    def __init__(self, model: GPT) -> None:
+        self.model = model
+        self.n_head = model.config.n_head
+        last = len(model.blocks) - 1
+        self.weights = [b.attn.fused("kv" if i == last else "kvq") for i, b in enumerate(model.blocks)]
+        size = model.config.block_size
+        # seen[a, t]: a query at absolute index a sees the token at t.
+        self.seen = torch.ones(size, size, dtype=torch.bool, device=model.pos_emb.device).tril()
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor, first: int) -> torch.Tensor:
+        """Causal attention of queries at absolute indices ``first, first+1, ...`` over (2, H, T,
+        hs) ``kv``: the maths of ``CausalSelfAttention`` (scaled dot product, masked softmax)
+        in eval mode, for one row."""
+        m, T = q.shape[1], kv.shape[2]
+        if m == 1 and first == T - 1:  # one query at the end sees everything: no mask needed
+            return F.scaled_dot_product_attention(q, kv[0], kv[1])
+        return F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=self.seen[first : first + m, :T])
 
 
-def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], stores: list[_KVStore]) -> torch.Tensor:
+def _extend(plan: _Plan, tokens: list[np.ndarray], positions: list[np.ndarray], stores: list[_KVStore]) -> torch.Tensor:
     """Logits after the last new token of each row; each row's new keys and values join its store.
 
     This is ``GPT.forward`` in eval mode, reorganised so that no work is spent on what the answer
@@ -229,6 +240,7 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
     the head run only where the logits are read; the last block still needs keys and values for
     every new token.
     """
+    model = plan.model
     device = model.pos_emb.device
     sizes = [len(t) for t in tokens]
     ends = np.cumsum(sizes)
@@ -236,14 +248,16 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
     idx = torch.as_tensor(np.concatenate(tokens), device=device)
     pos = torch.as_tensor(np.concatenate(positions), device=device)
     x = model.drop(model.tok_emb(idx) + model.pos_emb[0][pos])
-    n_head = model.config.n_head
+    n_head, C = plan.n_head, x.shape[1]
     for layer, block in enumerate(model.blocks):
         h = block.ln1(x)
-        k, v = block.attn.key(h), block.attn.value(h)
         final = layer == len(model.blocks) - 1
         if final:
+            k, v = F.linear(h, *plan.weights[layer]).split(C, dim=1)
             h, x = h[last], x[last]
-        q = block.attn.query(h)
+            q = block.attn.query(h)
+        else:
+            k, v, q = F.linear(h, *plan.weights[layer]).split(C, dim=1)
         rows = []
         for b, (n, store) in enumerate(zip(sizes, stores)):
             c, m = store.length, 1 if final else n
@@ -252,7 +266,7 @@ def _extend(model: GPT, tokens: list[np.ndarray], positions: list[np.ndarray], s
             kv[0, :, c:] = k[new].view(n, n_head, -1).transpose(0, 1)
             kv[1, :, c:] = v[new].view(n, n_head, -1).transpose(0, 1)
             qb = q[b : b + 1] if final else q[new]
-            y = _attend(qb.view(m, n_head, -1).transpose(0, 1), kv, c + n - m)
+            y = plan.attend(qb.view(m, n_head, -1).transpose(0, 1), kv, c + n - m)
             rows.append(y.transpose(0, 1).reshape(m, -1))
         x = x + block.attn.resid_drop(block.attn.proj(torch.cat(rows)))
         x = x + block.mlp(block.ln2(x))
@@ -359,11 +373,12 @@ def conceal_ar(
     steps = np.split(order, np.flatnonzero(np.diff(levels[order])) + 1) if len(order) else []
     stores = _Stores(model, grids)
     with torch.inference_mode():
+        plan = _Plan(model)
         for step in steps:
             rows = [todo[r] for r in step]
             row_stores = [stores.take((k, *grids[k].window_start(n))) for k, n in rows]
             inputs = [grids[k].inputs(n, store.length) for (k, n), store in zip(rows, row_stores)]
-            logits = _extend(model, [t for t, _ in inputs], [p for _, p in inputs], row_stores)
+            logits = _extend(plan, [t for t, _ in inputs], [p for _, p in inputs], row_stores)
             u = None if uniforms is None else torch.stack([uniforms[k][n] for k, n in rows])
             preds = _pick(logits[:, :K], u, temperature, top_k, code_distances).cpu().numpy()
             for b, (k, n) in enumerate(rows):
