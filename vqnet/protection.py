@@ -16,13 +16,8 @@ import pandas as pd
 
 from vqnet.summary import PAIR, mean_interval
 
-#: protection.csv, in order.
-COLUMNS = [
-    "scheme",
-    "K",
-    "method",
-    "target_loss",
-    "n",
+#: Per-trial columns of results.csv that protection.csv gives as means per (scheme, loss).
+MEANS = [
     "packet_loss",
     "index_loss",
     "packets_recovered",
@@ -30,6 +25,15 @@ COLUMNS = [
     "bytes_sent",
     "bytes_on_wire",
     "bpp_on_wire",
+]
+#: protection.csv, in order.
+COLUMNS = [
+    "scheme",
+    "K",
+    "method",
+    "target_loss",
+    "n",
+    *MEANS,
     "lpips",
     "lpips_ci95",
     "reference",
@@ -67,18 +71,7 @@ def scheme_table(results: pd.DataFrame) -> pd.DataFrame:
                 "lpips_ci95": (hi - lo) / 2,
                 "reference": reference,
             }
-            row |= {
-                c: g[c].mean()
-                for c in (
-                    "packet_loss",
-                    "index_loss",
-                    "packets_recovered",
-                    "retransmissions",
-                    "bytes_sent",
-                    "bytes_on_wire",
-                    "bpp_on_wire",
-                )
-            }
+            row |= {c: g[c].mean() for c in MEANS}
             if scheme != reference:
                 ref = chosen[(chosen["scheme"] == reference) & (chosen["target_loss"] == loss)].set_index(PAIR)["lpips"]
                 d = (g.set_index(PAIR)["lpips"] - ref.reindex(g.set_index(PAIR).index)).to_numpy(dtype=float)
