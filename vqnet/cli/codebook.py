@@ -117,7 +117,8 @@ def codebook_kmeans(
             origin = {"checkpoint_step": int(state["step"]), "train_config": state["train_config"]}
         if bad := [K for K in k_list if not 2 <= K <= model.config.n_embed]:
             raise CodecError(f"--ks {bad[0]}: every K must lie in [2, {model.config.n_embed}] (the base codebook)")
-        model.to(check_device(device))
+        device = check_device(device)
+        model.to(device)
         latents, views, described = _photo_views(Codec(model, {}), data, images, seed)
         model.cpu()
         codec = build_ladder(model, latents, k_list, seed, views, device)
@@ -283,8 +284,9 @@ def codebook_finetune(
         from vqnet.training.loop import read_rows
         from vqnet.training.vqgan import CropDataset
 
+        device = check_device(device)
         codec = load_codec(model)
-        codec.model.to(check_device(device))
+        codec.model.to(device)
         targets = finetune_targets(codec, None if ks is None else int_list(ks))
         cfg = FinetuneConfig(
             steps=steps,

@@ -268,8 +268,6 @@ def train_prior_cmd(
 
     The bundled codec's shipped transformers are only replaced with --install (a trial run must not
     overwrite them); otherwise OUT gets the file and a copy of the codec to pass as --model."""
-    from vqnet.runtime import resolve_device
-
     with user_errors():
         from vqnet.restore import TRANSFORMER_METHODS
 
@@ -298,7 +296,7 @@ def train_prior_cmd(
                 "--install replaces the bundled model's transformer; with --model the file "
                 "is written beside that codec anyway"
             )
-        resolve_device(device)  # refused in one line when this machine has no such device
+        device = check_device(device)
         if not (maps and maps.is_file()) and not data.is_dir():
             raise FileNotFoundError(f"training photo folder not found: {data}")
         out = out or Path(f"runs/prior-{kind}-K{K}")
